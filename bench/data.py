@@ -1,0 +1,199 @@
+"""FashionDataset reader: finds the root, validates every file, and reports all problems at once.
+
+Layout (read-only, nothing in it is ever written):
+    ROOT/img/*.jpg
+    ROOT/split/{train,val,test}.txt        one relative image path per line
+    ROOT/split/{train,val}_attr.txt        one line per image: 6 space-separated ints
+    ROOT/split/list_attr_cloth.txt         class names and the attribute each belongs to (optional)
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+from PIL import Image
+
+ATTRIBUTES = ("texture", "sleeve", "length", "neckline", "fabric", "fit")
+DEFAULT_CLASS_NAMES = (
+    ("floral", "graphic", "striped", "embroidered", "pleated", "solid", "lattice"),
+    ("long_sleeve", "short_sleeve", "sleeveless"),
+    ("maxi_length", "mini_length", "no_dress"),
+    ("crew_neckline", "v_neckline", "square_neckline", "no_neckline"),
+    ("denim", "chiffon", "cotton", "leather", "faux", "knit"),
+    ("tight", "loose", "conventional"),
+)
+SPLITS = ("train", "val", "test")
+LABELLED_SPLITS = ("train", "val")
+
+
+class DatasetError(ValueError):
+    """Every problem found in a dataset or label file, one 'file:line: message' per entry."""
+
+    def __init__(self, problems: list[str], what: str = "dataset"):
+        self.problems = list(problems)
+        head = f"{len(self.problems)} problem(s) in {what}:"
+        super().__init__("\n  ".join([head, *self.problems]))
+
+
+def parse_label_lines(path: Path, num_classes: tuple[int, ...], problems: list[str],
+                      expected_lines: int | None = None) -> np.ndarray:
+    """Read a file of '6 ints per line' (labels or predictions); append each bad line to `problems`."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as e:
+        problems.append(f"{path}: cannot read ({e.strerror})")
+        return np.zeros((0, len(num_classes)), dtype=np.int64)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows = np.zeros((len(lines), len(num_classes)), dtype=np.int64)
+    for i, line in enumerate(lines):
+        where = f"{path}:{i + 1}"
+        fields = line.split()
+        if len(fields) != len(num_classes):
+            problems.append(f"{where}: expected {len(num_classes)} integers, found {len(fields)} field(s): {line!r}")
+            continue
+        for j, (text, k) in enumerate(zip(fields, num_classes)):
+            try:
+                value = int(text)
+            except ValueError:
+                problems.append(f"{where}: field {j + 1} ({ATTRIBUTES[j] if j < 6 else j}) is not an integer: {text!r}")
+                continue
+            if not 0 <= value < k:
+                problems.append(f"{where}: {ATTRIBUTES[j] if j < 6 else j} = {value} is out of range 0..{k - 1}")
+            rows[i, j] = value
+    if expected_lines is not None and len(lines) != expected_lines:
+        problems.append(f"{path}: has {len(lines)} line(s), expected {expected_lines}")
+    return rows
+
+
+def read_class_names(path: Path, problems: list[str]) -> tuple[tuple[str, ...], ...]:
+    """`list_attr_cloth.txt`: a count line, a header line, then 'name attribute_type(1..6)' per class."""
+    if not path.exists():
+        return DEFAULT_CLASS_NAMES
+    groups: dict[int, list[str]] = {}
+    for i, line in enumerate(path.read_text().splitlines()[2:], start=3):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2 or not fields[1].isdigit():
+            problems.append(f"{path}:{i}: expected 'class_name attribute_type', found {line!r}")
+            continue
+        groups.setdefault(int(fields[1]), []).append(fields[0])
+    if sorted(groups) != list(range(1, len(ATTRIBUTES) + 1)):
+        problems.append(f"{path}: attribute types {sorted(groups)} should be exactly 1..{len(ATTRIBUTES)}")
+        return DEFAULT_CLASS_NAMES
+    return tuple(tuple(groups[t]) for t in sorted(groups))
+
+
+@dataclass(frozen=True)
+class Split:
+    name: str
+    paths: tuple[str, ...]
+    labels: np.ndarray | None  # (N, 6) int64, None when hidden (test)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+@dataclass
+class FashionDataset:
+    root: Path
+    class_names: tuple[tuple[str, ...], ...]
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.class_names)
+
+    def files(self, split: str) -> list[Path]:
+        return [self.root / p for p in self.splits[split].paths]
+
+    def fingerprint(self) -> str:
+        """Identity of the data a model saw: split lists, labels, class names and image byte sizes."""
+        h = hashlib.sha256(repr(self.class_names).encode())
+        for name in SPLITS:
+            s = self.splits[name]
+            h.update("\n".join(s.paths).encode())
+            if s.labels is not None:
+                h.update(s.labels.tobytes())
+            h.update(np.array([f.stat().st_size for f in self.files(name)]).tobytes())
+        return h.hexdigest()[:16]
+
+
+def _check_image(path: Path) -> str | None:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # PIL raises many types for bad files
+        return f"{path}: unreadable or corrupt image ({type(e).__name__}: {e})"
+    return None
+
+
+def open_dataset(root: str | Path, check_images: bool = True) -> FashionDataset:
+    """Validate a FashionDataset root; raise DatasetError listing every problem found."""
+    root = Path(root)
+    problems: list[str] = []
+    if not root.is_dir():
+        raise DatasetError([f"{root}: dataset folder does not exist"])
+    split_dir = root / "split"
+    class_names = read_class_names(split_dir / "list_attr_cloth.txt", problems)
+    num_classes = tuple(len(c) for c in class_names)
+    splits: dict[str, Split] = {}
+    for name in SPLITS:
+        list_file = split_dir / f"{name}.txt"
+        if not list_file.exists():
+            problems.append(f"{list_file}: missing split file (one relative image path per line)")
+            splits[name] = Split(name, (), None)
+            continue
+        paths = tuple(line.strip() for line in list_file.read_text().splitlines() if line.strip())
+        for i, p in enumerate(paths):
+            if not (root / p).is_file():
+                problems.append(f"{list_file}:{i + 1}: image {p!r} is listed but missing")
+        labels = None
+        if name in LABELLED_SPLITS:
+            attr_file = split_dir / f"{name}_attr.txt"
+            if not attr_file.exists():
+                problems.append(f"{attr_file}: missing label file for split {name!r}")
+            else:
+                labels = parse_label_lines(attr_file, num_classes, problems)
+                if len(labels) != len(paths):
+                    problems.append(f"{attr_file}: {len(labels)} label line(s) but {list_file.name} lists "
+                                    f"{len(paths)} image(s); the two files must match line for line")
+        splits[name] = Split(name, paths, labels)
+    seen: dict[str, str] = {}
+    for name in SPLITS:
+        for p in splits[name].paths:
+            key = os.path.normpath(p)
+            if key in seen and seen[key] != name:
+                problems.append(f"{split_dir / (name + '.txt')}: image {p!r} is also in split {seen[key]!r}")
+            seen.setdefault(key, name)
+    if check_images:
+        existing = [root / p for p in seen if (root / p).is_file()]
+        results = Parallel(n_jobs=-1, prefer="threads", batch_size=64)(delayed(_check_image)(f) for f in existing)
+        problems.extend(r for r in results if r)
+    if problems:
+        raise DatasetError(problems, f"dataset {root}")
+    return FashionDataset(root, class_names, splits)
+
+
+def cache_home() -> Path:
+    """Where decoded images and the demo dataset live: $FASHION_BENCH_CACHE or ~/.cache/fashion-bench."""
+    return Path(os.environ.get("FASHION_BENCH_CACHE", Path.home() / ".cache" / "fashion-bench"))
+
+
+def resolve_root(data: str | None) -> Path:
+    """--data PATH, else $FASHION_DATA, else the built-in demo set (generated once)."""
+    if data:
+        return Path(data)
+    if os.environ.get("FASHION_DATA"):
+        return Path(os.environ["FASHION_DATA"])
+    from bench.demo import ensure_demo
+    return ensure_demo()
+
+
+def class_counts(labels: np.ndarray, num_classes: tuple[int, ...]) -> list[np.ndarray]:
+    return [np.bincount(labels[:, a], minlength=k) for a, k in enumerate(num_classes)]

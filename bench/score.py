@@ -1,0 +1,66 @@
+"""Validate and score a prediction file.
+
+    python -m bench.score prediction.txt --labels ROOT/split/val_attr.txt
+    python -m bench.score prediction.txt --data ROOT --split val
+    python -m bench.score --baseline majority --data ROOT --split val
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.data import DEFAULT_CLASS_NAMES, DatasetError, open_dataset, parse_label_lines, resolve_root
+from bench.metrics import format_score, majority_prediction, score
+
+DEFAULT_NUM_CLASSES = tuple(len(c) for c in DEFAULT_CLASS_NAMES)
+
+
+def read_predictions(path: str | Path, num_classes=DEFAULT_NUM_CLASSES, expected_lines: int | None = None) -> np.ndarray:
+    """A prediction file as (N, 6) ints; DatasetError naming every bad line."""
+    problems: list[str] = []
+    rows = parse_label_lines(Path(path), tuple(num_classes), problems, expected_lines)
+    if problems:
+        raise DatasetError(problems, f"prediction file {path}")
+    return rows
+
+
+def format_predictions(pred: np.ndarray) -> str:
+    return "".join(" ".join(str(int(v)) for v in row) + "\n" for row in pred)
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(prog="python -m bench.score", description="Validate and score a prediction file.")
+    p.add_argument("prediction", nargs="?", help="prediction.txt: one line per image, 6 space-separated ints")
+    p.add_argument("--labels", help="label file with the true attributes (same format)")
+    p.add_argument("--data", help="dataset root (default $FASHION_DATA, else the demo set)")
+    p.add_argument("--split", default="val", choices=["train", "val"])
+    p.add_argument("--baseline", choices=["majority"], help="score a baseline instead of a file")
+    a = p.parse_args(argv)
+    if not a.prediction and not a.baseline:
+        p.error("give a PREDICTION file or --baseline majority")
+    try:
+        num_classes, train = DEFAULT_NUM_CLASSES, None
+        if a.labels and not a.baseline:
+            labels = read_predictions(a.labels)
+        else:
+            ds = open_dataset(resolve_root(a.data), check_images=False)
+            num_classes, labels, train = ds.num_classes, ds.splits[a.split].labels, ds.splits["train"].labels
+            if a.labels:
+                labels = read_predictions(a.labels, num_classes)
+        if a.baseline:
+            pred, title = majority_prediction(train, num_classes, len(labels)), "majority-class baseline"
+        else:
+            pred, title = read_predictions(a.prediction, num_classes, expected_lines=len(labels)), a.prediction
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    result = score(labels, pred, num_classes)
+    print(format_score(result, f"{title} ({len(labels)} images)"))
+    return result
+
+
+if __name__ == "__main__":
+    main()

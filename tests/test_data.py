@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from bench.data import DatasetError, open_dataset, resolve_root
+
+
+def problems_of(root):
+    with pytest.raises(DatasetError) as e:
+        open_dataset(root)
+    return e.value.problems
+
+
+def test_valid_demo_dataset_opens(tiny_root):
+    ds = open_dataset(tiny_root)
+    assert ds.num_classes == (7, 3, 3, 4, 6, 3)
+    assert [len(ds.splits[s]) for s in ("train", "val", "test")] == [120, 40, 30]
+    assert ds.splits["test"].labels is None
+    assert ds.splits["train"].labels.shape == (120, 6)
+    assert ds.class_names[3][2] == "square_neckline"
+
+
+def test_missing_split_file(tiny_copy):
+    (tiny_copy / "split/val.txt").unlink()
+    probs = problems_of(tiny_copy)
+    assert any("split/val.txt" in p and "missing split file" in p for p in probs)
+
+
+def test_listed_image_missing_names_file_and_line(tiny_copy):
+    (tiny_copy / "img/00003.jpg").unlink()
+    probs = problems_of(tiny_copy)
+    assert any("train.txt:4:" in p and "img/00003.jpg" in p and "missing" in p for p in probs)
+
+
+def test_bad_label_lines_all_reported_at_once(tiny_copy):
+    f = tiny_copy / "split/train_attr.txt"
+    lines = f.read_text().splitlines()
+    lines[0] = "1 2 3"                # wrong field count
+    lines[1] = "1 x 0 0 0 0"          # not an integer
+    lines[2] = "7 0 0 0 0 0"          # texture has classes 0..6
+    f.write_text("\n".join(lines) + "\n")
+    probs = problems_of(tiny_copy)
+    assert any("train_attr.txt:1:" in p and "expected 6 integers" in p for p in probs)
+    assert any("train_attr.txt:2:" in p and "not an integer" in p for p in probs)
+    assert any("train_attr.txt:3:" in p and "texture = 7 is out of range 0..6" in p for p in probs)
+
+
+def test_line_count_mismatch(tiny_copy):
+    f = tiny_copy / "split/val_attr.txt"
+    f.write_text("\n".join(f.read_text().splitlines()[:-2]) + "\n")
+    probs = problems_of(tiny_copy)
+    assert any("val_attr.txt" in p and "38 label line(s)" in p and "40 image(s)" in p for p in probs)
+
+
+def test_duplicate_across_splits(tiny_copy):
+    f = tiny_copy / "split/test.txt"
+    f.write_text(f.read_text() + "img/00000.jpg\n")
+    probs = problems_of(tiny_copy)
+    assert any("img/00000.jpg" in p and "also in split 'train'" in p for p in probs)
+
+
+def test_corrupt_jpeg_named(tiny_copy):
+    (tiny_copy / "img/00005.jpg").write_bytes(b"not a jpeg at all")
+    probs = problems_of(tiny_copy)
+    assert any("00005.jpg" in p and "corrupt" in p for p in probs)
+
+
+def test_dataset_is_never_modified(tiny_copy):
+    before = {p: p.stat().st_mtime_ns for p in tiny_copy.rglob("*")}
+    open_dataset(tiny_copy)
+    after = {p: p.stat().st_mtime_ns for p in tiny_copy.rglob("*")}
+    assert before == after
+
+
+def test_resolve_root_order(tmp_path, monkeypatch):
+    assert resolve_root(str(tmp_path)) == tmp_path
+    monkeypatch.setenv("FASHION_DATA", "/somewhere")
+    assert str(resolve_root(None)) == "/somewhere"
+
+
+def test_fingerprint_tracks_labels(tiny_copy):
+    a = open_dataset(tiny_copy).fingerprint()
+    f = tiny_copy / "split/train_attr.txt"
+    lines = f.read_text().splitlines()
+    row = np.array(lines[0].split(), int)
+    row[5] = (row[5] + 1) % 3
+    lines[0] = " ".join(map(str, row))
+    f.write_text("\n".join(lines) + "\n")
+    assert open_dataset(tiny_copy).fingerprint() != a

@@ -1,0 +1,54 @@
+import numpy as np
+import pytest
+
+from bench.data import DatasetError
+from bench.metrics import majority_prediction, score
+from bench.score import main, read_predictions
+
+K = (7, 3, 3, 4, 6, 3)
+
+
+def test_score_hand_computed():
+    y = np.array([[0, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 2, 2, 3, 5, 2], [0, 0, 0, 0, 0, 0]])
+    p = np.array([[0, 0, 0, 0, 0, 0], [0, 1, 1, 1, 1, 1], [1, 2, 2, 3, 5, 2], [0, 0, 0, 0, 0, 1]])
+    s = score(y, p, K)
+    assert s["overall_acc"] == pytest.approx(22 / 24)
+    assert s["attr_acc"]["texture"] == pytest.approx(3 / 4)
+    assert s["attr_acc"]["fit"] == pytest.approx(3 / 4)
+    # texture: class 0 recall 2/2, class 1 recall 1/2 -> 0.75; fit: classes 0 (1/2), 1 (1/1), 2 (1/1) -> 5/6
+    assert s["mean_class_acc"] == pytest.approx((0.75 + 1 + 1 + 1 + 1 + 5 / 6) / 6)
+    assert s["class_acc"][0][:2] == [1.0, 0.5] and s["class_acc"][0][2] is None
+    # texture F1: class 0 p=2/3 r=1 -> 0.8; class 1 p=1 r=.5 -> 2/3
+    f1_tex = (0.8 + 2 / 3) / 2
+    f1_fit = (2 / 3 + 2 / 3 + 1) / 3   # class 0: p=1 r=.5; class 1: p=.5 r=1; class 2 perfect
+    assert s["macro_f1"] == pytest.approx((f1_tex + 1 + 1 + 1 + 1 + f1_fit) / 6)
+
+
+def test_majority_baseline():
+    train = np.array([[1, 0, 2, 0, 2, 2], [1, 1, 2, 3, 2, 2], [0, 1, 2, 3, 2, 2]])
+    pred = majority_prediction(train, K, 2)
+    assert pred.tolist() == [[1, 1, 2, 3, 2, 2]] * 2
+
+
+def test_prediction_file_validation_names_lines(tmp_path):
+    f = tmp_path / "prediction.txt"
+    f.write_text("0 0 0 0 0 0\n0 0 0\n0 0 9 0 0 0\n")
+    with pytest.raises(DatasetError) as e:
+        read_predictions(f, K, expected_lines=4)
+    text = str(e.value)
+    assert "prediction.txt:2: expected 6 integers" in text
+    assert "prediction.txt:3: length = 9 is out of range 0..2" in text
+    assert "has 3 line(s), expected 4" in text
+
+
+def test_score_cli_on_demo(tiny_root, tmp_path, capsys):
+    labels = tiny_root / "split/val_attr.txt"
+    result = main([str(labels), "--labels", str(labels)])
+    assert result["overall_acc"] == 1.0
+    base = main(["--baseline", "majority", "--data", str(tiny_root), "--split", "val"])
+    assert 0.3 < base["overall_acc"] < 0.95
+    bad = tmp_path / "p.txt"
+    bad.write_text("0 0 0 0 0 0\n")
+    with pytest.raises(SystemExit):
+        main([str(bad), "--labels", str(labels)])
+    assert "expected 40" in capsys.readouterr().err
