@@ -1,0 +1,76 @@
+import time
+import warnings
+
+import pytest
+import timm
+import torch
+
+from zoo import ZOO, Recipe, UnknownModel, create_model, get_entry, get_recipe
+from zoo.pretrained import PretrainedUnavailable, build_backbone
+
+K = (7, 3, 3, 4, 6, 3)
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_every_zoo_entry_builds_and_steps(name):
+    torch.manual_seed(0)
+    model, init = create_model(name, K, dropout=0.1, hidden=16, pretrained="none")
+    assert init["init"] == "scratch"
+    x = torch.randn(2, 3, 32, 32)
+    out = model(x)
+    assert [o.shape for o in out] == [(2, k) for k in K]
+    loss = sum(o.logsumexp(1).mean() for o in out)
+    loss.backward()
+    head = model.heads[0].weight
+    assert head.grad is not None and head.grad.abs().sum() > 0
+
+
+def test_unknown_model_suggests_closest():
+    with pytest.raises(UnknownModel, match="closest: resnet50"):
+        get_entry("resnet5O")
+
+
+def test_any_timm_model_works():
+    e = get_entry("mobilenetv3_small_050")
+    assert e.timm_name == "mobilenetv3_small_050" and e.size == 224
+
+
+def test_recipe_presets_reproduce_public_recipes():
+    fn = get_recipe("fashionnet")
+    assert (fn.optimizer, fn.lr, fn.momentum, fn.weight_decay, fn.schedule, fn.batch_size, fn.epochs) == \
+        ("sgd", 1e-4, 0.9, 1e-4, "plateau", 32, 50)
+    assert (fn.hidden, fn.dropout, fn.loss, fn.plateau_patience, fn.plateau_factor) == (512, 0.5, "inverse", 5, 0.1)
+    eb = get_recipe("effb3-300")
+    assert (eb.size, eb.lr, eb.schedule, eb.weight_decay, eb.dropout, eb.hidden, eb.select) == \
+        (300, 0.1, "cosine", 1e-5, 0.2, 0, "val_loss")
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        Recipe().updated(lrr=1)
+
+
+def test_pretrained_auto_falls_back_fast_when_offline(monkeypatch):
+    monkeypatch.setenv("HF_ENDPOINT", "https://10.255.255.1")  # unroutable: the probe must time out, not hang
+    monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-cache")
+    monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, info = build_backbone("resnet18.tv_in1k", "auto")
+    assert time.perf_counter() - t0 < 2.0
+    assert info["init"] == "scratch" and "random init" in info["warning"]
+    assert any(issubclass(w.category, PretrainedUnavailable) for w in caught)
+
+
+def test_local_weights_file_loads(tmp_path):
+    src = timm.create_model("resnet18", num_classes=0)
+    with torch.no_grad():
+        src.conv1.weight.fill_(0.125)
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
+    model, info = build_backbone("resnet18", str(path))
+    assert info["init"] == "file" and info["matched"] == info["of"]
+    assert torch.equal(model.conv1.weight, src.conv1.weight)
+    with pytest.raises(FileNotFoundError):
+        build_backbone("resnet18", str(tmp_path / "missing.pth"))
+    torch.save({"unrelated": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="no tensor matches"):
+        build_backbone("resnet18", str(tmp_path / "bad.pth"))
