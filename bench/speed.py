@@ -1,0 +1,172 @@
+"""Training-throughput benchmark, three ways on the same data and model:
+
+  (a) seed-style loop: PIL decode + torchvision transforms in DataLoader workers, fp32, batch 32 (what the public
+      notebooks do);
+  (b) this trainer: resident uint8 data, batched augmentation on the device, bf16 autocast on CUDA, channels_last;
+  (c) the model step alone on one fixed resident batch, same precision and batch as (b): the ceiling for (b).
+
+    python -m bench.speed --models resnet50,effb3 [--data ROOT] [--steps 50]
+
+Prints images/s and the ratios, and writes a Markdown table to reports/speed-<device>.md.
+Reference (issue #3, one H100, PyTorch 2.11): seed-style 729 img/s (ResNet-50 @224), 350 img/s (EfficientNet-B3 @300);
+model-only 3976 and 1369 img/s. Targets: (b) >= 0.95x (c) and >= 5x (a) for ResNet-50.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+from bench.augment import augment
+from bench.data import class_counts, open_dataset, resolve_root
+from bench.images import load_images
+from bench.trainer import Split, Trainer, autocast, device_name, pick_device, seed_everything
+from zoo import create_model, get_entry, get_recipe
+
+
+class SeedStyleDataset(Dataset):
+    """What the seed notebooks do: open the JPEG and run torchvision transforms per image, per epoch."""
+
+    def __init__(self, files, labels, size):
+        self.files, self.labels = files, torch.from_numpy(labels)
+        self.tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.RandomRotation(10),
+                             T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor(),
+                             T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        with Image.open(self.files[i]) as im:
+            return self.tf(im.convert("RGB")), self.labels[i]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def seed_style(name, ds, size, device, steps, warmup, workers) -> float:
+    model, _ = create_model(name, ds.num_classes, pretrained="none")
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9)
+    loader = DataLoader(SeedStyleDataset(ds.files("train"), ds.splits["train"].labels, size), batch_size=32,
+                        shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    ce = torch.nn.CrossEntropyLoss()
+    seen, t0 = 0, None
+    while True:
+        for i, (x, y) in enumerate(loader):
+            if seen == 0 and i == warmup:
+                _sync(device)
+                t0, seen = time.perf_counter(), 0
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = sum(ce(z, y[:, a]) for a, z in enumerate(model(x)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if t0 is not None:
+                seen += len(x)
+                if seen >= steps * 32:
+                    _sync(device)
+                    return seen / (time.perf_counter() - t0)
+
+
+def make_trainer(name, ds, size, device, images, batch_size, tmp):
+    recipe = get_recipe(get_entry(name).recipe).updated(batch_size=batch_size, pretrained="none")
+    train = Split.from_numpy(images, ds.splits["train"].labels, device)
+    seed_everything(0)
+    model, _ = create_model(name, ds.num_classes, recipe.dropout, recipe.hidden, "none")
+    counts = class_counts(ds.splits["train"].labels, ds.num_classes)
+    return Trainer(model, recipe, train, train, tmp, counts, size=size, progress=False)
+
+
+def trainer_speed(tr: Trainer, steps, warmup) -> float:
+    tr.train_epoch(max_steps=warmup)
+    return tr.train_epoch(max_steps=steps)["img_per_s"]
+
+
+def model_only(tr: Trainer, steps, warmup) -> float:
+    """The trainer's own model, optimizer and loss on one fixed, already augmented batch."""
+    idx = torch.arange(min(tr.batch_size, len(tr.train.x)), device=tr.device)
+    x, y = augment(tr.train.x[idx], tr.gen), tr.train.y[idx]
+    tr.model.train()
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(tr.device)
+            t0 = time.perf_counter()
+        with autocast(tr.device):
+            loss = tr.criterion(tr.model(x), y)
+        tr.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        tr.optimizer.step()
+    _sync(tr.device)
+    return steps * len(x) / (time.perf_counter() - t0)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="resnet50,effb3")
+    p.add_argument("--data", help="dataset root (default $FASHION_DATA, else the demo set)")
+    p.add_argument("--size", type=int, help="input size (default: the zoo's on CUDA, 64 on the CPU)")
+    p.add_argument("--batch-size", type=int, help="trainer batch size (default: the recipe's)")
+    p.add_argument("--steps", type=int, help="timed steps per measurement (default 50 on CUDA, 4 on the CPU)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="seed-style DataLoader workers")
+    p.add_argument("--out", default="reports", help="folder for the Markdown table")
+    a = p.parse_args(argv)
+    device = pick_device()
+    cuda = device.type == "cuda"
+    steps, warmup = a.steps or (50 if cuda else 4), a.warmup if a.warmup is not None else (10 if cuda else 1)
+    ds = open_dataset(resolve_root(a.data), check_images=False)
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for name in [m.strip() for m in a.models.split(",") if m.strip()]:
+        size = a.size or (get_entry(name).size if cuda else 64)
+        images = load_images(ds.files("train"), size, progress=False)
+        bs = a.batch_size or get_recipe(get_entry(name).recipe).batch_size
+        with tempfile.TemporaryDirectory() as tmp:
+            tr = make_trainer(name, ds, size, device, images, bs, Path(tmp))
+            fast = trainer_speed(tr, steps, warmup)
+            ceiling = model_only(tr, steps, warmup)
+        del tr
+        seed = seed_style(name, ds, size, device, steps, warmup, a.workers)
+        rows.append({"model": name, "size": size, "batch": bs, "seed_style": seed, "trainer": fast,
+                     "model_only": ceiling})
+        print(f"{name:>10} @{size}px  seed-style {seed:8.1f} img/s | trainer {fast:8.1f} img/s (batch {bs}) | "
+              f"model-only {ceiling:8.1f} img/s | trainer/ceiling {fast / ceiling:.2f}x  trainer/seed {fast / seed:.2f}x")
+        if cuda:
+            torch.cuda.empty_cache()
+    write_table(rows, device, steps, a.out, sys.argv[1:] if argv is None else argv)
+    return rows
+
+
+def write_table(rows, device, steps, out, argv) -> Path:
+    dev = device_name(device)
+    slug = re.sub(r"[^a-z0-9]+", "-", dev.lower()).strip("-")
+    path = Path(out) / f"speed-{slug}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Training throughput on {dev}", "",
+             f"`python -m bench.speed {' '.join(argv or [])}`  (torch {torch.__version__}, {steps} timed steps, "
+             f"{time.strftime('%Y-%m-%d')})", "",
+             "| model | size | batch | seed-style img/s | trainer img/s | model-only img/s | trainer / ceiling | trainer / seed |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['seed_style']:.1f} | {r['trainer']:.1f} | "
+                     f"{r['model_only']:.1f} | {r['trainer'] / r['model_only']:.2f} | {r['trainer'] / r['seed_style']:.2f} |")
+    path.write_text("\n".join(lines) + "\n")
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
