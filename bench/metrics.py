@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
-from bench.data import ATTRIBUTES
+from bench.data import ATTRIBUTES, class_counts
 
 
 def _check(y_true: np.ndarray, y_pred: np.ndarray) -> None:
@@ -51,10 +51,13 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> dict:
     }
 
 
+def majority_from_counts(counts, n: int) -> np.ndarray:
+    """Predict each attribute's most frequent training class (from per-class counts) for all n images."""
+    return np.tile(np.array([int(np.argmax(c)) for c in counts], dtype=np.int64), (n, 1))
+
+
 def majority_prediction(train_labels: np.ndarray, num_classes, n: int) -> np.ndarray:
-    """Predict each attribute's most frequent training class for all n images."""
-    modes = [int(np.bincount(train_labels[:, a], minlength=k).argmax()) for a, k in enumerate(num_classes)]
-    return np.tile(np.array(modes, dtype=np.int64), (n, 1))
+    return majority_from_counts(class_counts(train_labels, num_classes), n)
 
 
 def format_score(s: dict, title: str = "") -> str:

@@ -91,6 +91,7 @@ def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe
     meta = {"name": name, "config": config, "status": "training", "init": init, **trainer.info(),
             "device": device_name(device), "torch": torch.__version__, "data_root": str(ds.root),
             "num_classes": list(ds.num_classes), "class_names": [list(c) for c in ds.class_names],
+            "train_class_counts": [c.tolist() for c in class_counts(labels["train"], ds.num_classes)],
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra_meta or {})}
     write_json(meta, meta_path)
     print(f"[{name}] {entry.timm_name} @{size}px, init {init['init']}, {meta['params'] / 1e6:.1f} M params, "

@@ -1,0 +1,271 @@
+"""Leaderboard report rebuilt from run artifacts alone (no retraining); same artifacts, same report.
+
+    python -m bench.report [--runs-dir runs] [--out reports] [--sort overall_acc] [--dataset FINGERPRINT]
+
+Writes reports/leaderboard.md, its CSV twin reports/leaderboard.csv, and figures in reports/leaderboard_files/,
+linked relatively so the report renders on a code host. Runs still training, failed runs and runs without val
+labels or probabilities are listed in their own section instead of the leaderboard.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.artifacts import RunArtifacts, find_runs
+from bench.data import ATTRIBUTES
+from bench.losses import SCHEMES, class_weights
+from bench.metrics import majority_from_counts, score
+from bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from bench.trainer import probs_to_pred
+
+SORT_KEYS = ("overall_acc", "mean_class_acc", "macro_f1")
+
+
+@dataclass
+class Entry:
+    label: str
+    kind: str
+    meta: dict
+    pred: np.ndarray
+    correct: np.ndarray
+    score: dict
+    tta_acc: float | None = None
+    history: pd.DataFrame | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def init_label(meta: dict) -> str:
+    init = meta.get("init") or {}
+    kind = init.get("init", "-")
+    if kind == "imagenet":
+        return "ImageNet"
+    if kind == "file":
+        return "file"
+    if kind == "scratch":
+        return "scratch (no weights found)" if init.get("source") == "auto-fallback" else "scratch"
+    return kind
+
+
+def collect(runs_dir: Path, dataset: str | None = None):
+    """Entries for the leaderboard plus notes on everything left out, for one dataset fingerprint."""
+    arts = find_runs(runs_dir)
+    notes, usable = [], []
+    for art in arts:
+        m = art.meta
+        if m.get("status") == "training":
+            hist = art.dir / "history.csv"
+            done = len(pd.read_csv(hist)) if hist.exists() else 0
+            notes.append(f"`{art.label}`: still training ({done}/{m['config']['recipe']['epochs']} epochs done)")
+        elif m.get("status") == "failed":
+            notes.append(f"`{art.label}`: failed: {m.get('error', 'unknown error')}")
+        elif not art.has_probs("val"):
+            notes.append(f"`{art.label}`: no val probabilities ({art.probs_path('val')} missing)")
+        elif "labels" not in art.load_probs("val"):
+            notes.append(f"`{art.label}`: its val split has no labels, nothing to score")
+        else:
+            usable.append(art)
+    fps = Counter(a.meta.get("dataset") or a.meta["config"]["dataset"] for a in usable)
+    if not fps:
+        return [], notes, None
+    chosen = dataset or fps.most_common(1)[0][0]
+    for fp, n in fps.items():
+        if fp != chosen:
+            notes.append(f"{n} run(s) trained on another dataset (fingerprint `{fp}`): `--dataset {fp}` reports them")
+    entries = [make_entry(a) for a in usable if (a.meta.get("dataset") or a.meta["config"]["dataset"]) == chosen]
+    base = entries[0]
+    labels = base.extra["labels"]
+    counts = next((e.meta["train_class_counts"] for e in entries if "train_class_counts" in e.meta), None)
+    if counts is not None:
+        nc = tuple(base.meta["num_classes"])
+        pred = majority_from_counts(counts, len(labels))
+        entries.append(Entry("majority baseline", "baseline", {"num_classes": list(nc)}, pred, pred == labels,
+                             score(labels, pred, nc)))
+    return entries, notes, chosen
+
+
+def make_entry(art: RunArtifacts) -> Entry:
+    probs = art.load_probs("val")
+    nc = tuple(art.meta["num_classes"])
+    labels = probs["labels"]
+    pred = probs_to_pred(probs["plain"], nc)
+    tta = None
+    if "flip" in probs:
+        tta = score(labels, probs_to_pred((probs["plain"] + probs["flip"]) / 2, nc), nc)["overall_acc"]
+    hist_path = art.dir / "history.csv"
+    history = pd.read_csv(hist_path) if hist_path.exists() else None
+    kind = art.meta.get("kind", "model")
+    return Entry(art.label, kind, art.meta, pred, pred == labels, score(labels, pred, nc), tta, history,
+                 {"labels": labels, "dir": art.dir})
+
+
+def leaderboard_frame(entries: list[Entry], sort: str) -> pd.DataFrame:
+    entries = sorted(entries, key=lambda e: (-e.score[sort], e.label))
+    leader = entries[0]
+    rows = []
+    for rank, e in enumerate(entries, 1):
+        m, s = e.meta, e.score
+        lo, hi = bootstrap_ci(e.correct)
+        row = {"rank": rank, "entry": e.label, "kind": e.kind, "init": init_label(m) if e.kind == "model" else "-",
+               "overall_acc": s["overall_acc"], "ci_lo": lo, "ci_hi": hi, "tta_overall_acc": e.tta_acc,
+               "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
+               **{a: s["attr_acc"][a] for a in ATTRIBUTES},
+               "params_M": round(m["params"] / 1e6, 2) if "params" in m else None, "gflops": m.get("gflops"),
+               "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device")}
+        if e is leader:
+            row.update(delta=0.0, delta_lo=None, delta_hi=None, p_bootstrap=None, p_mcnemar=None)
+        else:
+            pb, mc = paired_bootstrap(e.correct, leader.correct), mcnemar(e.correct, leader.correct)
+            row.update(delta=pb["delta"], delta_lo=pb["lo"], delta_hi=pb["hi"], p_bootstrap=pb["p"], p_mcnemar=mc["p"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(v, spec=".4f", empty="-"):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return empty
+    return format(v, spec) if isinstance(v, (int, float, np.floating)) else str(v)
+
+
+def markdown_table(df: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    sep = "| " + " | ".join("---" for _ in columns) + " |"
+    body = ["| " + " | ".join(str(row[c]) for c, _ in columns) + " |" for _, row in df.iterrows()]
+    return "\n".join([head, sep, *body])
+
+
+def render_leaderboard(df: pd.DataFrame) -> str:
+    view = pd.DataFrame({
+        "rank": df["rank"], "entry": "`" + df["entry"] + "`", "init": df["init"],
+        "overall": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
+                    zip(df["overall_acc"], df["ci_lo"], df["ci_hi"])],
+        "tta": df["tta_overall_acc"].map(_fmt), "mca": df["mean_class_acc"].map(_fmt),
+        "f1": df["macro_f1"].map(_fmt), **{a: df[a].map(lambda v: _fmt(v, ".3f")) for a in ATTRIBUTES},
+        "params": df["params_M"].map(lambda v: _fmt(v, ".1f")), "gflops": df["gflops"].map(lambda v: _fmt(v, ".2f")),
+        "time": df["train_time_s"].map(lambda v: _fmt(v, ".0f")), "ips": df["img_per_s"].map(lambda v: _fmt(v, ".0f")),
+        "device": df["device"].map(lambda v: _fmt(v, "")),
+    })
+    cols = [("rank", "#"), ("entry", "entry"), ("init", "init"), ("overall", "overall acc [95% CI]"),
+            ("tta", "+flip TTA"), ("mca", "mean per-class"), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
+            ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s"), ("ips", "img/s"), ("device", "device")]
+    return markdown_table(view, cols)
+
+
+def render_significance(df: pd.DataFrame) -> str:
+    rest = df[df["rank"] > 1]
+    if rest.empty:
+        return "_Only one entry._"
+    view = pd.DataFrame({
+        "entry": "`" + rest["entry"] + "`",
+        "delta": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(rest["delta"], rest["delta_lo"], rest["delta_hi"])],
+        "pb": rest["p_bootstrap"].map(lambda v: _fmt(v, ".3g")), "mc": rest["p_mcnemar"].map(lambda v: _fmt(v, ".3g")),
+        "sig": ["yes" if p < 0.05 else "no" for p in rest["p_mcnemar"]],
+    })
+    return markdown_table(view, [("entry", "entry"), ("delta", "Δ overall vs leader [95% CI]"),
+                                 ("pb", "paired-bootstrap p"), ("mc", "McNemar p"), ("sig", "different at 5%?")])
+
+
+def render_per_class(entries: list[Entry], class_names) -> str:
+    rows = []
+    for a, names in enumerate(class_names):
+        for c, name in enumerate(names):
+            row = {"attribute": ATTRIBUTES[a], "class": name}
+            for e in entries:
+                v = e.score["class_acc"][a][c]
+                row[e.label] = "n/a" if v is None else f"{v:.2f}"
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    return markdown_table(df, [("attribute", "attribute"), ("class", "class"),
+                               *[(e.label, f"`{e.label}`") for e in entries]])
+
+
+def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports", sort: str = "overall_acc",
+                 dataset: str | None = None, quiet: bool = False) -> Path | None:
+    from bench import report_plots as rp
+    runs_dir, out = Path(runs_dir), Path(out)
+    entries, notes, fp = collect(runs_dir, dataset)
+    files = out / "leaderboard_files"
+    files.mkdir(parents=True, exist_ok=True)
+    md = ["# fashion-bench leaderboard", "",
+          f"Built by `python -m bench.report` from the artifacts in `{runs_dir}/` (validation split). "
+          "Overall accuracy = correct attribute predictions / (N x 6); 95% intervals bootstrap over images."]
+    if not entries:
+        md += ["", "_No finished runs with scored validation probabilities yet._"]
+        if notes:
+            md += ["", "## Not on the leaderboard", "", *[f"- {n}" for n in notes]]
+        path = out / "leaderboard.md"
+        path.write_text("\n".join(md) + "\n")
+        return path
+    df = leaderboard_frame(entries, sort)
+    df.to_csv(out / "leaderboard.csv", index=False, float_format="%.6g")
+    base = next(e for e in entries if e.kind != "baseline")
+    class_names = base.meta["class_names"]
+    n_val = len(base.extra["labels"])
+    models = [e for e in entries if e.kind != "baseline"]
+    ordered = sorted(entries, key=lambda e: (-e.score[sort], e.label))
+    md += [f"Dataset fingerprint `{fp}`, {n_val} validation images, sorted by `{sort}`.", "",
+           "## Leaderboard", "", render_leaderboard(df), "",
+           "## Is the difference real?", "",
+           "Each entry against the leader on the same validation images: paired bootstrap over images of the "
+           "accuracy difference, and an exact McNemar test on the per-attribute predictions.", "",
+           render_significance(df), "",
+           "## Accuracy vs cost", ""]
+    if rp.pareto(models, files / "pareto.png"):
+        md += ["![accuracy vs cost](leaderboard_files/pareto.png)", ""]
+    else:
+        md += ["_No entries with GFLOPs and training time._", ""]
+    md += ["## Training curves", ""]
+    if rp.curves(models, files / "curves.png"):
+        md += ["![validation accuracy per epoch](leaderboard_files/curves.png)", ""]
+    else:
+        md += ["_No training histories found._", ""]
+    counts = base.meta.get("train_class_counts")
+    md += ["## Class distribution and loss weights", ""]
+    if counts:
+        weights = {s: [class_weights(c, s) for c in counts] for s in SCHEMES if s != "focal"}
+        rp.class_distribution(counts, class_names, weights, files / "class_distribution.png")
+        md += ["Training counts per class (bars) and the weight each class-weighting scheme gives it (lines, "
+               "normalised so the mean weight per training image is 1).", "",
+               "![class distribution](leaderboard_files/class_distribution.png)", ""]
+    else:
+        md += ["_No training class counts recorded in the runs._", ""]
+    md += ["## Per-class accuracy (recall)", "", render_per_class(ordered, class_names), "",
+           "## Confusion matrices", ""]
+    for e in ordered:
+        if e.kind == "baseline":
+            continue
+        name = f"confusion-{slug(e.label)}.png"
+        rp.confusion(e.extra["labels"], e.pred, class_names, files / name, e.label)
+        md += [f"<details><summary><code>{e.label}</code></summary>", "", f"![confusion {e.label}](leaderboard_files/{name})",
+               "", "</details>", ""]
+    if notes:
+        md += ["## Not on the leaderboard", "", *[f"- {n}" for n in notes], ""]
+    path = out / "leaderboard.md"
+    path.write_text("\n".join(md).rstrip() + "\n")
+    if not quiet:
+        print(f"report: {path} ({len(entries)} entries; leader `{df.iloc[0]['entry']}` "
+              f"{df.iloc[0]['overall_acc']:.4f})")
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--out", default="reports")
+    p.add_argument("--sort", default="overall_acc", choices=SORT_KEYS)
+    p.add_argument("--dataset", help="dataset fingerprint to report (default: the one with most runs)")
+    a = p.parse_args(argv)
+    return build_report(a.runs_dir, a.out, a.sort, a.dataset)
+
+
+if __name__ == "__main__":
+    main()
