@@ -8,7 +8,8 @@ are stored by training; others, e.g. `crop0.9` or `crop0.9+flip`, are computed f
 cached in its folder as tta_<split>.npz). Members are combined per attribute by arithmetic or geometric mean, with
 uniform weights, weights fitted on val (log-loss), or Caruana et al.'s ensemble selection (ICML 2004: forward
 selection with replacement, sorted initialisation, bagging), optionally per attribute. Fitted weights are also scored
-by k-fold cross-validation over val images, so the reported gain is not only in-sample.
+by k-fold cross-validation over val images, so the reported gain is not only in-sample; the leaderboard entry
+holds the out-of-fold val probabilities, so every statistic the report shows for it is out-of-sample.
 Writes OUT/prediction.txt (test.txt order, 6 ints per line, validated first) and OUT/prediction.zip, and an
 ensemble entry runs/_ensembles/<name>/ that the leaderboard report picks up.
 """
@@ -229,14 +230,14 @@ def get_weights(scheme, probs, labels, num_classes, method, per_attribute, seed=
 
 
 def cross_validate(scheme, probs, labels, num_classes, method="mean", per_attribute=False, folds: int = 5,
-                   seed: int = 0) -> dict:
-    """Score of weights fitted on k-1 folds of val and applied to the held-out fold, over all folds."""
-    pred = np.zeros_like(labels)
+                   seed: int = 0) -> tuple[dict, np.ndarray]:
+    """Weights fitted on k-1 folds of val, applied to the held-out fold: score and out-of-fold probabilities."""
+    oof = np.zeros_like(probs[0])
     for train_idx, test_idx in KFold(folds, shuffle=True, random_state=seed).split(labels):
         w = get_weights(scheme, [p[train_idx] for p in probs], labels[train_idx], num_classes, method,
                         per_attribute, seed)
-        pred[test_idx] = probs_to_pred(combine([p[test_idx] for p in probs], w, num_classes, method), num_classes)
-    return score(labels, pred, num_classes)
+        oof[test_idx] = combine([p[test_idx] for p in probs], w, num_classes, method)
+    return score(labels, probs_to_pred(oof, num_classes), num_classes), oof
 
 
 # --- output -----------------------------------------------------------------------------------------------------
@@ -301,9 +302,10 @@ def main(argv=None) -> dict:
                      score(labels, probs_to_pred(val[name], nc), nc)["overall_acc"]))
     weights = get_weights(a.weights, probs, labels, nc, a.combine, a.per_attribute, a.seed)
     uniform = score(labels, probs_to_pred(combine(probs, np.ones(len(probs)), nc, a.combine), nc), nc)
-    fitted = score(labels, probs_to_pred(combine(probs, weights, nc, a.combine), nc), nc)
-    cv = cross_validate(a.weights, probs, labels, nc, a.combine, a.per_attribute, a.folds, a.seed) \
-        if a.weights != "uniform" and len(labels) >= 2 * a.folds else fitted
+    in_sample = combine(probs, weights, nc, a.combine)
+    fitted = score(labels, probs_to_pred(in_sample, nc), nc)
+    cv, honest = (fitted, in_sample) if a.weights == "uniform" or len(labels) < 2 * a.folds else \
+        cross_validate(a.weights, probs, labels, nc, a.combine, a.per_attribute, a.folds, a.seed)
     print(f"\nmembers ({len(names)}), val overall accuracy:      plain    TTA({'+'.join(views)})")
     for name, p_acc, t_acc in rows:
         print(f"  {name:<40} {p_acc:.4f}   {t_acc:.4f}")
@@ -338,7 +340,7 @@ def main(argv=None) -> dict:
         print(format_score(result["demo_test"], "demo test split (hidden labels)"))
     edir = Path(a.runs_dir) / "_ensembles" / a.name
     edir.mkdir(parents=True, exist_ok=True)
-    save_probs(edir / "probs_val.npz", plain=combine(probs, weights, nc, a.combine), labels=labels)
+    save_probs(edir / "probs_val.npz", plain=honest, labels=labels)  # out-of-fold: the leaderboard stays honest
     save_probs(edir / "probs_test.npz", plain=test_comb)
     write_json(result, edir / "run.json")
     if not a.no_report:

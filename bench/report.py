@@ -197,7 +197,8 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports", sor
     files.mkdir(parents=True, exist_ok=True)
     md = ["# fashion-bench leaderboard", "",
           f"Built by `python -m bench.report` from the artifacts in `{runs_dir}/` (validation split). "
-          "Overall accuracy = correct attribute predictions / (N x 6); 95% intervals bootstrap over images."]
+          "Overall accuracy = correct attribute predictions / (N x 6); 95% intervals bootstrap over images. "
+          "Ensembles whose weights were fitted on val are scored out-of-fold (k-fold cross-validation over val)."]
     if not entries:
         md += ["", "_No finished runs with scored validation probabilities yet._"]
         if notes:

@@ -57,7 +57,10 @@ def test_cross_validation_is_out_of_sample():
     w = caruana(members, labels, K, bags=1, iters=15, per_attribute=True)
     pred = np.stack([p.argmax(1) for p in np.split(combine(members, w, K), np.cumsum(K)[:-1], 1)], 1)
     in_sample = (pred == labels).mean()
-    cv = cross_validate("caruana", members, labels, K, per_attribute=True, folds=5)["overall_acc"]
+    cv_score, oof = cross_validate("caruana", members, labels, K, per_attribute=True, folds=5)
+    cv = cv_score["overall_acc"]
+    oof_pred = np.stack([p.argmax(1) for p in np.split(oof, np.cumsum(K)[:-1], 1)], 1)
+    assert (oof_pred == labels).mean() == pytest.approx(cv)
     chance = np.mean([1 / k for k in K])
     assert in_sample > cv + 0.02 and abs(cv - chance) < 0.05
 
@@ -98,7 +101,10 @@ def test_ensemble_cli_writes_valid_submission(two_runs, tmp_path, capsys, tiny_r
     printed = capsys.readouterr().out
     assert "demo test split" in printed and "5-fold CV" in printed
     assert 0 < result["demo_test"]["overall_acc"] <= 1 and result["members"] == ["b/resnet18", "default/resnet18"]
-    assert (runs / "_ensembles/ensemble/run.json").exists()
+    entry = json.loads((runs / "_ensembles/ensemble/run.json").read_text())
+    oof = np.load(runs / "_ensembles/ensemble/probs_val.npz")
+    oof_pred = np.stack([p.argmax(1) for p in np.split(oof["plain"], np.cumsum(K)[:-1], 1)], 1)
+    assert (oof_pred == oof["labels"]).mean() == pytest.approx(entry["val_cv"]["overall_acc"])
     import zipfile
     assert zipfile.ZipFile(out / "prediction.zip").namelist() == ["prediction.txt"]
     with pytest.raises(SystemExit):  # never overwrites without --force
