@@ -40,21 +40,39 @@ def resolve_recipe(model: str, recipe_name: str | None, overrides: dict) -> tupl
 
 
 class ImageStore:
-    """Decoded splits per (size, policy), loaded once per command and shared by every model that needs them."""
+    """Decoded splits per (size, policy), loaded once per process and kept resident on the training device, so
+    every model and every tuning trial that needs them shares one copy."""
 
-    def __init__(self, ds: FashionDataset, progress: bool = True):
-        self.ds, self.progress, self._cache = ds, progress, {}
+    def __init__(self, ds: FashionDataset, device: torch.device, progress: bool = True):
+        self.ds, self.device, self.progress = ds, torch.device(device), progress
+        self._arrays, self._splits = {}, {}
 
-    def get(self, size: int, policy: str) -> dict[str, np.ndarray]:
+    def arrays(self, size: int, policy: str) -> dict[str, np.ndarray]:
         key = (size, policy)
-        if key not in self._cache:
-            self._cache[key] = {s: load_images(self.ds.files(s), size, policy, progress=self.progress)
-                                for s in ("train", "val", "test")}
-        return self._cache[key]
+        if key not in self._arrays:
+            self._arrays[key] = {s: load_images(self.ds.files(s), size, policy, progress=self.progress)
+                                 for s in ("train", "val", "test")}
+        return self._arrays[key]
+
+    def split(self, name: str, size: int, policy: str) -> Split:
+        key = (name, size, policy)
+        if key not in self._splits:
+            self._splits[key] = Split.from_numpy(self.arrays(size, policy)[name], self.ds.splits[name].labels,
+                                                 self.device)
+        return self._splits[key]
+
+
+def demo_settings(data_arg: str | None, overrides: dict, root: Path) -> dict:
+    """On the built-in demo data (no --data, no $FASHION_DATA) use quick CPU settings the flags did not set."""
+    if data_arg or os.environ.get("FASHION_DATA"):
+        return overrides
+    quick = {k: v for k, v in DEMO_QUICK.items() if overrides.get(k) is None}
+    print(f"[demo] built-in demo data at {root}; quick CPU settings {quick} (override with flags)")
+    return {**overrides, **quick}
 
 
 def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe, size: int, model_dir: Path,
-                device: torch.device, seed: int = 0, progress: bool = True, on_epoch=None, force: bool = False,
+                seed: int = 0, progress: bool = True, on_epoch=None, force: bool = False,
                 extra_meta: dict | None = None) -> dict:
     """Train (or resume, or skip if finished) one model; write its artifacts; return its run.json contents."""
     model_dir = Path(model_dir)
@@ -76,10 +94,9 @@ def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe
         for f in ("last.pt", "best.pt", "run.json", "history.csv"):
             (model_dir / f).unlink(missing_ok=True)
     model_dir.mkdir(parents=True, exist_ok=True)
-    images = store.get(size, recipe.resize)
+    device = store.device
     labels = {s: ds.splits[s].labels for s in ("train", "val", "test")}
-    train = Split.from_numpy(images["train"], labels["train"], device)
-    val = Split.from_numpy(images["val"], labels["val"], device)
+    train, val = store.split("train", size, recipe.resize), store.split("val", size, recipe.resize)
     seed_everything(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -102,7 +119,8 @@ def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe
     except NonFiniteLoss as e:
         write_json({**meta, "status": "failed", "error": str(e)}, meta_path)
         raise
-    return finalize(meta, trainer, images, labels, history, model_dir)
+    return finalize(meta, trainer, {s: store.split(s, size, recipe.resize).x for s in ("val", "test")}, labels,
+                    history, model_dir)
 
 
 def finalize(meta: dict, trainer: Trainer, images: dict, labels: dict, history: list[dict], model_dir: Path) -> dict:
@@ -112,7 +130,7 @@ def finalize(meta: dict, trainer: Trainer, images: dict, labels: dict, history: 
     model.load_state_dict(best["model"])
     probs = {}
     for split in ("val", "test"):
-        x = Split.from_numpy(images[split], None, trainer.device).x
+        x = images[split]
         plain = predict(model, x, trainer.batch_size * 2).cpu().numpy()
         flip = predict(model, x, trainer.batch_size * 2, flip=True).cpu().numpy()
         extra = {"labels": labels[split]} if labels[split] is not None else {}
@@ -174,10 +192,7 @@ def main(argv=None) -> list[dict]:
     try:
         root = resolve_root(a.data)
         ds = open_dataset(root)
-        if not a.data and not os.environ.get("FASHION_DATA"):
-            quick = {k: v for k, v in DEMO_QUICK.items() if overrides.get(k) is None}
-            overrides.update(quick)
-            print(f"[demo] built-in demo data at {root}; quick CPU settings {quick} (override with flags)")
+        overrides = demo_settings(a.data, overrides, root)
         if a.from_study:
             from studies import best_params
             overrides.update({k: v for k, v in best_params(a.from_study, a.storage).items()
@@ -189,12 +204,12 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(2)
     device = pick_device(a.device)
     run = a.run or a.recipe or "default"
-    store = ImageStore(ds, progress=not a.no_progress)
+    store = ImageStore(ds, device, progress=not a.no_progress)
     results = []
     for name, recipe, size in plans:
         model_dir = Path(a.out) / run / name
         try:
-            results.append(train_model(name, ds, store, recipe, size, model_dir, device, a.seed,
+            results.append(train_model(name, ds, store, recipe, size, model_dir, a.seed,
                                        progress=not a.no_progress, force=a.force))
         except KeyboardInterrupt:
             print(f"\ninterrupted: {name}'s last completed epoch is saved in {model_dir / 'last.pt'}; "

@@ -1,0 +1,96 @@
+"""reports/tune-<study>.md: best parameters, trials table, parameter importances and optuna's plots."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+import pandas as pd
+
+from bench.plots import plt
+from bench.report import markdown_table, slug
+from studies import pick_best
+
+
+def _plot(fn, study, path: Path, **kw) -> bool:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ax = fn(study, **kw)
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig.set_size_inches(8, 4.5)
+        fig.tight_layout()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return True
+    except Exception:  # too few trials for this plot
+        plt.close("all")
+        return False
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("surplus"):
+            continue
+        row = {"trial": t.number, "state": t.state.name,
+               "value": ", ".join(f"{v:.4f}" for v in t.values) if t.values else "-",
+               "epochs": t.user_attrs.get("epochs_run", "-"),
+               "seconds": f"{t.duration.total_seconds():.0f}" if t.duration else "-",
+               "retry of": t.system_attrs.get("failed_trial", "")}
+        row.update({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in t.params.items()})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def write_tune_report(study: optuna.Study, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    name = slug(study.study_name)
+    files = out / f"tune-{name}_files"
+    files.mkdir(exist_ok=True)
+    df = trials_frame(study)
+    metrics = study.user_attrs.get("objective", ["value"])
+    states = df["state"].value_counts().to_dict() if len(df) else {}
+    md = [f"# Study `{study.study_name}`", "",
+          f"Model `{study.user_attrs.get('model', '?')}`, objective {' and '.join(f'`{m}`' for m in metrics)} "
+          f"(maximised), dataset `{study.user_attrs.get('dataset', '?')}`. Trials: "
+          + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + ".", ""]
+    try:
+        best = pick_best(study)
+        md += ["## Best parameters", "", f"Trial #{best.number}: " + ", ".join(f"{v:.4f}" for v in best.values), "",
+               markdown_table(pd.DataFrame([{"parameter": k, "value": v} for k, v in best.params.items()]),
+                              [("parameter", "parameter"), ("value", "value")]), "",
+               f"Train with them: `python -m bench.run --models {study.user_attrs.get('model', 'MODEL')} "
+               f"--from-study {study.study_name}`", ""]
+    except ValueError:
+        md += ["_No completed trial yet._", ""]
+    single = len(study.directions) == 1
+    if single:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                imp = optuna.importance.get_param_importances(study)
+            md += ["## Parameter importances", "", "Optuna's default importance evaluator; rough with few trials.", "",
+                   markdown_table(pd.DataFrame([{"p": k, "i": f"{v:.3f}"} for k, v in imp.items()]),
+                                  [("p", "parameter"), ("i", "importance")]), ""]
+        except Exception:
+            md += ["## Parameter importances", "", "_Needs at least two completed trials with varied parameters._", ""]
+    vis = optuna.visualization.matplotlib
+    plots = ([("optimization-history", vis.plot_optimization_history, {}),
+              ("parallel-coordinate", vis.plot_parallel_coordinate, {}),
+              ("intermediate-values", vis.plot_intermediate_values, {})] if single else
+             [("pareto-front", vis.plot_pareto_front, {"target_names": metrics})])
+    md += ["## Plots", ""]
+    for title, fn, kw in plots:
+        path = files / f"{title}.png"
+        if _plot(fn, study, path, **kw):
+            md += [f"![{title}]({files.name}/{title}.png)", ""]
+        else:
+            md += [f"_{title}: not enough trials yet._", ""]
+    if len(df):
+        cols = [(c, c) for c in df.columns]
+        md += ["## Trials", "", markdown_table(df.fillna(""), cols), ""]
+    path = out / f"tune-{name}.md"
+    path.write_text("\n".join(md).rstrip() + "\n")
+    print(f"report: {path}")
+    return path
