@@ -134,6 +134,8 @@ class Trainer:
                  class_counts: list, seed: int = 0, size: int = 224, progress: bool = True,
                  on_epoch: Callable[[int, dict], None] | None = None):
         self.device = train.x.device
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # batch shapes are constant (ragged tail dropped): autotune once
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.recipe, self.train, self.val, self.size = recipe, train, val, size
         self.run_dir, self.seed, self.progress, self.on_epoch = Path(run_dir), seed, progress, on_epoch

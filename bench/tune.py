@@ -120,7 +120,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--trials-dir", default=str(STUDIES_DIR / "trials"), help="per-trial run.json/history.csv")
-    p.add_argument("--out", default="reports", help="folder for tune-<study>.md")
+    p.add_argument("--out", default="reports", help="folder for tune-<study>.md and the leaderboard")
+    p.add_argument("--runs-dir", default="runs", help="runs folder the leaderboard is rebuilt from")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true")
     return p.parse_args(argv)
@@ -164,8 +165,10 @@ def main(argv=None) -> optuna.Study:
     print(f"[tune] study {name}: {len(done)} finished trials "
           f"({sum(t.state == optuna.trial.TrialState.PRUNED for t in done)} pruned)")
     if not a.no_report:
+        from bench.report import build_report
         from bench.tune_report import write_tune_report
         write_tune_report(study, Path(a.out))
+        build_report(a.runs_dir, a.out)
     return study
 
 

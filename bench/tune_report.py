@@ -58,7 +58,8 @@ def write_tune_report(study: optuna.Study, out: Path) -> Path:
     try:
         best = pick_best(study)
         md += ["## Best parameters", "", f"Trial #{best.number}: " + ", ".join(f"{v:.4f}" for v in best.values), "",
-               markdown_table(pd.DataFrame([{"parameter": k, "value": v} for k, v in best.params.items()]),
+               markdown_table(pd.DataFrame([{"parameter": k, "value": f"{v:.4g}" if isinstance(v, float) else v}
+                                             for k, v in best.params.items()]),
                               [("parameter", "parameter"), ("value", "value")]), "",
                f"Train with them: `python -m bench.run --models {study.user_attrs.get('model', 'MODEL')} "
                f"--from-study {study.study_name}`", ""]

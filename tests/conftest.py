@@ -26,3 +26,15 @@ def tiny_copy(tiny_root, tmp_path):
     dst = tmp_path / "ds"
     shutil.copytree(tiny_root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tiny_root, tmp_path_factory):
+    """Two finished tiny CPU runs on the tiny demo set: default/resnet18 and b/resnet18. Copy before changing."""
+    from bench.run import main as run_main
+    out = tmp_path_factory.mktemp("runs")
+    common = ["--data", str(tiny_root), "--out", str(out), "--size", "32", "--epochs", "2", "--batch-size", "16",
+              "--pretrained", "none", "--no-progress", "--no-report"]
+    run_main(["--models", "resnet18", *common])
+    run_main(["--models", "resnet18", "--run", "b", "--label-smoothing", "0", "--lr", "3e-3", "--seed", "1", *common])
+    return out

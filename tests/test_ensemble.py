@@ -6,7 +6,6 @@ import pytest
 
 from bench.artifacts import read_run
 from bench.ensemble import caruana, combine, cross_validate, main as ensemble_main, member_probs
-from bench.run import main as run_main
 from bench.score import read_predictions
 
 K = (7, 3, 3, 4, 6, 3)
@@ -65,19 +64,9 @@ def test_cross_validation_is_out_of_sample():
     assert in_sample > cv + 0.02 and abs(cv - chance) < 0.05
 
 
-@pytest.fixture(scope="module")
-def two_runs(tiny_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    common = ["--data", str(tiny_root), "--out", str(out), "--size", "32", "--epochs", "2", "--batch-size", "16",
-              "--pretrained", "none", "--no-progress", "--no-report"]
-    run_main(["--models", "resnet18", *common])
-    run_main(["--models", "resnet18", "--run", "b", "--lr", "3e-3", "--seed", "1", *common])
-    return out
-
-
-def test_tta_views_average_and_recompute_from_checkpoint(two_runs, tmp_path):
+def test_tta_views_average_and_recompute_from_checkpoint(demo_runs, tmp_path):
     runs = tmp_path / "runs"
-    shutil.copytree(two_runs, runs)
+    shutil.copytree(demo_runs, runs)
     member = read_run(runs / "default/resnet18")
     stored = member.load_probs("val")
     both = member_probs(member, "val", ["plain", "flip"], None, "cpu")
@@ -91,9 +80,9 @@ def test_tta_views_average_and_recompute_from_checkpoint(two_runs, tmp_path):
     assert crop.shape == stored["plain"].shape and not np.allclose(crop, stored["flip"])
 
 
-def test_ensemble_cli_writes_valid_submission(two_runs, tmp_path, capsys, tiny_root):
+def test_ensemble_cli_writes_valid_submission(demo_runs, tmp_path, capsys, tiny_root):
     runs = tmp_path / "runs"
-    shutil.copytree(two_runs, runs)
+    shutil.copytree(demo_runs, runs)
     out = tmp_path / "sub"
     result = ensemble_main(["--runs-dir", str(runs), "--out", str(out), "--no-report"])
     pred = read_predictions(out / "prediction.txt", K, expected_lines=30)
@@ -119,10 +108,10 @@ def _fails(capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_ensemble_error_cases(two_runs, tmp_path, capsys):
+def test_ensemble_error_cases(demo_runs, tmp_path, capsys):
     _fails(capsys, ["--runs-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "s")], "no finished runs")
     runs = tmp_path / "runs"
-    shutil.copytree(two_runs, runs)
+    shutil.copytree(demo_runs, runs)
     meta_path = runs / "b/resnet18/run.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "config": {**meta["config"], "dataset": "0000other"}}))

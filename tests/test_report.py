@@ -7,17 +7,6 @@ import pytest
 
 from bench.report import build_report
 from bench.report_plots import pareto_front
-from bench.run import main as run_main
-
-
-@pytest.fixture(scope="module")
-def demo_runs(tiny_root, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    common = ["--data", str(tiny_root), "--out", str(out), "--size", "32", "--epochs", "2", "--batch-size", "16",
-              "--pretrained", "none", "--no-progress", "--no-report"]
-    run_main(["--models", "resnet18", *common])
-    run_main(["--models", "resnet18", "--run", "smooth0", "--label-smoothing", "0", "--lr", "3e-3", *common])
-    return out
 
 
 def test_report_renders_every_section_and_matches_artifacts(demo_runs, tmp_path):
@@ -30,9 +19,9 @@ def test_report_renders_every_section_and_matches_artifacts(demo_runs, tmp_path)
         assert (tmp_path / "rep/leaderboard_files" / img).stat().st_size > 1000
         assert f"leaderboard_files/{img}" in md
     df = pd.read_csv(tmp_path / "rep/leaderboard.csv")
-    assert set(df["entry"]) == {"default/resnet18", "smooth0/resnet18", "majority baseline"}
+    assert set(df["entry"]) == {"default/resnet18", "b/resnet18", "majority baseline"}
     assert df["overall_acc"].is_monotonic_decreasing
-    for label in ("default/resnet18", "smooth0/resnet18"):
+    for label in ("default/resnet18", "b/resnet18"):
         meta = json.loads((demo_runs / label / "run.json").read_text())
         row = df[df["entry"] == label].iloc[0]
         assert row["overall_acc"] == pytest.approx(meta["val"]["overall_acc"], abs=1e-6)
@@ -58,13 +47,13 @@ def test_same_artifacts_same_report(demo_runs, tmp_path):
 def test_partial_runs_are_listed_not_ranked(demo_runs, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(demo_runs, runs)
-    meta_path = runs / "smooth0/resnet18/run.json"
+    meta_path = runs / "b/resnet18/run.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "status": "training"}))
     (runs / "default/resnet18/probs_val.npz").unlink()
     md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
     assert "## Not on the leaderboard" in md
-    assert "`smooth0/resnet18`: still training (2/2 epochs done)" in md
+    assert "`b/resnet18`: still training (2/2 epochs done)" in md
     assert "`default/resnet18`: no val probabilities" in md
     assert "No finished runs" in md
 
