@@ -15,6 +15,7 @@ import argparse
 import gc
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -82,7 +83,7 @@ def make_objective(model, ds, store, base_overrides, recipe_name, metrics, trial
     return objective
 
 
-def run_study(study: optuna.Study, storage, objective, target: int, poll: float = 2.0, log=print) -> None:
+def run_study(study: optuna.Study, objective, target: int, poll: float = 2.0, log=print) -> None:
     """One worker: run trials until the study holds `target` finished trials."""
     while True:
         finished = counted(study, FINISHED)
@@ -93,8 +94,9 @@ def run_study(study: optuna.Study, storage, objective, target: int, poll: float 
         if len(live) >= target and not waiting:
             # the remaining trials run in other workers; wait for them (a dead worker's trial goes stale, is
             # failed by the heartbeat check below and re-queued as WAITING, and then this worker runs it)
-            if optuna.storages.is_heartbeat_enabled(storage):
-                optuna.storages.fail_stale_trials(study)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # no-op for storages without heartbeats
             time.sleep(poll)
             continue
         log(f"[tune] {len(finished)}/{target} trials finished; starting another")
@@ -156,7 +158,7 @@ def main(argv=None) -> optuna.Study:
     objective = make_objective(a.model, ds, store, overrides, a.recipe, metrics, trials_dir, a.trials, a.seed,
                                not a.no_progress)
     try:
-        run_study(study, storage, objective, a.trials)
+        run_study(study, objective, a.trials)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished trials are stored in {a.storage or DEFAULT_STORAGE}; "
               f"the same command continues the study", file=sys.stderr)

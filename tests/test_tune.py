@@ -9,8 +9,10 @@ import optuna
 import pytest
 
 from bench.run import main as run_main
-from bench.tune import FINISHED, counted, main as tune_main
-from studies import best_params
+import threading
+
+from bench.tune import FINISHED, counted, main as tune_main, run_study
+from studies import best_params, open_storage
 
 TINY = ["--size", "32", "--batch-size", "16", "--pretrained", "none", "--no-progress", "--no-report"]
 
@@ -85,3 +87,15 @@ def test_two_concurrent_workers_finish_exactly_n(tiny_root, tmp_path):
     study = load(storage, "p")
     assert len(counted(study, FINISHED)) == 4
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
+
+
+def test_worker_waits_for_trials_running_elsewhere(tmp_path):
+    """With the last trial already running in another worker, a worker waits instead of overshooting."""
+    storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}", heartbeat=1)
+    study = optuna.create_study(study_name="w", storage=storage, direction="maximize")
+    elsewhere = study.ask()  # "another worker" holds the only requested trial
+    threading.Timer(1.5, lambda: study.tell(elsewhere, 0.5)).start()
+    started = []
+    run_study(study, lambda t: started.append(t.number) or 0.0, target=1, poll=0.2, log=lambda *_: None)
+    assert started == [] and len(study.trials) == 1
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
