@@ -291,8 +291,7 @@ class Trainer:
     def fit(self) -> list[dict]:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if self.restore_last():
-            if self.progress:
-                print(f"  resuming {self.run_dir} after epoch {self.epoch}/{self.recipe.epochs}")
+            print(f"  resuming {self.run_dir} after epoch {self.epoch}/{self.recipe.epochs}")
         else:
             seed_everything(self.seed)
             self.save_last()  # epoch-0 state: what an out-of-memory retry of the first epoch restarts from
@@ -306,10 +305,9 @@ class Trainer:
                 continue
             self.save_last()
             pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
-            if self.progress:
-                print(f"  epoch {row['epoch']:3d}/{self.recipe.epochs}  loss {row['train_loss']:.3f}  "
-                      f"val loss {row['val_loss']:.3f}  acc {row['overall_acc']:.4f}  "
-                      f"mean-class {row['mean_class_acc']:.4f}  {row['img_per_s']:.0f} img/s")
+            print(f"  epoch {row['epoch']:3d}/{self.recipe.epochs}  loss {row['train_loss']:.3f}  "  # also in logs
+                  f"val loss {row['val_loss']:.3f}  acc {row['overall_acc']:.4f}  "
+                  f"mean-class {row['mean_class_acc']:.4f}  {row['img_per_s']:.0f} img/s")
             if self.on_epoch:
                 self.on_epoch(self.epoch, row)
         return self.history
