@@ -219,11 +219,8 @@ def main(argv=None) -> list[dict]:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(1)
     if not a.no_report:
-        try:
-            from bench.report import build_report
-            build_report(a.out)
-        except ImportError:
-            pass
+        from bench.report import build_report
+        build_report(a.out)
     return results
 
 

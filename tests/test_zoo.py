@@ -74,3 +74,13 @@ def test_local_weights_file_loads(tmp_path):
     torch.save({"unrelated": torch.zeros(3)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="no tensor matches"):
         build_backbone("resnet18", str(tmp_path / "bad.pth"))
+
+
+def test_list_prints_the_zoo(capsys):
+    from bench.run import main as run_main
+    run_main(["--list"])
+    out = capsys.readouterr().out
+    for name, params in (("resnet50", "23.5"), ("effb3", "10.7"), ("vgg16", "134.3")):
+        line = next(ln for ln in out.splitlines() if ln.strip().startswith(name))
+        assert params in line
+    assert "effv2s" in out and "300" in out
