@@ -12,6 +12,7 @@ from bench.run import main as run_main
 import threading
 
 from bench.tune import FINISHED, counted, main as tune_main, run_study
+from bench.tune_report import write_tune_report
 from studies import best_params, open_storage
 
 TINY = ["--size", "32", "--batch-size", "16", "--pretrained", "none", "--no-progress", "--no-report"]
@@ -34,6 +35,11 @@ def test_study_prunes_resumes_without_overshoot_and_feeds_run(tiny_root, tmp_pat
     assert optuna.trial.TrialState.PRUNED in states  # weak trials stopped early
     pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
     assert all(t.user_attrs["epochs_run"] < 3 for t in pruned)
+    md = write_tune_report(study, tmp_path / "rep").read_text()
+    for section in ("## Best parameters", "## Parameter importances", "## Plots", "## Trials", "PRUNED"):
+        assert section in md
+    for plot in ("optimization-history", "parallel-coordinate", "intermediate-values"):
+        assert (tmp_path / "rep/tune-a_files" / f"{plot}.png").stat().st_size > 1000
     tune_main(args(tiny_root, storage, "a", 6))  # same command again: nothing more to do
     assert len(load(storage, "a").trials) == 6
     tune_main(args(tiny_root, storage, "a", 7))  # --trials is the total
@@ -81,7 +87,7 @@ def test_killed_worker_trial_is_retried(tiny_root, tmp_path):
 def test_two_concurrent_workers_finish_exactly_n(tiny_root, tmp_path):
     storage = f"sqlite:///{tmp_path / 'p.db'}"
     optuna.create_study(study_name="p", storage=storage, direction="maximize")  # avoid a creation race
-    workers = [spawn(args(tiny_root, storage, "p", 4, 2, "--seed", str(i))) for i in range(2)]
+    workers = [spawn(args(tiny_root, storage, "p", 4, 2, "--seed", str(i), "--pruner", "hyperband")) for i in range(2)]
     for w in workers:
         assert w.wait(timeout=300) == 0, w.stderr.read().decode()[-2000:]
     study = load(storage, "p")
@@ -99,3 +105,13 @@ def test_worker_waits_for_trials_running_elsewhere(tmp_path):
     run_study(study, lambda t: started.append(t.number) or 0.0, target=1, poll=0.2, log=lambda *_: None)
     assert started == [] and len(study.trials) == 1
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_multi_objective_study_has_a_pareto_front(tiny_root, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'm.db'}"
+    study = tune_main(args(tiny_root, storage, "m", 3, 2, "--objective", "both"))
+    assert len(study.directions) == 2 and len(counted(study, FINISHED)) == 3
+    assert all(len(t.values) == 2 for t in study.best_trials)
+    md = write_tune_report(study, tmp_path / "rep").read_text()
+    assert "`overall_acc` and `mean_class_acc`" in md and "pareto-front.png" in md
+    assert best_params("m", storage)  # --from-study picks the front's most accurate trial
