@@ -17,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCHEMES = ("none", "inverse", "sqrt_inverse", "effective", "focal")
-TASK_WEIGHTINGS = ("uniform", "uncertainty")
+from zoo.recipes import CHOICES
+
+SCHEMES = CHOICES["loss"]
+TASK_WEIGHTINGS = CHOICES["task_weighting"]
 
 
 def class_weights(counts, scheme: str = "none", beta: float = 0.999) -> np.ndarray:

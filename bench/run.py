@@ -29,6 +29,9 @@ from bench.trainer import (ConfigMismatch, NonFiniteLoss, Split, Trainer, device
                            probs_to_pred, seed_everything, write_json)
 from zoo import Recipe, UnknownModel, create_model, get_entry, get_recipe, zoo_table
 
+# Recipe fields settable from the command line (zoo/recipes.py says what each does).
+RECIPE_FLAGS = {"epochs": int, "size": int, "batch_size": int, "lr": float, "weight_decay": float, "dropout": float,
+                "label_smoothing": float, "loss": str}
 # On the built-in demo data (no --data) the README command must finish in ~3 CPU minutes.
 DEMO_QUICK = {"size": 64, "epochs": 8, "batch_size": 32, "pretrained": "none"}
 
@@ -173,10 +176,8 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="retrain models that already have artifacts")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip rebuilding reports/leaderboard.md")
-    for f in ("epochs", "size", "batch_size", "lr", "weight_decay", "dropout", "label_smoothing"):
-        p.add_argument(f"--{f.replace('_', '-')}", type=float if f in ("lr", "weight_decay", "dropout",
-                       "label_smoothing") else int, help=f"override the recipe's {f}")
-    p.add_argument("--loss", help="override the recipe's class weighting: none|inverse|sqrt_inverse|effective|focal")
+    for field, kind in RECIPE_FLAGS.items():
+        p.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"override the recipe's {field}")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="weight EMA on/off")
     return p.parse_args(argv)
 
@@ -187,8 +188,7 @@ def main(argv=None) -> list[dict]:
         print(pd.DataFrame(zoo_table()).to_string(index=False))
         print("\nAny timm model name also works (timm.list_models()). Recipes: default, fashionnet, effb3-300.")
         return []
-    overrides = {k: getattr(a, k) for k in ("epochs", "size", "batch_size", "lr", "weight_decay", "dropout",
-                                            "label_smoothing", "loss", "ema", "pretrained")}
+    overrides = {k: getattr(a, k) for k in (*RECIPE_FLAGS, "ema", "pretrained")}
     try:
         root = resolve_root(a.data)
         ds = open_dataset(root)

@@ -45,6 +45,10 @@ def test_recipe_presets_reproduce_public_recipes():
         (300, 0.1, "cosine", 1e-5, 0.2, 0, "val_loss")
     with pytest.raises(ValueError, match="unknown recipe field"):
         Recipe().updated(lrr=1)
+    with pytest.raises(ValueError, match="loss='foo' is not one of none, inverse"):
+        Recipe().updated(loss="foo")
+    with pytest.raises(ValueError, match="epochs >= 1"):
+        Recipe(epochs=0)
 
 
 def test_pretrained_auto_falls_back_fast_when_offline(monkeypatch):

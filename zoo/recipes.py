@@ -14,6 +14,17 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 
+# Allowed values of the recipe's choice fields (the trainer and loss module implement exactly these).
+CHOICES = {
+    "resize": ("letterbox", "stretch", "crop"),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("cosine", "plateau"),
+    "loss": ("none", "inverse", "sqrt_inverse", "effective", "focal"),
+    "task_weighting": ("uniform", "uncertainty"),
+    "select": ("overall_acc", "mean_class_acc", "val_loss"),
+}
+
+
 @dataclass(frozen=True)
 class Recipe:
     size: int | None = None         # input side; None: the zoo entry's default (224 for ResNets, 300 for EfficientNets)
@@ -44,6 +55,13 @@ class Recipe:
     select: str = "overall_acc"     # checkpoint selection: overall_acc | mean_class_acc | val_loss
     early_stop: int = 0             # epochs without improvement before stopping; 0 = never
     pretrained: str = "auto"        # auto (ImageNet if available) | none | PATH
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"recipe {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
+        if self.epochs < 1 or self.batch_size < 1 or self.lr < 0 or not 0 <= self.dropout < 1:
+            raise ValueError(f"recipe needs epochs >= 1, batch_size >= 1, lr >= 0 and 0 <= dropout < 1: {self}")
 
     def updated(self, **overrides) -> "Recipe":
         known = {f.name for f in fields(self)}
