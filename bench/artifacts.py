@@ -12,6 +12,7 @@ runs/<run>/<model>/
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +75,12 @@ def find_runs(root: str | Path = "runs", runs: list[str] | None = None, models: 
             continue
         found.append(art)
     return found
+
+
+def write_json(obj: dict, path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 def save_probs(path: Path, **arrays) -> None:

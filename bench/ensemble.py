@@ -27,13 +27,13 @@ import torch.nn.functional as F
 from scipy.optimize import minimize
 from sklearn.model_selection import KFold
 
-from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs
+from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs, write_json
 from bench.data import DatasetError, open_dataset
 from bench.images import load_images
-from bench.metrics import format_score, score
+from bench.metrics import format_score, probs_to_pred, score, split_probs
 from bench.score import format_predictions, read_predictions
 from bench.augment import normalize
-from bench.trainer import autocast, pick_device, probs_to_pred, split_probs, write_json
+from bench.trainer import autocast, pick_device
 
 STORED_VIEWS = ("plain", "flip")
 WEIGHTINGS = ("uniform", "fitted", "caruana")

@@ -64,6 +64,15 @@ def majority_prediction(train_labels: np.ndarray, num_classes, n: int) -> np.nda
     return majority_from_counts(class_counts(train_labels, num_classes), n)
 
 
+def split_probs(probs: np.ndarray, num_classes) -> list[np.ndarray]:
+    edges = np.cumsum([0, *num_classes])
+    return [probs[:, edges[i]:edges[i + 1]] for i in range(len(num_classes))]
+
+
+def probs_to_pred(probs: np.ndarray, num_classes) -> np.ndarray:
+    return np.stack([p.argmax(1) for p in split_probs(probs, num_classes)], 1)
+
+
 def format_score(s: dict, title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"overall accuracy     {s['overall_acc']:.4f}   (n={s['n']} images x {len(s['attr_acc'])} attributes)")

@@ -20,9 +20,8 @@ import pandas as pd
 from bench.artifacts import RunArtifacts, find_runs
 from bench.data import ATTRIBUTES
 from bench.losses import SCHEMES, class_weights
-from bench.metrics import majority_from_counts, score
+from bench.metrics import majority_from_counts, probs_to_pred, score
 from bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
-from bench.trainer import probs_to_pred
 
 SORT_KEYS = ("overall_acc", "mean_class_acc", "macro_f1")
 

@@ -9,7 +9,6 @@ Re-running the same command resumes an interrupted model from its last completed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,13 +19,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.artifacts import save_probs
+from bench.artifacts import read_run, save_probs, write_json
 from bench.data import DatasetError, FashionDataset, class_counts, open_dataset, resolve_root
 from bench.images import load_images
-from bench.metrics import score
+from bench.metrics import probs_to_pred, score
 from bench.plots import plot_curves
 from bench.trainer import (ConfigMismatch, NonFiniteLoss, Split, Trainer, device_name, pick_device, predict,
-                           probs_to_pred, seed_everything, write_json)
+                           seed_everything)
 from zoo import Recipe, UnknownModel, create_model, get_entry, get_recipe, zoo_table
 
 # Recipe fields settable from the command line (zoo/recipes.py says what each does).
@@ -84,7 +83,7 @@ def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe
               "dataset": ds.fingerprint(), "recipe": recipe.to_dict()}
     meta_path = model_dir / "run.json"
     if meta_path.exists() and not force:
-        old = json.loads(meta_path.read_text())
+        old = read_run(model_dir).meta
         if old.get("config") != config:
             diff = sorted(k for k in set(config) | set(old.get("config", {}))
                           if config.get(k) != old.get("config", {}).get(k))

@@ -9,7 +9,6 @@ halves the batch size and retries the epoch from that state; a non-finite loss s
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import random
 import time
@@ -106,24 +105,9 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, flip: bool
     return torch.cat(out) if out else torch.empty(0)
 
 
-def split_probs(probs: np.ndarray, num_classes) -> list[np.ndarray]:
-    edges = np.cumsum([0, *num_classes])
-    return [probs[:, edges[i]:edges[i + 1]] for i in range(len(num_classes))]
-
-
-def probs_to_pred(probs: np.ndarray, num_classes) -> np.ndarray:
-    return np.stack([p.argmax(1) for p in split_probs(probs, num_classes)], 1)
-
-
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
 
 
