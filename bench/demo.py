@@ -78,7 +78,7 @@ def _fabric_surface(rng, fabric: int, h: int, w: int) -> tuple[np.ndarray, float
     return base + 35 * np.sin(yy * 2.2)[..., None] + 3 * noise, 1.0
 
 
-def _pattern(rng, texture: int, mask: np.ndarray, box: tuple[int, int, int, int], colour) -> Image.Image | None:
+def _pattern(rng, texture: int, mask: np.ndarray, box: tuple[int, int, int, int]) -> Image.Image | None:
     """Overlay (L mask) for the texture, drawn inside the garment's bounding box."""
     if texture == 5:  # solid
         return None
@@ -185,7 +185,7 @@ def draw_garment(labels: np.ndarray, rng: np.random.Generator, width: int, heigh
     box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if len(xs) else (0, 0, W, H)
     base = surface.mean(axis=(0, 1))
     contrast = np.where(base.mean() > 128, base * 0.25, 255 - (255 - base) * 0.15)
-    ov = _pattern(rng, labels[TEXTURE], m_cloth[..., 0], box, contrast)
+    ov = _pattern(rng, labels[TEXTURE], m_cloth[..., 0], box)
     if ov is not None:
         m_ov = np.asarray(ov, np.float32)[..., None] / 255
         surface = surface * (1 - m_ov) + contrast * m_ov

@@ -58,7 +58,7 @@ def init_label(meta: dict) -> str:
 def collect(runs_dir: Path, dataset: str | None = None):
     """Entries for the leaderboard plus notes on everything left out, for one dataset fingerprint."""
     arts = find_runs(runs_dir)
-    notes, usable = [], []
+    notes, usable = [], []  # usable: (artifacts, val probabilities)
     for art in arts:
         m = art.meta
         if m.get("status") == "training":
@@ -69,18 +69,19 @@ def collect(runs_dir: Path, dataset: str | None = None):
             notes.append(f"`{art.label}`: failed: {m.get('error', 'unknown error')}")
         elif not art.has_probs("val"):
             notes.append(f"`{art.label}`: no val probabilities ({art.probs_path('val')} missing)")
-        elif "labels" not in art.load_probs("val"):
+        elif "labels" not in (probs := art.load_probs("val")):
             notes.append(f"`{art.label}`: its val split has no labels, nothing to score")
         else:
-            usable.append(art)
-    fps = Counter(a.meta.get("dataset") or a.meta["config"]["dataset"] for a in usable)
+            usable.append((art, probs))
+    fingerprint = lambda a: a.meta.get("dataset") or a.meta["config"]["dataset"]  # noqa: E731
+    fps = Counter(fingerprint(a) for a, _ in usable)
     if not fps:
         return [], notes, None
     chosen = dataset or fps.most_common(1)[0][0]
     for fp, n in fps.items():
         if fp != chosen:
             notes.append(f"{n} run(s) trained on another dataset (fingerprint `{fp}`): `--dataset {fp}` reports them")
-    entries = [make_entry(a) for a in usable if (a.meta.get("dataset") or a.meta["config"]["dataset"]) == chosen]
+    entries = [make_entry(a, p) for a, p in usable if fingerprint(a) == chosen]
     base = entries[0]
     labels = base.extra["labels"]
     counts = next((e.meta["train_class_counts"] for e in entries if "train_class_counts" in e.meta), None)
@@ -92,8 +93,7 @@ def collect(runs_dir: Path, dataset: str | None = None):
     return entries, notes, chosen
 
 
-def make_entry(art: RunArtifacts) -> Entry:
-    probs = art.load_probs("val")
+def make_entry(art: RunArtifacts, probs: dict) -> Entry:
     nc = tuple(art.meta["num_classes"])
     labels = probs["labels"]
     pred = probs_to_pred(probs["plain"], nc)
