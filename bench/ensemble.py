@@ -78,46 +78,63 @@ def view_images(x: torch.Tensor, view: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def compute_views(member: RunArtifacts, split: str, views: list[str], data_root: Path | None, device) -> dict:
-    """TTA probabilities from the member's best.pt for views its artifacts lack."""
+def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root: Path | None, device) -> dict:
+    """TTA probabilities from the member's best.pt for the views each split lacks (the model is built once)."""
     from zoo import create_model
     device = torch.device(device)
     meta, ckpt = member.meta, member.dir / "best.pt"
     if not ckpt.exists():
-        raise EnsembleError(f"{member.label}: probabilities for views {views} on {split} are missing and there is no "
+        raise EnsembleError(f"{member.label}: probabilities for views {missing} are missing and there is no "
                             f"checkpoint {ckpt} to recompute them")
     cfg, recipe = meta["config"], meta["config"]["recipe"]
     root = Path(data_root or meta["data_root"])
     ds = open_dataset(root, check_images=False)
     if ds.fingerprint() != cfg["dataset"]:
         raise EnsembleError(f"{member.label}: dataset at {root} differs from the one it was trained on; pass --data")
-    images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
     model, _ = create_model(cfg["model"], tuple(meta["num_classes"]), recipe["dropout"], recipe["hidden"], "none")
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
     model.to(device).eval()
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
     out = {}
-    for view in views:
-        parts = []
-        for i in range(0, len(x), 128):
-            with autocast(device):
-                logits = model(view_images(x[i:i + 128], view))
-            parts.append(torch.cat([z.float().softmax(-1) for z in logits], 1).cpu())
-        out[view] = torch.cat(parts).numpy()
+    for split, views in missing.items():
+        images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+        out[split] = {}
+        for view in views:
+            parts = []
+            for i in range(0, len(x), 128):
+                with autocast(device):
+                    logits = model(view_images(x[i:i + 128], view))
+                parts.append(torch.cat([z.float().softmax(-1) for z in logits], 1).cpu())
+            out[split][view] = torch.cat(parts).numpy()
     return out
 
 
-def member_probs(member: RunArtifacts, split: str, views: list[str], data_root, device) -> np.ndarray:
-    stored = member.load_probs(split) if member.has_probs(split) else {}
-    cache_path = member.dir / f"tta_{split}.npz"
-    cached = dict(np.load(cache_path)) if cache_path.exists() else {}
-    have = {**cached, **{k: v for k, v in stored.items() if k in STORED_VIEWS}}
-    missing = [v for v in views if v not in have]
+def member_views(member: RunArtifacts, views: list[str], data_root, device,
+                 splits=("val", "test")) -> dict[str, dict[str, np.ndarray]]:
+    """Per split: stored probabilities (plain, flip, labels) plus cached or freshly computed TTA views."""
+    have = {}
+    for split in splits:
+        stored = member.load_probs(split) if member.has_probs(split) else {}
+        cache_path = member.dir / f"tta_{split}.npz"
+        have[split] = {**(dict(np.load(cache_path)) if cache_path.exists() else {}), **stored}
+    missing = {s: [v for v in views if v not in have[s]] for s in splits}
+    missing = {s: v for s, v in missing.items() if v}
     if missing:
-        print(f"  {member.label}: computing TTA views {missing} on {split} from best.pt")
-        have.update(compute_views(member, split, missing, data_root, device))
-        save_probs(cache_path, **{k: v for k, v in have.items() if k not in STORED_VIEWS})
-    return np.mean([have[v] for v in views], axis=0)
+        print(f"  {member.label}: computing TTA views {missing} from best.pt")
+        for split, computed in compute_views(member, missing, data_root, device).items():
+            have[split].update(computed)
+            extra = {k: v for k, v in have[split].items() if k not in (*STORED_VIEWS, "labels")}
+            save_probs(member.dir / f"tta_{split}.npz", **extra)
+    return have
+
+
+def tta_mean(probs: dict[str, np.ndarray], views: list[str]) -> np.ndarray:
+    return np.mean([probs[v] for v in views], axis=0)
+
+
+def member_probs(member: RunArtifacts, split: str, views: list[str], data_root, device) -> np.ndarray:
+    """One split's probabilities averaged over `views`."""
+    return tta_mean(member_views(member, views, data_root, device, (split,))[split], views)
 
 
 # --- combining ---------------------------------------------------------------------------------------------------
@@ -286,12 +303,13 @@ def main(argv=None) -> dict:
         check_members(members)
         device = pick_device()
         nc = tuple(members[0].meta["num_classes"])
-        val = {m.label: member_probs(m, "val", views, a.data, device) for m in members}
-        plain = {m.label: m.load_probs("val")["plain"] for m in members}
-        labels = members[0].load_probs("val").get("labels")
+        loaded = {m.label: member_views(m, views, a.data, device) for m in members}
+        labels = loaded[members[0].label]["val"].get("labels")
         if labels is None:
             raise EnsembleError("the members' val split has no labels: nothing to fit or score on")
-        test = {m.label: member_probs(m, "test", views, a.data, device) for m in members}
+        val = {n: tta_mean(h["val"], views) for n, h in loaded.items()}
+        plain = {n: h["val"]["plain"] for n, h in loaded.items()}
+        test = {n: tta_mean(h["test"], views) for n, h in loaded.items()}
     except (EnsembleError, ArtifactError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
