@@ -8,13 +8,25 @@ runs/<run>/<model>/
   curves.png        loss and accuracy per epoch
   probs_val.npz     `plain` and `flip` (N, 26) softmax probabilities, and `labels` (N, 6)
   probs_test.npz    `plain` and `flip` for the test split
+  .claim            while a process trains here: who (see `claim`)
+
+Every file is written through `atomic_path`: readers see the old file or the new one, never half of one, and
+concurrent writers never share a temp file.
 """
 from __future__ import annotations
 
 import json
 import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -77,13 +89,192 @@ def find_runs(root: str | Path = "runs", runs: list[str] | None = None, models: 
     return found
 
 
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path next to `path`, unique to this writer, to write the file to; on success it replaces `path`
+    atomically, on an exception it is removed and `path` is left as it was.
+
+    The temp name keeps the extension (`.best.<pid>.<rand>.tmp.pt`) so tools that choose a format from it
+    (np.savez, savefig) write the right one; it starts with '.' so listings can tell it from finished files."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)  # same folder, so same filesystem: atomic
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], object]) -> None:
+    """`writer(tmp)` writes the file's content to tmp; then it atomically becomes `path` (see atomic_path)."""
+    with atomic_path(path) as tmp:
+        writer(tmp)
+
+
 def write_json(obj: dict, path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str)  # before any file exists: a bad value leaves nothing behind
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def save_probs(path: Path, **arrays) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))
+
+
+class ClaimError(RuntimeError):
+    """Another live process is working in the folder."""
+
+
+CLAIM_FILE = ".claim"
+HEARTBEAT_S = 60.0    # how often a holder refreshes its claim file's mtime
+STALE_AFTER_S = 600.0  # a claim from another host not refreshed for this long is abandoned
+
+
+class Claim:
+    """An exclusive claim on a folder (e.g. runs/<run>/<model>), so that two processes, on one host or on several
+    sharing a filesystem, never work in it at once. Use `with claim(folder):`.
+
+    `<folder>/.claim` is created with O_CREAT|O_EXCL and holds {pid, host, started, command, proc, token}. A claim
+    whose holder is gone is taken over: on the same host when its pid no longer exists or now belongs to another
+    process (`proc`, the kernel boot id and process start time, tells them apart on Linux); from another host, whose
+    pids cannot be checked, when its heartbeat (the file's mtime, refreshed every `heartbeat` seconds by a thread)
+    is older than `stale_after` seconds. Hosts are told apart by socket.gethostname(), so containers sharing a
+    filesystem need distinct host names, and hosts sharing one need roughly synchronised clocks."""
+
+    def __init__(self, folder: str | Path, stale_after: float = STALE_AFTER_S, heartbeat: float | None = HEARTBEAT_S):
+        self.folder, self.path = Path(folder), Path(folder) / CLAIM_FILE
+        self.stale_after, self.heartbeat = stale_after, heartbeat
+        self.record = {"pid": os.getpid(), "host": socket.gethostname(),
+                       "started": datetime.now().astimezone().isoformat(timespec="seconds"),
+                       "command": list(sys.argv), "proc": _proc_identity(os.getpid()), "token": secrets.token_hex(8)}
+        self.took_over: str | None = None  # why the previous claim counted as abandoned, when one was taken over
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> Claim:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        data = json.dumps(self.record).encode()
+        for _ in range(20):  # each pass either wins, raises, or saw a claim vanish or be taken over meanwhile
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                self._take_over_if_stale()
+                continue
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            if self.heartbeat:
+                self._thread = threading.Thread(target=self._beat, name=f"claim {self.folder}", daemon=True)
+                self._thread.start()
+            return self
+        raise ClaimError(f"{self.path}: could not take the claim: other processes keep replacing it")
+
+    def _take_over_if_stale(self) -> None:
+        """Raise ClaimError if the existing claim is live; otherwise move it away (if no one else did first)."""
+        try:
+            raw, age = self.path.read_bytes(), time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return  # released meanwhile: try again
+        try:
+            holder = json.loads(raw)
+        except ValueError:
+            holder = None
+        if not isinstance(holder, dict):  # being written right now, or garbage: only its age can tell
+            holder = {}
+            if age < 2:
+                time.sleep(0.1)
+                return
+        pid, host = holder.get("pid"), holder.get("host")
+        if host == self.record["host"] and isinstance(pid, int):
+            reason = _gone(pid, holder.get("proc"))
+        else:
+            reason = f"not refreshed for {age:.0f} s" if age > self.stale_after else None
+        if reason is None:
+            who = (f"pid {pid} on host {host} since {holder.get('started')} "
+                   f"(command: {' '.join(map(str, holder.get('command') or [])) or '?'})" if holder else
+                   "an unreadable claim")
+            raise ClaimError(
+                f"{self.folder} is in use by {who}; the claim was refreshed {age:.0f} s ago. Wait for it to finish "
+                f"or use another run name. If that process is gone (a claim from another host counts as abandoned "
+                f"after {self.stale_after:.0f} s without a refresh), delete {self.path}.")
+        # Rename, not unlink: of two processes taking over the same stale claim only one can move it away. The one
+        # that moved something else (a fresh claim made meanwhile by the winner) puts it back.
+        grave = self.path.with_name(f"{CLAIM_FILE}.stale.{os.getpid()}.{secrets.token_hex(4)}")
+        try:
+            os.rename(self.path, grave)
+        except FileNotFoundError:
+            return
+        try:
+            if grave.read_bytes() != raw:
+                try:
+                    os.link(grave, self.path)
+                except FileExistsError:
+                    pass
+            else:
+                self.took_over = (f"{self.path}: took over an abandoned claim ({reason}): "
+                                  f"{raw.decode(errors='replace')}")
+                print(f"note: {self.took_over}", file=sys.stderr)
+        finally:
+            grave.unlink(missing_ok=True)
+
+    def held(self) -> bool:
+        """Whether the claim file is still ours (it is not if another process took it over as abandoned)."""
+        try:
+            return json.loads(self.path.read_bytes()).get("token") == self.record["token"]
+        except (OSError, ValueError, AttributeError):  # gone, half-written, or not a claim
+            return False
+
+    def touch(self) -> bool:
+        """Refresh the heartbeat; False if the claim is no longer ours."""
+        if not self.held():
+            return False
+        try:
+            os.utime(self.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat) and self.touch():
+            pass
+
+    def release(self) -> None:
+        """Remove the claim file if it is still ours."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self.held():  # a takeover between this check and the unlink needs a holder silent for stale_after
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Claim:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def claim(folder: str | Path, stale_after: float = STALE_AFTER_S, heartbeat: float | None = HEARTBEAT_S) -> Claim:
+    """`with claim(folder):` work in folder exclusively; ClaimError names the live holder otherwise."""
+    return Claim(folder, stale_after, heartbeat)
+
+
+def _proc_identity(pid: int) -> str | None:
+    """Kernel boot id and start time of process `pid`: unlike the pid, never reused (Linux; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, starttime; the name in (...) may hold spaces
+
+
+def _gone(pid: int, proc: str | None) -> str | None:
+    """Why process `pid` of this host, started as `proc`, no longer runs; None while it does."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return f"its process {pid} on this host is gone"
+    except PermissionError:  # exists, owned by another user
+        pass
+    now = _proc_identity(pid)
+    if proc and now and now != proc:  # e.g. a restarted container whose trainer got the same pid again
+        return f"pid {pid} on this host now belongs to another process"
+    return None

@@ -5,9 +5,13 @@ Layout (read-only, nothing in it is ever written):
     ROOT/split/{train,val,test}.txt        one relative image path per line
     ROOT/split/{train,val}_attr.txt        one line per image: 6 space-separated ints
     ROOT/split/list_attr_cloth.txt         class names and the attribute each belongs to (optional)
+
+Text files are UTF-8 (a leading byte-order mark is accepted). The train and val splits must list at least one image
+(training and model selection need them); an empty test split is accepted, e.g. to train before the test list exists.
 """
 from __future__ import annotations
 
+import codecs
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -28,6 +32,8 @@ DEFAULT_CLASS_NAMES = (
 )
 SPLITS = ("train", "val", "test")
 LABELLED_SPLITS = ("train", "val")
+EMPTY_SPLIT_NEED = {"train": "training needs at least one image",
+                    "val": "model selection and scoring need at least one image"}
 
 
 class DatasetError(ValueError):
@@ -39,14 +45,37 @@ class DatasetError(ValueError):
         super().__init__("\n  ".join([head, *self.problems]))
 
 
-def parse_label_lines(path: Path, num_classes: tuple[int, ...], problems: list[str],
-                      expected_lines: int | None = None) -> np.ndarray:
-    """Read a file of '6 ints per line' (labels or predictions); append each bad line to `problems`."""
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def read_lines(path: Path, problems: list[str]) -> list[str] | None:
+    """The lines of a UTF-8 text file (a leading BOM dropped); None, with the reason appended to `problems`, when it
+    cannot be read or is not text."""
     try:
-        lines = path.read_text().splitlines()
+        data = path.read_bytes()
     except OSError as e:
         problems.append(f"{path}: cannot read ({e.strerror})")
-        return np.zeros((0, len(num_classes)), dtype=np.int64)
+        return None
+    if data.startswith(ZIP_MAGIC):
+        problems.append(f"{path}: is a zip archive, not a text file; give the .txt file inside it")
+        return None
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line, start = data.count(b"\n", 0, e.start) + 1, data.rfind(b"\n", 0, e.start) + 1
+        column = len(data[start:e.start].decode("utf-8")) + 1  # in characters; everything before e.start decodes
+        problems.append(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column})")
+        return None
+
+
+def parse_label_lines(path: Path, num_classes: tuple[int, ...], problems: list[str],
+                      expected_lines: int | None = None) -> np.ndarray | None:
+    """Read a file of '6 ints per line' (labels or predictions); append each bad line to `problems`.
+    An unreadable file gives None."""
+    lines = read_lines(path, problems)
+    if lines is None:
+        return None
     while lines and not lines[-1].strip():
         lines.pop()
     rows = np.zeros((len(lines), len(num_classes)), dtype=np.int64)
@@ -74,8 +103,11 @@ def read_class_names(path: Path, problems: list[str]) -> tuple[tuple[str, ...], 
     """`list_attr_cloth.txt`: a count line, a header line, then 'name attribute_type(1..6)' per class."""
     if not path.exists():
         return DEFAULT_CLASS_NAMES
+    lines = read_lines(path, problems)
+    if lines is None:
+        return DEFAULT_CLASS_NAMES
     groups: dict[int, list[str]] = {}
-    for i, line in enumerate(path.read_text().splitlines()[2:], start=3):
+    for i, line in enumerate(lines[2:], start=3):
         fields = line.split()
         if not fields:
             continue
@@ -143,16 +175,24 @@ def open_dataset(root: str | Path, check_images: bool = True) -> FashionDataset:
     class_names = read_class_names(split_dir / "list_attr_cloth.txt", problems)
     num_classes = tuple(len(c) for c in class_names)
     splits: dict[str, Split] = {}
+    seen: dict[str, tuple[str, str]] = {}  # normalised image path -> (split, "file:line") where first listed
     for name in SPLITS:
         list_file = split_dir / f"{name}.txt"
         if not list_file.exists():
             problems.append(f"{list_file}: missing split file (one relative image path per line)")
             splits[name] = Split(name, (), None)
             continue
-        paths = tuple(line.strip() for line in list_file.read_text().splitlines() if line.strip())
-        for i, p in enumerate(paths):
+        lines = read_lines(list_file, problems)
+        listed = [(i, line.strip()) for i, line in enumerate(lines or [], start=1) if line.strip()]
+        for i, p in listed:
             if not (root / p).is_file():
-                problems.append(f"{list_file}:{i + 1}: image {p!r} is listed but missing")
+                problems.append(f"{list_file}:{i}: image {p!r} is listed but missing")
+            first = seen.setdefault(os.path.normpath(p), (name, f"{list_file}:{i}"))
+            if first[0] != name:
+                problems.append(f"{list_file}:{i}: image {p!r} is also in split {first[0]!r} ({first[1]})")
+        if lines is not None and not listed and name in EMPTY_SPLIT_NEED:
+            problems.append(f"{list_file}: the {name} split is empty; {EMPTY_SPLIT_NEED[name]}")
+        paths = tuple(p for _, p in listed)
         labels = None
         if name in LABELLED_SPLITS:
             attr_file = split_dir / f"{name}_attr.txt"
@@ -160,17 +200,10 @@ def open_dataset(root: str | Path, check_images: bool = True) -> FashionDataset:
                 problems.append(f"{attr_file}: missing label file for split {name!r}")
             else:
                 labels = parse_label_lines(attr_file, num_classes, problems)
-                if len(labels) != len(paths):
+                if labels is not None and lines is not None and len(labels) != len(paths):
                     problems.append(f"{attr_file}: {len(labels)} label line(s) but {list_file.name} lists "
                                     f"{len(paths)} image(s); the two files must match line for line")
         splits[name] = Split(name, paths, labels)
-    seen: dict[str, str] = {}
-    for name in SPLITS:
-        for p in splits[name].paths:
-            key = os.path.normpath(p)
-            if key in seen and seen[key] != name:
-                problems.append(f"{split_dir / (name + '.txt')}: image {p!r} is also in split {seen[key]!r}")
-            seen.setdefault(key, name)
     if check_images:
         existing = [root / p for p in seen if (root / p).is_file()]
         results = Parallel(n_jobs=-1, prefer="threads", batch_size=64)(delayed(_check_image)(f) for f in existing)

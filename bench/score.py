@@ -19,7 +19,7 @@ DEFAULT_NUM_CLASSES = tuple(len(c) for c in DEFAULT_CLASS_NAMES)
 
 
 def read_predictions(path: str | Path, num_classes=DEFAULT_NUM_CLASSES, expected_lines: int | None = None) -> np.ndarray:
-    """A prediction file as (N, 6) ints; DatasetError naming every bad line."""
+    """A prediction file as (N, 6) ints; DatasetError naming every bad line (or a file that is not UTF-8 text)."""
     problems: list[str] = []
     rows = parse_label_lines(Path(path), tuple(num_classes), problems, expected_lines)
     if problems:
@@ -50,6 +50,8 @@ def main(argv=None) -> dict:
             num_classes, labels, train = ds.num_classes, ds.splits[a.split].labels, ds.splits["train"].labels
             if a.labels:
                 labels = read_predictions(a.labels, num_classes)
+        if not len(labels):  # metrics of zero images are undefined (sklearn raises)
+            raise DatasetError([f"{a.labels}: no label lines; there is nothing to score"], f"label file {a.labels}")
         if a.baseline:
             pred, title = majority_prediction(train, num_classes, len(labels)), "majority-class baseline"
         else:

@@ -86,3 +86,64 @@ def test_fingerprint_tracks_labels(tiny_copy):
     lines[0] = " ".join(map(str, row))
     f.write_text("\n".join(lines) + "\n")
     assert open_dataset(tiny_copy).fingerprint() != a
+
+
+def _replace_line(path, index, raw: bytes):
+    lines = path.read_bytes().split(b"\n")
+    lines[index] = raw
+    path.write_bytes(b"\n".join(lines))
+
+
+def test_non_utf8_lines_named_with_every_other_problem(tiny_copy):
+    _replace_line(tiny_copy / "split/train.txt", 4, b"img/0\xff004.jpg")
+    _replace_line(tiny_copy / "split/val_attr.txt", 2, "é".encode() + b" \xe9 0 0 0 0")  # 'é' is 1 char, 2 bytes
+    (tiny_copy / "img/00130.jpg").unlink()  # val.txt line 11
+    probs = problems_of(tiny_copy)
+    assert f"{tiny_copy}/split/train.txt:5: not valid UTF-8 (byte 0xff at column 6)" in probs
+    assert f"{tiny_copy}/split/val_attr.txt:3: not valid UTF-8 (byte 0xe9 at column 3)" in probs
+    assert f"{tiny_copy}/split/val.txt:11: image 'img/00130.jpg' is listed but missing" in probs
+    assert len(probs) == 3  # an unreadable file is not also reported as having the wrong number of lines
+
+
+def test_non_utf8_class_name_file(tiny_copy):
+    _replace_line(tiny_copy / "split/list_attr_cloth.txt", 4, b"gr\xc3phic 1")
+    assert problems_of(tiny_copy) == [f"{tiny_copy}/split/list_attr_cloth.txt:5: not valid UTF-8 "
+                                      f"(byte 0xc3 at column 3)"]
+
+
+def test_utf8_bom_is_accepted(tiny_root, tiny_copy):
+    for name in ("train.txt", "train_attr.txt", "val.txt", "val_attr.txt", "test.txt", "list_attr_cloth.txt"):
+        f = tiny_copy / "split" / name
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    ds = open_dataset(tiny_copy)
+    assert ds.splits["train"].paths[0] == "img/00000.jpg"
+    assert (ds.splits["train"].labels == open_dataset(tiny_root).splits["train"].labels).all()
+    assert ds.fingerprint() == open_dataset(tiny_root).fingerprint()
+
+
+def test_duplicate_names_the_line_in_both_files(tiny_copy):
+    f = tiny_copy / "split/test.txt"
+    f.write_text(f.read_text() + "img/00002.jpg\n")
+    assert problems_of(tiny_copy) == [f"{tiny_copy}/split/test.txt:31: image 'img/00002.jpg' is also in split "
+                                      f"'train' ({tiny_copy}/split/train.txt:3)"]
+
+
+def test_line_numbers_count_blank_lines(tiny_copy):
+    f = tiny_copy / "split/train.txt"
+    f.write_text("\n" + f.read_text())
+    (tiny_copy / "img/00003.jpg").unlink()
+    assert f"{tiny_copy}/split/train.txt:5: image 'img/00003.jpg' is listed but missing" in problems_of(tiny_copy)
+
+
+@pytest.mark.parametrize("split, need", [("train", "training needs at least one image"),
+                                         ("val", "model selection and scoring need at least one image")])
+def test_empty_train_or_val_split_is_an_error(tiny_copy, split, need):
+    (tiny_copy / f"split/{split}.txt").write_text("")
+    (tiny_copy / f"split/{split}_attr.txt").write_text("")
+    assert problems_of(tiny_copy) == [f"{tiny_copy}/split/{split}.txt: the {split} split is empty; {need}"]
+
+
+def test_empty_test_split_is_allowed(tiny_copy):
+    (tiny_copy / "split/test.txt").write_text("\n")
+    ds = open_dataset(tiny_copy)
+    assert len(ds.splits["test"]) == 0 and len(ds.fingerprint()) == 16

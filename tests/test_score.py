@@ -52,3 +52,45 @@ def test_score_cli_on_demo(tiny_root, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(bad), "--labels", str(labels)])
     assert "expected 40" in capsys.readouterr().err
+
+
+def _labels(tmp_path):
+    f = tmp_path / "labels.txt"
+    f.write_text("0 0 0 0 0 0\n1 1 1 1 1 1\n")
+    return f
+
+
+def test_binary_prediction_file_is_a_clean_error(tmp_path, capsys):
+    bad = tmp_path / "prediction.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(SystemExit) as e:
+        main([str(bad), "--labels", str(_labels(tmp_path))])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"error: 1 problem(s) in prediction file {bad}:\n"
+                                       f"  {bad}:1: not valid UTF-8 (byte 0x89 at column 1)\n")
+
+
+def test_zipped_prediction_file_says_to_unzip(tmp_path, capsys):
+    import zipfile
+    z = tmp_path / "prediction.zip"
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("prediction.txt", "0 0 0 0 0 0\n1 1 1 1 1 1\n")
+    with pytest.raises(SystemExit) as e:
+        main([str(z), "--labels", str(_labels(tmp_path))])
+    assert e.value.code == 2
+    assert f"{z}: is a zip archive, not a text file; give the .txt file inside it" in capsys.readouterr().err
+
+
+def test_prediction_file_with_bom(tmp_path):
+    f = tmp_path / "prediction.txt"
+    f.write_bytes(b"\xef\xbb\xbf0 1 2 3 4 2\n6 0 0 0 0 0\n")
+    assert read_predictions(f, K, expected_lines=2).tolist() == [[0, 1, 2, 3, 4, 2], [6, 0, 0, 0, 0, 0]]
+
+
+def test_empty_label_file_is_a_clean_error(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(SystemExit) as e:
+        main([str(empty), "--labels", str(empty)])
+    assert e.value.code == 2
+    assert f"{empty}: no label lines; there is nothing to score" in capsys.readouterr().err
