@@ -7,17 +7,23 @@ Members are the finished runs under runs/. Each member's probabilities are avera
 are stored by training; others, e.g. `crop0.9` or `crop0.9+flip`, are computed from the member's best.pt once and
 cached in its folder as tta_<split>.npz). Members are combined per attribute by arithmetic or geometric mean, with
 uniform weights, weights fitted on val (log-loss), or Caruana et al.'s ensemble selection (ICML 2004: forward
-selection with replacement, sorted initialisation, bagging), optionally per attribute. Fitted weights are also scored
-by k-fold cross-validation over val images, so the reported gain is not only in-sample; the leaderboard entry
-holds the out-of-fold val probabilities, so every statistic the report shows for it is out-of-sample.
-Writes OUT/prediction.txt (test.txt order, 6 ints per line, validated first) and OUT/prediction.zip, and an
-ensemble entry runs/_ensembles/<name>/ that the leaderboard report picks up.
+selection with replacement, sorted initialisation, bagging, each bag keeping its best-scoring ensemble size),
+optionally per attribute. Fitted weights are also scored by k-fold cross-validation over val images (folds stratified
+over all 6 attributes), and the leaderboard entry then holds those out-of-fold val probabilities. Only the weights
+are cross-fitted: the members' epochs (and any tuned parameters) were chosen on the same val images, so the
+ensemble's val score stays optimistic. Without CV (uniform weights, or fewer than 2 x folds val images) the entry is
+in-sample; run.json's `val_scoring` says which, and the leaderboard shows it.
+Checks first that OUT holds no prediction yet (--force overwrites), then writes OUT/prediction.txt (test.txt order,
+6 ints per line, validated first) and OUT/prediction.zip, both atomically, and an ensemble entry
+RUNS/_ensembles/<name>/ that the leaderboard report (rebuilt in RUNS' report folder) picks up.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -25,14 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize
-from sklearn.model_selection import KFold
 
 from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs, write_json
 from bench.data import DatasetError, open_dataset
 from bench.images import load_images
 from bench.metrics import format_score, probs_to_pred, score, split_probs
 from bench.score import format_predictions, read_predictions
-from bench.augment import normalize
+from bench.augment import to_input
 from bench.trainer import autocast, pick_device
 
 STORED_VIEWS = ("plain", "flip")
@@ -61,9 +66,10 @@ def check_members(members: list[RunArtifacts]) -> None:
 
 
 def view_images(x: torch.Tensor, view: str) -> torch.Tensor:
-    """Normalised batch for a TTA view: plain | flip | cropF (centre crop fraction F, resized back) [+flip]."""
+    """Model input (float pixels, the model normalises) for a TTA view: plain | flip | cropF (centre crop fraction
+    F, resized back) [+flip]."""
     name, _, flip = view.partition("+")
-    xb = normalize(x)
+    xb = to_input(x)
     if name.startswith("crop"):
         frac = float(name[4:])
         s = xb.shape[-1]
@@ -168,8 +174,10 @@ def caruana(probs, labels, num_classes, method="mean", iters: int = 25, init: in
             bag_frac: float = 0.6, per_attribute: bool = False, seed: int = 0) -> np.ndarray:
     """Ensemble selection: weights = how often each member was picked, averaged over bags.
 
-    Candidates are scored by accuracy (log-loss breaks ties) of the running average with them added, kept as a
-    running sum per attribute so each step costs one pass over the val probabilities per candidate.
+    Each bag returns the ensemble at its best-scoring size along the selection path (sizes init .. init + iters),
+    not the last one (Caruana et al. 2004). Candidates are scored by accuracy (log-loss breaks ties) of the running
+    average with them added, kept as a running sum per attribute so each step costs one pass over the val
+    probabilities per candidate.
     """
     m, n_attr = len(probs), len(num_classes)
     blocks = [np.stack(b) for b in zip(*[split_probs(p, num_classes) for p in probs])]  # per attribute (M, N, k)
@@ -208,9 +216,13 @@ def caruana(probs, labels, num_classes, method="mean", iters: int = 25, init: in
 
             for i in sorted(pool, key=lambda i: quality({a: blocks[a][i] for a in attrs}, 1), reverse=True)[:init]:
                 add(i)  # sorted initialisation with the best few members
-            for _ in range(iters):  # forward selection with replacement
-                add(max(pool, key=gain))
-            total[:, attrs] += (counts / counts.sum())[:, None]
+            best = quality(sums, counts.sum()), counts.copy()
+            for _ in range(iters):  # forward selection with replacement, even when every candidate makes it worse
+                gains = {i: gain(i) for i in pool}
+                add(i := max(pool, key=gains.get))
+                if gains[i] > best[0]:  # strictly: the smallest ensemble among equally good ones
+                    best = gains[i], counts.copy()
+            total[:, attrs] += (best[1] / best[1].sum())[:, None]
     w = total / total.sum(0, keepdims=True)
     return w if per_attribute else w[:, 0]
 
@@ -246,11 +258,82 @@ def get_weights(scheme, probs, labels, num_classes, method, per_attribute, seed=
     raise ValueError(f"unknown weighting {scheme!r}; choose one of {WEIGHTINGS}")
 
 
+def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    """Fold id (0..k-1) per row: iterative stratification (Sechidis et al., ECML 2011) over every (attribute, class).
+
+    The rarest label still unassigned goes first; each of its rows goes to the fold that most lacks that label
+    (then the one lacking most of the row's other labels, then rows, then at random); a last pass puts every class
+    with >= k rows into every fold and evens fold sizes to within one row where possible. Rare classes so end up
+    in all folds, which plain KFold leaves to chance.
+    """
+    labels = np.asarray(labels, np.int64).reshape(len(labels), -1)
+    n = len(labels)
+    ids = labels + np.cumsum([0, *(labels.max(0) + 1)])[:-1]  # (N, attributes) global label ids, distinct per row
+    remaining = np.bincount(ids.ravel())
+    want = np.tile(remaining / k, (k, 1))  # rows each fold still lacks per label
+    size = np.full(k, n / k)  # rows each fold still lacks
+    fold = np.full(n, -1)
+    rng = np.random.default_rng(seed)
+    while (fold < 0).any():
+        left = np.where(remaining > 0, remaining, np.iinfo(np.int64).max)
+        lab = rng.choice(np.flatnonzero(left == left.min()))
+        for r in rng.permutation(np.flatnonzero((fold < 0) & (ids == lab).any(1))):
+            best = np.flatnonzero(want[:, lab] == want[:, lab].max())
+            lack = (want[np.ix_(best, ids[r])] > 0).sum(1)  # prefer folds that also lack the row's other labels
+            best = best[lack == lack.max()]
+            best = best[size[best] == size[best].max()]
+            f = best[0] if len(best) == 1 else rng.choice(best)
+            fold[r] = f
+            want[f, ids[r]] -= 1
+            size[f] -= 1
+            remaining[ids[r]] -= 1
+    return _repair(fold, ids, k)
+
+
+def _repair(fold: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+    """What the greedy pass can leave: a label with >= k rows missing from a fold (fixed by swapping rows between
+    folds where a swap empties no other such label), and fold sizes apart by more than one (fixed by moving rows
+    from the largest fold to the smallest, preferring rows whose labels the largest has most surplus of)."""
+    total = np.bincount(ids.ravel())
+    needed = total >= k
+    cnt = np.zeros((k, len(total)), int)
+    np.add.at(cnt, (fold[:, None], ids), 1)
+
+    def move(row, src, dst):
+        fold[row] = dst
+        cnt[src, ids[row]] -= 1  # a row's ids are distinct, so plain fancy indexing is enough
+        cnt[dst, ids[row]] += 1
+
+    for f, lab in zip(*np.nonzero((cnt == 0) & needed)):
+        if cnt[f, lab]:  # an earlier swap filled it
+            continue
+        for r, s in ((r, s) for r in np.flatnonzero((ids == lab).any(1) & (cnt[fold, lab] > 1))
+                     for s in np.flatnonzero(fold == f)):
+            g, before = fold[r], cnt[[f, fold[r]]] > 0
+            move(r, g, f)
+            move(s, f, g)
+            if not (before & (cnt[[f, g]] == 0) & needed).any():
+                break
+            move(s, g, f)  # undo: this swap would empty another needed label
+            move(r, f, g)
+    while (sizes := np.bincount(fold, minlength=k)).max() - sizes.min() > 1:
+        g, f = sizes.argmax(), sizes.argmin()
+        rows = np.flatnonzero(fold == g)
+        ok = ~((cnt[g][ids[rows]] == 1) & needed[ids[rows]]).any(1)  # leaves every needed label in g
+        if not ok.any():
+            break
+        move(rows[ok][(cnt[g] - cnt[f])[ids[rows[ok]]].sum(1).argmax()], g, f)
+    return fold
+
+
 def cross_validate(scheme, probs, labels, num_classes, method="mean", per_attribute=False, folds: int = 5,
                    seed: int = 0) -> tuple[dict, np.ndarray]:
-    """Weights fitted on k-1 folds of val, applied to the held-out fold: score and out-of-fold probabilities."""
+    """Weights fitted on k-1 stratified folds of val, applied to the held-out fold: score and out-of-fold
+    probabilities."""
     oof = np.zeros_like(probs[0])
-    for train_idx, test_idx in KFold(folds, shuffle=True, random_state=seed).split(labels):
+    fold = stratified_folds(labels, folds, seed)
+    for f in range(folds):
+        train_idx, test_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
         w = get_weights(scheme, [p[train_idx] for p in probs], labels[train_idx], num_classes, method,
                         per_attribute, seed)
         oof[test_idx] = combine([p[test_idx] for p in probs], w, num_classes, method)
@@ -259,18 +342,39 @@ def cross_validate(scheme, probs, labels, num_classes, method="mean", per_attrib
 
 # --- output -----------------------------------------------------------------------------------------------------
 
-def write_submission(pred: np.ndarray, out: Path, num_classes, force: bool = False) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    txt, zpath = out / "prediction.txt", out / "prediction.zip"
-    for f in (txt, zpath):
+def check_out(out: Path, force: bool) -> None:
+    """Refuse an existing submission unless --force (checked before any work, and again before writing)."""
+    for f in (out / "prediction.txt", out / "prediction.zip"):
         if f.exists() and not force:
             raise EnsembleError(f"{f} exists; pass --force to overwrite it or choose another --out")
-    tmp = out / "prediction.txt.tmp"
-    tmp.write_text(format_predictions(pred))
-    read_predictions(tmp, num_classes, expected_lines=len(pred))  # the scorer's own validator, before it lands
-    tmp.replace(txt)
-    with zipfile.ZipFile(zpath, "w", zipfile.ZIP_DEFLATED) as z:
-        z.write(txt, "prediction.txt")
+
+
+def write_submission(pred: np.ndarray, out: Path, num_classes, force: bool = False) -> tuple[Path, Path]:
+    """OUT/prediction.txt and OUT/prediction.zip, never half-written.
+
+    Both are written and checked under unique temporary names first; then the old txt is removed, the zip renamed
+    into place, then the txt (renames are atomic). So a prediction.txt always has its own zip beside it; a kill
+    mid-way leaves the old pair, or a complete zip (old or new) without txt, never a broken file.
+    """
+    check_out(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    txt, zpath = out / "prediction.txt", out / "prediction.zip"
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp_txt, tmp_zip = out / f".prediction-{tag}.txt.tmp", out / f".prediction-{tag}.zip.tmp"
+    try:
+        tmp_txt.write_text(format_predictions(pred))
+        read_predictions(tmp_txt, num_classes, expected_lines=len(pred))  # the scorer's own validator
+        with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
+            z.write(tmp_txt, "prediction.txt")
+        with zipfile.ZipFile(tmp_zip) as z:
+            if z.namelist() != ["prediction.txt"] or z.read("prediction.txt") != tmp_txt.read_bytes():
+                raise EnsembleError(f"{tmp_zip}: the zip does not read back as written")
+        txt.unlink(missing_ok=True)
+        os.replace(tmp_zip, zpath)
+        os.replace(tmp_txt, txt)
+    finally:
+        tmp_txt.unlink(missing_ok=True)
+        tmp_zip.unlink(missing_ok=True)
     return txt, zpath
 
 
@@ -283,13 +387,13 @@ def parse_args(argv=None):
     p.add_argument("--combine", default="mean", choices=["mean", "geometric"])
     p.add_argument("--weights", default="caruana", choices=WEIGHTINGS)
     p.add_argument("--per-attribute", action="store_true", help="separate weights for each attribute")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds over val for fitted weights")
+    p.add_argument("--folds", type=int, default=5, help="stratified CV folds over val for fitted weights")
     p.add_argument("--data", help="dataset root, if it moved since training (for recomputing TTA views)")
     p.add_argument("--name", default="ensemble", help="name of the ensemble entry on the leaderboard")
     p.add_argument("--out", default="submission", help="folder for prediction.txt and prediction.zip")
     p.add_argument("--force", action="store_true", help="overwrite an existing prediction file")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-report", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="skip rebuilding the runs folder's leaderboard")
     return p.parse_args(argv)
 
 
@@ -298,6 +402,7 @@ def main(argv=None) -> dict:
     split_list = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     views = split_list(a.tta)
     try:
+        check_out(Path(a.out), a.force)  # before loading anything: a refusal at the end would waste the work
         members = [m for m in find_runs(a.runs_dir, split_list(a.runs), split_list(a.models), done_only=True)
                    if m.meta.get("kind", "model") == "model"]
         check_members(members)
@@ -322,14 +427,21 @@ def main(argv=None) -> dict:
     uniform = score(labels, probs_to_pred(combine(probs, np.ones(len(probs)), nc, a.combine), nc), nc)
     in_sample = combine(probs, weights, nc, a.combine)
     fitted = score(labels, probs_to_pred(in_sample, nc), nc)
-    cv, honest = (fitted, in_sample) if a.weights == "uniform" or len(labels) < 2 * a.folds else \
-        cross_validate(a.weights, probs, labels, nc, a.combine, a.per_attribute, a.folds, a.seed)
+    if a.weights != "uniform" and len(labels) >= 2 * a.folds:
+        cv, honest = cross_validate(a.weights, probs, labels, nc, a.combine, a.per_attribute, a.folds, a.seed)
+        scoring = f"{a.folds}-fold CV (stratified)"
+    else:  # what the leaderboard shows is then in-sample, and says so
+        cv, honest = None, in_sample
+        scoring = "in-sample (uniform weights, nothing fitted)" if a.weights == "uniform" else \
+            f"in-sample (too few val images for {a.folds}-fold CV; optimistic)"
     print(f"\nmembers ({len(names)}), val overall accuracy:      plain    TTA({'+'.join(views)})")
     for name, p_acc, t_acc in rows:
         print(f"  {name:<40} {p_acc:.4f}   {t_acc:.4f}")
     print(f"  {'ensemble, uniform weights':<40}          {uniform['overall_acc']:.4f}")
     print(f"  {'ensemble, ' + a.weights + ' weights (in-sample)':<40}          {fitted['overall_acc']:.4f}")
-    print(f"  {'ensemble, ' + a.weights + f' weights ({a.folds}-fold CV)':<40}          {cv['overall_acc']:.4f}")
+    if cv is not None:
+        print(f"  {'ensemble, ' + a.weights + f' weights ({scoring})':<40}          {cv['overall_acc']:.4f}")
+    print(f"leaderboard entry scored: {scoring}")
     w_show = weights if weights.ndim == 1 else weights.mean(1)
     print("weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, w_show)))
     test_comb = combine(list(test.values()), weights, nc, a.combine)
@@ -343,6 +455,7 @@ def main(argv=None) -> dict:
     result = {"kind": "ensemble", "status": "done", "name": a.name, "members": names, "views": views,
               "combine": a.combine, "weighting": a.weights, "per_attribute": a.per_attribute,
               "weights": weights.tolist(), "val": fitted, "val_uniform": uniform, "val_cv": cv,
+              "val_scoring": scoring,
               "members_val": {n: {"plain": p, "tta": t} for n, p, t in rows},
               "config": {"dataset": members[0].meta["config"]["dataset"]}, "dataset": members[0].meta["config"]["dataset"],
               "num_classes": list(nc), "class_names": members[0].meta["class_names"],
@@ -358,7 +471,7 @@ def main(argv=None) -> dict:
         print(format_score(result["demo_test"], "demo test split (hidden labels)"))
     edir = Path(a.runs_dir) / "_ensembles" / a.name
     edir.mkdir(parents=True, exist_ok=True)
-    save_probs(edir / "probs_val.npz", plain=honest, labels=labels)  # out-of-fold: the leaderboard stays honest
+    save_probs(edir / "probs_val.npz", plain=honest, labels=labels)  # out-of-fold when CV ran (val_scoring)
     save_probs(edir / "probs_test.npz", plain=test_comb)
     write_json(result, edir / "run.json")
     if not a.no_report:

@@ -1,15 +1,23 @@
 """Leaderboard report rebuilt from run artifacts alone (no retraining); same artifacts, same report.
 
-    python -m bench.report [--runs-dir runs] [--out reports] [--sort overall_acc] [--dataset FINGERPRINT]
+    python -m bench.report [--runs-dir runs] [--out DIR] [--sort overall_acc] [--dataset FINGERPRINT]
 
-Writes reports/leaderboard.md, its CSV twin reports/leaderboard.csv, and figures in reports/leaderboard_files/,
-linked relatively so the report renders on a code host. Runs still training, failed runs and runs without val
-labels or probabilities are listed in their own section instead of the leaderboard.
+A report belongs to its runs folder: by default a folder named `runs` reports to `reports/` beside it (runs/ ->
+reports/), any other RUNS to RUNS/_report/, so training elsewhere never overwrites another leaderboard. Writes
+OUT/leaderboard.md, its CSV twin OUT/leaderboard.csv, and figures in OUT/leaderboard_files/ (linked relatively so the
+report renders on a code host; figures the new report does not use are deleted). Runs still training, failed runs
+and runs without val labels or probabilities are listed in their own section instead of the leaderboard. With
+nothing to rank it says so on stderr and exits 1.
+
+Every score is on the validation split, which also chose each model's epoch (and any tuned parameters), so it is
+optimistic; the report says per entry what its val score is. Significance against the leader: paired sign-flip
+permutation test over images, Holm-adjusted over all comparisons with the leader.
 """
 from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +29,10 @@ from bench.artifacts import RunArtifacts, find_runs
 from bench.data import ATTRIBUTES
 from bench.losses import SCHEMES, class_weights
 from bench.metrics import majority_from_counts, probs_to_pred, score
-from bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
 
 SORT_KEYS = ("overall_acc", "mean_class_acc", "macro_f1")
+N_PERM = 10000  # random sign flips per comparison with the leader
 
 
 @dataclass
@@ -53,6 +62,22 @@ def init_label(meta: dict) -> str:
     if kind == "scratch":
         return "scratch (no weights found)" if init.get("source") == "auto-fallback" else "scratch"
     return kind
+
+
+def report_dir(runs_dir: str | Path) -> Path:
+    """Default report folder of a runs folder: `<parent>/reports` for a folder named `runs`, else `RUNS/_report`."""
+    runs_dir = Path(runs_dir)
+    return runs_dir.parent / "reports" if runs_dir.name == "runs" else runs_dir / "_report"
+
+
+def val_scoring(e: Entry) -> str:
+    """How far the val images already shaped an entry, i.e. what its val score is."""
+    if e.kind == "baseline":
+        return "unbiased (fit on train counts only)"
+    if e.kind == "ensemble":
+        return f"{e.meta.get('val_scoring', 'not recorded (older entry)')}; members selected on val (optimistic)"
+    tuned = " and tuned params" if e.meta.get("from_study") else ""
+    return f"epoch{tuned} selected on val (optimistic)"
 
 
 def collect(runs_dir: Path, dataset: str | None = None):
@@ -109,22 +134,27 @@ def make_entry(art: RunArtifacts, probs: dict) -> Entry:
 
 def leaderboard_frame(entries: list[Entry], sort: str) -> pd.DataFrame:
     entries = sorted(entries, key=lambda e: (-e.score[sort], e.label))
-    leader = entries[0]
+    leader, others = entries[0], entries[1:]
+    # one family of tests, every entry against the leader: Holm keeps the chance of any false "yes" at 5%
+    p = sign_flip_p(np.stack([image_diff(e.correct, leader.correct) for e in others]), N_PERM) if others else []
+    tests = dict(zip((e.label for e in others), zip(p, holm(p))))
     rows = []
     for rank, e in enumerate(entries, 1):
         m, s = e.meta, e.score
         lo, hi = bootstrap_ci(e.correct)
         row = {"rank": rank, "entry": e.label, "kind": e.kind, "init": init_label(m) if e.kind == "model" else "-",
+               "val_scoring": val_scoring(e),
                "overall_acc": s["overall_acc"], "ci_lo": lo, "ci_hi": hi, "tta_overall_acc": e.tta_acc,
                "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
                **{a: s["attr_acc"][a] for a in ATTRIBUTES},
                "params_M": round(m["params"] / 1e6, 2) if "params" in m else None, "gflops": m.get("gflops"),
                "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device")}
         if e is leader:
-            row.update(delta=0.0, delta_lo=None, delta_hi=None, p_bootstrap=None, p_mcnemar=None)
+            row.update(delta=0.0, delta_lo=None, delta_hi=None, p_sign_flip=None, p_holm=None)
         else:
-            pb, mc = paired_bootstrap(e.correct, leader.correct), mcnemar(e.correct, leader.correct)
-            row.update(delta=pb["delta"], delta_lo=pb["lo"], delta_hi=pb["hi"], p_bootstrap=pb["p"], p_mcnemar=mc["p"])
+            pb = paired_bootstrap(e.correct, leader.correct)
+            row.update(delta=pb["delta"], delta_lo=pb["lo"], delta_hi=pb["hi"], p_sign_flip=float(tests[e.label][0]),
+                       p_holm=float(tests[e.label][1]))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -144,7 +174,7 @@ def markdown_table(df: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
 
 def render_leaderboard(df: pd.DataFrame) -> str:
     view = pd.DataFrame({
-        "rank": df["rank"], "entry": "`" + df["entry"] + "`", "init": df["init"],
+        "rank": df["rank"], "entry": "`" + df["entry"] + "`", "init": df["init"], "scoring": df["val_scoring"],
         "overall": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
                     zip(df["overall_acc"], df["ci_lo"], df["ci_hi"])],
         "tta": df["tta_overall_acc"].map(_fmt), "mca": df["mean_class_acc"].map(_fmt),
@@ -153,9 +183,11 @@ def render_leaderboard(df: pd.DataFrame) -> str:
         "time": df["train_time_s"].map(lambda v: _fmt(v, ".0f")), "ips": df["img_per_s"].map(lambda v: _fmt(v, ".0f")),
         "device": df["device"].map(lambda v: _fmt(v, "")),
     })
-    cols = [("rank", "#"), ("entry", "entry"), ("init", "init"), ("overall", "overall acc [95% CI]"),
+    cols = [("rank", "#"), ("entry", "entry"), ("init", "init"), ("scoring", "val score is"),
+            ("overall", "overall acc [95% CI]"),
             ("tta", "+flip TTA"), ("mca", "mean per-class"), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
-            ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s"), ("ips", "img/s"), ("device", "device")]
+            ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s (sum of epochs)"),
+            ("ips", "img/s (median epoch)"), ("device", "device")]
     return markdown_table(view, cols)
 
 
@@ -166,11 +198,12 @@ def render_significance(df: pd.DataFrame) -> str:
     view = pd.DataFrame({
         "entry": "`" + rest["entry"] + "`",
         "delta": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(rest["delta"], rest["delta_lo"], rest["delta_hi"])],
-        "pb": rest["p_bootstrap"].map(lambda v: _fmt(v, ".3g")), "mc": rest["p_mcnemar"].map(lambda v: _fmt(v, ".3g")),
-        "sig": ["yes" if p < 0.05 else "no" for p in rest["p_mcnemar"]],
+        "p": rest["p_sign_flip"].map(lambda v: _fmt(v, ".3g")), "holm": rest["p_holm"].map(lambda v: _fmt(v, ".3g")),
+        "sig": ["yes" if p < 0.05 else "no" for p in rest["p_holm"]],
     })
     return markdown_table(view, [("entry", "entry"), ("delta", "Δ overall vs leader [95% CI]"),
-                                 ("pb", "paired-bootstrap p"), ("mc", "McNemar p"), ("sig", "different at 5%?")])
+                                 ("p", "sign-flip p"), ("holm", "Holm-adjusted p"),
+                                 ("sig", "different at 5%? (adjusted p)")])
 
 
 def render_per_class(entries: list[Entry], class_names) -> str:
@@ -187,24 +220,49 @@ def render_per_class(entries: list[Entry], class_names) -> str:
                                *[(e.label, f"`{e.label}`") for e in entries]])
 
 
-def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports", sort: str = "overall_acc",
+def _write(out: Path, md: list[str]) -> Path:
+    """Write the report and delete the figures it no longer links (e.g. of entries whose runs are gone)."""
+    path = out / "leaderboard.md"
+    text = "\n".join(md).rstrip() + "\n"
+    path.write_text(text)
+    for f in (out / "leaderboard_files").glob("*.png"):
+        if f"](leaderboard_files/{f.name})" not in text:
+            f.unlink()
+    return path
+
+
+def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, sort: str = "overall_acc",
                  dataset: str | None = None, quiet: bool = False) -> Path | None:
+    """Write the leaderboard of `runs_dir` to `out` (default report_dir(runs_dir)); its path, or None when nothing
+    is ranked (a report listing the runs left out, and why, is still written when there are any)."""
     from bench import report_plots as rp
-    runs_dir, out = Path(runs_dir), Path(out)
+    runs_dir = Path(runs_dir)
+    out = Path(out) if out is not None else report_dir(runs_dir)
     entries, notes, fp = collect(runs_dir, dataset)
+    if not entries and not notes:
+        if not quiet:
+            print(f"report: no runs under {runs_dir}/, nothing written", file=sys.stderr)
+        return None
     files = out / "leaderboard_files"
     files.mkdir(parents=True, exist_ok=True)
     md = ["# fashion-bench leaderboard", "",
-          f"Built by `python -m bench.report` from the artifacts in `{runs_dir}/` (validation split). "
-          "Overall accuracy = correct attribute predictions / (N x 6); 95% intervals bootstrap over images. "
-          "Ensembles whose weights were fitted on val are scored out-of-fold (k-fold cross-validation over val)."]
+          f"Built by `python -m bench.report` from the artifacts in `{runs_dir}/`. Overall accuracy = correct "
+          "attribute predictions / (N x 6); 95% intervals bootstrap over images.", "",
+          "**What the scores are.** All are on the validation split, which also chose each model's best epoch "
+          "(checkpoint selection) and any tuned parameters: single-model scores are in-sample for that selection, "
+          "so optimistic. Of an ensemble only the weights are cross-fitted (out-of-fold over val), and only when "
+          "k-fold CV ran; its members were still selected on val. The column *val score is* says this per entry. "
+          "*train s (sum of epochs)* adds up per-epoch wall times (over all members for an ensemble); *img/s "
+          "(median epoch)* is the median of per-epoch training throughput, so on a shared machine the two need "
+          "not agree."]
     if not entries:
-        md += ["", "_No finished runs with scored validation probabilities yet._"]
-        if notes:
-            md += ["", "## Not on the leaderboard", "", *[f"- {n}" for n in notes]]
-        path = out / "leaderboard.md"
-        path.write_text("\n".join(md) + "\n")
-        return path
+        (out / "leaderboard.csv").unlink(missing_ok=True)
+        md += ["", "_No finished runs with scored validation probabilities yet._", "",
+               "## Not on the leaderboard", "", *[f"- {n}" for n in notes]]
+        path = _write(out, md)
+        if not quiet:
+            print(f"report: nothing to rank under {runs_dir}/ ({path} lists why)", file=sys.stderr)
+        return None
     df = leaderboard_frame(entries, sort)
     df.to_csv(out / "leaderboard.csv", index=False, float_format="%.6g")
     base = next(e for e in entries if e.kind != "baseline")
@@ -212,11 +270,15 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports", sor
     n_val = len(base.extra["labels"])
     models = [e for e in entries if e.kind != "baseline"]
     ordered = sorted(entries, key=lambda e: (-e.score[sort], e.label))
-    md += [f"Dataset fingerprint `{fp}`, {n_val} validation images, sorted by `{sort}`.", "",
+    md += ["", f"Dataset fingerprint `{fp}`, {n_val} validation images, sorted by `{sort}`.", "",
            "## Leaderboard", "", render_leaderboard(df), "",
            "## Is the difference real?", "",
-           "Each entry against the leader on the same validation images: paired bootstrap over images of the "
-           "accuracy difference, and an exact McNemar test on the per-attribute predictions.", "",
+           "Each entry against the leader on the same validation images. Images are the independent units (errors "
+           "on one image's 6 attributes are correlated): Δ has a paired bootstrap interval over images (per "
+           "comparison, not adjusted); p is a paired sign-flip permutation test of the per-image difference in "
+           f"correct attributes ({N_PERM:,} seeded random flips). The {len(df) - 1} comparisons with the leader are "
+           "one family: their p-values are Holm-Bonferroni adjusted, and *different at 5%?* uses the adjusted p "
+           "(chance of any false \"yes\" <= 5%). The leader was itself picked on these images, which favours it.", "",
            render_significance(df), "",
            "## Accuracy vs cost", ""]
     if rp.pareto(models, files / "pareto.png"):
@@ -249,8 +311,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports", sor
                "", "</details>", ""]
     if notes:
         md += ["## Not on the leaderboard", "", *[f"- {n}" for n in notes], ""]
-    path = out / "leaderboard.md"
-    path.write_text("\n".join(md).rstrip() + "\n")
+    path = _write(out, md)
     if not quiet:
         print(f"report: {path} ({len(entries)} entries; leader `{df.iloc[0]['entry']}` "
               f"{df.iloc[0]['overall_acc']:.4f})")
@@ -260,11 +321,14 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path = "reports", sor
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--out", default="reports")
+    p.add_argument("--out", help="report folder (default: reports/ for a folder named runs, else RUNS_DIR/_report)")
     p.add_argument("--sort", default="overall_acc", choices=SORT_KEYS)
     p.add_argument("--dataset", help="dataset fingerprint to report (default: the one with most runs)")
     a = p.parse_args(argv)
-    return build_report(a.runs_dir, a.out, a.sort, a.dataset)
+    path = build_report(a.runs_dir, a.out, a.sort, a.dataset)
+    if path is None:  # build_report said why on stderr
+        raise SystemExit(1)
+    return path
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 import json
+import os
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
+from sklearn.model_selection import KFold
 
 from bench.artifacts import read_run
-from bench.ensemble import caruana, combine, cross_validate, main as ensemble_main, member_probs
+from bench.ensemble import (EnsembleError, caruana, combine, cross_validate, main as ensemble_main, member_probs,
+                            stratified_folds, write_submission)
 from bench.score import read_predictions
 
 K = (7, 3, 3, 4, 6, 3)
@@ -35,6 +39,52 @@ def test_caruana_chooses_the_perfect_member():
         assert (np.stack([p.argmax(1) for p in np.split(comb, np.cumsum(K)[:-1], 1)], 1) == labels).all()
     wa = caruana(members, labels, K, bags=1, iters=5, per_attribute=True)
     assert wa.shape == (5, 6) and (wa.argmax(0) == 2).all()
+
+
+def test_caruana_returns_the_best_size_on_the_path_not_the_last():
+    """A alone and B alone are right on half the rows, (A+B)/2 on all, (2A+B)/3 and (A+2B)/3 on half again. With
+    init=1 the path is A, then +B (accuracy 1), then +A or +B (0.5): the best size is 2, the last is 3."""
+    a = np.array([[0.95, 0.05]] * 2 + [[0.2, 0.8]] * 2)  # class 0 is right everywhere
+    b = a[::-1].copy()
+    labels = np.zeros((4, 1), int)
+    acc = lambda w: (combine([a, b], w, (2,)).argmax(1) == 0).mean()  # noqa: E731
+    assert acc(np.array([1, 1])) == 1 and acc(np.array([2, 1])) == acc(np.array([1, 2])) == 0.5
+    w = caruana([a, b], labels, (2,), bags=1, init=1, iters=2)
+    assert w.tolist() == [0.5, 0.5]  # the old code returned the last iteration, A twice and B once: 2/3, 1/3
+    assert caruana([a, b], labels, (2,), bags=1, init=1, iters=7).tolist() == [0.5, 0.5]
+
+
+def zipf_labels(rng, n):
+    """Long-tailed classes: class c of each attribute has weight 1 / (c + 1)^2."""
+    return np.stack([rng.choice(k, n, p=(w := 1 / np.arange(1, k + 1) ** 2) / w.sum()) for k in K], 1)
+
+
+@pytest.mark.parametrize("n,k,seed", [(79, 6, 23), (61, 6, 27), (315, 5, 1), (512, 3, 2), (452, 7, 4)])
+def test_stratified_folds_partition_and_spread_every_class(n, k, seed):
+    labels = zipf_labels(np.random.default_rng(seed), n)
+    fold = stratified_folds(labels, k, seed)
+    assert fold.shape == (n,) and set(fold.tolist()) == set(range(k))  # every row in exactly one fold 0..k-1
+    sizes = np.bincount(fold, minlength=k)
+    assert sizes.sum() == n and sizes.max() - sizes.min() <= 1
+    for a, nc in enumerate(K):
+        for c in range(nc):
+            rows = labels[:, a] == c
+            if rows.sum() >= k:
+                assert set(fold[rows].tolist()) == set(range(k)), (a, c)
+    assert (stratified_folds(labels, k, seed) == fold).all()  # deterministic per seed
+    assert not (stratified_folds(labels, k, seed + 1) == fold).all()
+
+
+def test_plain_kfold_misses_a_rare_class_stratified_folds_do_not():
+    rng = np.random.default_rng(0)
+    labels = random_labels(rng, 100)
+    labels[:, 0] = rng.integers(0, 6, 100)
+    labels[rng.choice(100, 5, replace=False), 0] = 6  # class 6 of attribute 0: exactly k = 5 examples
+    kfold = np.zeros(100, int)
+    for f, (_, test_idx) in enumerate(KFold(5, shuffle=True, random_state=0).split(labels)):
+        kfold[test_idx] = f
+    assert len(set(kfold[labels[:, 0] == 6])) < 5  # some fold has no example of it
+    assert sorted(stratified_folds(labels, 5, 0)[labels[:, 0] == 6].tolist()) == [0, 1, 2, 3, 4]
 
 
 def test_combine_arithmetic_and_geometric_by_hand():
@@ -80,6 +130,19 @@ def test_tta_views_average_and_recompute_from_checkpoint(demo_runs, tmp_path):
     assert crop.shape == stored["plain"].shape and not np.allclose(crop, stored["flip"])
 
 
+def member_test_probs(runs, names):
+    """Each member's test probabilities averaged over the default views plain and flip, read straight from disk."""
+    out = []
+    for name in names:
+        z = np.load(runs / name / "probs_test.npz")
+        out.append((z["plain"] + z["flip"]) / 2)
+    return out
+
+
+def argmax_per_attribute(probs):
+    return np.stack([p.argmax(1) for p in np.split(probs, np.cumsum(K)[:-1], 1)], 1)
+
+
 def test_ensemble_cli_writes_valid_submission(demo_runs, tmp_path, capsys, tiny_root):
     runs = tmp_path / "runs"
     shutil.copytree(demo_runs, runs)
@@ -89,17 +152,87 @@ def test_ensemble_cli_writes_valid_submission(demo_runs, tmp_path, capsys, tiny_
     assert pred.shape == (30, 6)
     printed = capsys.readouterr().out
     assert "demo test split" in printed and "5-fold CV" in printed
-    assert 0 < result["demo_test"]["overall_acc"] <= 1 and result["members"] == ["b/resnet18", "default/resnet18"]
+    assert result["members"] == ["b/resnet18", "default/resnet18"]
+    hidden = np.loadtxt(tiny_root / "hidden/test_attr.txt", dtype=int)
+    assert result["demo_test"]["overall_acc"] == pytest.approx((np.loadtxt(out / "prediction.txt", dtype=int)
+                                                                == hidden).mean())
     entry = json.loads((runs / "_ensembles/ensemble/run.json").read_text())
+    assert entry["val_scoring"] == "5-fold CV (stratified)"
     oof = np.load(runs / "_ensembles/ensemble/probs_val.npz")
-    oof_pred = np.stack([p.argmax(1) for p in np.split(oof["plain"], np.cumsum(K)[:-1], 1)], 1)
-    assert (oof_pred == oof["labels"]).mean() == pytest.approx(entry["val_cv"]["overall_acc"])
-    import zipfile
-    assert zipfile.ZipFile(out / "prediction.zip").namelist() == ["prediction.txt"]
+    assert (argmax_per_attribute(oof["plain"]) == oof["labels"]).mean() == pytest.approx(entry["val_cv"]["overall_acc"])
+    with zipfile.ZipFile(out / "prediction.zip") as z:
+        assert z.namelist() == ["prediction.txt"] and z.read("prediction.txt") == (out / "prediction.txt").read_bytes()
     with pytest.raises(SystemExit):  # never overwrites without --force
         ensemble_main(["--runs-dir", str(runs), "--out", str(out), "--no-report"])
     assert "--force" in capsys.readouterr().err
+
     ensemble_main(["--runs-dir", str(runs), "--out", str(out), "--no-report", "--force", "--weights", "fitted"])
+    entry = json.loads((runs / "_ensembles/ensemble/run.json").read_text())
+    w = np.array(entry["weights"])
+    assert w.shape == (2,) and (w >= 0).all() and w.sum() == pytest.approx(1)
+    comb = sum(wi * p for wi, p in zip(w, member_test_probs(runs, entry["members"])))
+    assert (np.loadtxt(out / "prediction.txt", dtype=int) == argmax_per_attribute(comb)).all()
+
+    ensemble_main(["--runs-dir", str(runs), "--out", str(out), "--no-report", "--force", "--weights", "uniform"])
+    entry = json.loads((runs / "_ensembles/ensemble/run.json").read_text())
+    assert entry["val_scoring"] == "in-sample (uniform weights, nothing fitted)" and entry["val_cv"] is None
+    val = [np.load(runs / n / "probs_val.npz") for n in entry["members"]]
+    in_sample = np.mean([(z["plain"] + z["flip"]) / 2 for z in val], 0)
+    assert np.load(runs / "_ensembles/ensemble/probs_val.npz")["plain"] == pytest.approx(in_sample)
+    from bench.report import build_report
+    build_report(runs, tmp_path / "rep", quiet=True)
+    md = (tmp_path / "rep/leaderboard.md").read_text()
+    assert "| in-sample (uniform weights, nothing fitted); members selected on val (optimistic) |" in md
+    assert "5-fold CV" not in md
+
+
+def test_submission_is_never_half_written(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    old, new = random_labels(rng, 20), random_labels(rng, 20)
+    out = tmp_path / "sub"
+    write_submission(old, out, K)
+    before = {f: (out / f).read_bytes() for f in ("prediction.txt", "prediction.zip")}
+
+    def broken_write(self, *args, **kwargs):  # the disk fills up half-way through the zip
+        self.fp.write(b"PK\x03\x04 half a member")
+        raise OSError("No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(zipfile.ZipFile, "write", broken_write)
+        with pytest.raises(OSError):
+            write_submission(new, out, K, force=True)
+        with pytest.raises(OSError):
+            write_submission(new, tmp_path / "fresh", K)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before  # old pair intact, no temporary files
+    assert list((tmp_path / "fresh").iterdir()) == []
+    with zipfile.ZipFile(out / "prediction.zip") as z:
+        assert z.testzip() is None and z.read("prediction.txt") == before["prediction.txt"]
+
+    renames = []
+
+    def killed_before_txt(src, dst):  # killed between the zip's rename and the txt's
+        if str(dst).endswith(".txt"):
+            raise KeyboardInterrupt
+        renames.append(dst)
+        real_replace(src, dst)
+
+    real_replace = os.replace
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", killed_before_txt)
+        with pytest.raises(KeyboardInterrupt):
+            write_submission(new, out, K, force=True)
+    assert renames == [out / "prediction.zip"]
+    assert sorted(f.name for f in out.iterdir()) == ["prediction.zip"]  # never a txt beside someone else's zip
+    with zipfile.ZipFile(out / "prediction.zip") as z:
+        assert z.testzip() is None and read_predictions_text(z.read("prediction.txt")) == new.tolist()
+    with pytest.raises(EnsembleError, match="--force"):
+        write_submission(new, out, K)
+    write_submission(new, out, K, force=True)
+    assert np.loadtxt(out / "prediction.txt", dtype=int).tolist() == new.tolist()
+
+
+def read_predictions_text(data: bytes) -> list:
+    return [[int(v) for v in line.split()] for line in data.decode().splitlines()]
 
 
 def _fails(capsys, args, message):
@@ -110,6 +243,11 @@ def _fails(capsys, args, message):
 
 def test_ensemble_error_cases(demo_runs, tmp_path, capsys):
     _fails(capsys, ["--runs-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "s")], "no finished runs")
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s/prediction.txt").write_text("")
+    # an existing submission is refused before any member is looked at, not after all the work
+    _fails(capsys, ["--runs-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "s")], "pass --force")
+    (tmp_path / "s/prediction.txt").unlink()
     runs = tmp_path / "runs"
     shutil.copytree(demo_runs, runs)
     meta_path = runs / "b/resnet18/run.json"

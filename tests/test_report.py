@@ -1,40 +1,119 @@
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
+from scipy.stats import permutation_test
 
-from bench.report import build_report
+from bench import report_plots as rp
+from bench.report import build_report, main as report_main
 from bench.report_plots import pareto_front
+
+SECTIONS = ("## Leaderboard", "## Is the difference real?", "## Accuracy vs cost", "## Training curves",
+            "## Class distribution and loss weights", "## Per-class accuracy", "## Confusion matrices")
+# figure sizes in pixels: figsize (inches) x dpi 80 in report_plots
+FIGURES = {"pareto.png": (800, 304), "curves.png": (800, 288), "class_distribution.png": (1040, 520),
+           "confusion-default-resnet18.png": (1040, 640), "confusion-b-resnet18.png": (1040, 640)}
+
+
+def by_hand(run_dir):
+    """Predictions, per-image correct counts and scores from probs_val.npz, computed here with numpy alone."""
+    meta = json.loads((run_dir / "run.json").read_text())
+    z = np.load(run_dir / "probs_val.npz")
+    labels, edges = z["labels"], np.cumsum([0, *meta["num_classes"]])
+    pred = np.stack([z["plain"][:, edges[a]:edges[a + 1]].argmax(1) for a in range(6)], 1)
+    right = pred == labels
+    recall = [np.mean([right[labels[:, a] == c, a].mean() for c in np.unique(labels[:, a])]) for a in range(6)]
+    return {"overall_acc": right.mean(), "texture": right[:, 0].mean(), "mean_class_acc": np.mean(recall),
+            "per_image": right.sum(1)}
 
 
 def test_report_renders_every_section_and_matches_artifacts(demo_runs, tmp_path):
     path = build_report(demo_runs, tmp_path / "rep", quiet=True)
     md = path.read_text()
-    for section in ("## Leaderboard", "## Is the difference real?", "## Accuracy vs cost", "## Training curves",
-                    "## Class distribution and loss weights", "## Per-class accuracy", "## Confusion matrices"):
+    for section in SECTIONS:
         assert section in md
-    for img in ("pareto.png", "curves.png", "class_distribution.png", "confusion-default-resnet18.png"):
-        assert (tmp_path / "rep/leaderboard_files" / img).stat().st_size > 1000
-        assert f"leaderboard_files/{img}" in md
+    for img, size in FIGURES.items():
+        with Image.open(tmp_path / "rep/leaderboard_files" / img) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        assert im.size == size and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 20  # decodes, is drawn on
+        assert f"](leaderboard_files/{img})" in md
     df = pd.read_csv(tmp_path / "rep/leaderboard.csv")
     assert set(df["entry"]) == {"default/resnet18", "b/resnet18", "majority baseline"}
     assert df["overall_acc"].is_monotonic_decreasing
-    for label in ("default/resnet18", "b/resnet18"):
+    hand = {label: by_hand(demo_runs / label) for label in ("default/resnet18", "b/resnet18")}
+    for label, h in hand.items():
         meta = json.loads((demo_runs / label / "run.json").read_text())
         row = df[df["entry"] == label].iloc[0]
-        assert row["overall_acc"] == pytest.approx(meta["val"]["overall_acc"], abs=1e-6)
-        assert row["mean_class_acc"] == pytest.approx(meta["val"]["mean_class_acc"], abs=1e-6)
-        assert row["texture"] == pytest.approx(meta["val"]["attr_acc"]["texture"], abs=1e-6)
+        assert row["overall_acc"] == pytest.approx(h["overall_acc"], abs=1e-6)  # CSV keeps 6 digits
+        assert row["mean_class_acc"] == pytest.approx(h["mean_class_acc"], abs=1e-6)  # CSV keeps 6 digits
+        assert row["texture"] == pytest.approx(h["texture"], abs=1e-6)  # CSV keeps 6 digits
         assert row["params_M"] == pytest.approx(meta["params"] / 1e6, abs=0.01)
         assert row["ci_lo"] <= row["overall_acc"] <= row["ci_hi"]
-        assert row["init"] == "scratch"
+        assert row["init"] == "scratch" and row["val_scoring"] == "epoch selected on val (optimistic)"
     labels = np.load(demo_runs / "default/resnet18/probs_val.npz")["labels"]
     base = df[df["entry"] == "majority baseline"].iloc[0]
     counts = json.loads((demo_runs / "default/resnet18/run.json").read_text())["train_class_counts"]
     majority = np.array([int(np.argmax(c)) for c in counts])
     assert base["overall_acc"] == pytest.approx((labels == majority).mean())
+    assert base["val_scoring"] == "unbiased (fit on train counts only)"
+    # significance: scipy's permutation test on per-image correct counts, then Holm over the 2 comparisons by hand
+    leader = df.iloc[0]["entry"]
+    per_image = {**{k: h["per_image"] for k, h in hand.items()}, "majority baseline": (labels == majority).sum(1)}
+    rest = df.iloc[1:]
+    ref = [permutation_test((per_image[e], per_image[leader]), lambda u, v, axis: np.mean(u - v, axis=axis),
+                            permutation_type="samples", n_resamples=9999, vectorized=True,
+                            random_state=0).pvalue for e in rest["entry"]]
+    assert rest["p_sign_flip"].tolist() == pytest.approx(ref, abs=0.03)
+    lo, hi = sorted(rest["p_sign_flip"])
+    holm = {lo: min(1, 2 * lo), hi: min(1, max(2 * lo, hi))}
+    assert rest["p_holm"].tolist() == pytest.approx([holm[p] for p in rest["p_sign_flip"]], abs=1e-5)
+    for e, p in zip(rest["entry"], rest["p_holm"]):  # the significance table's verdict uses the adjusted p
+        row = next(line for line in md.splitlines() if line.startswith(f"| `{e}` | "))
+        assert row.endswith(f"| {'yes' if p < 0.05 else 'no'} |")
+    assert "Holm-Bonferroni" in md and "McNemar" not in md
+    assert "train s (sum of epochs)" in md and "img/s (median epoch)" in md and "| val score is |" in md
+
+
+def test_confusion_figure_holds_the_confusion_counts(tmp_path, monkeypatch):
+    figs = []
+    save = rp._save
+    monkeypatch.setattr(rp, "_save", lambda fig, path: figs.append(fig.axes) or save(fig, path))
+    names = [[f"c{i}" for i in range(k)] for k in (3, 2, 2, 2, 2, 2)]
+    labels = np.array([[0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [2, 1, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0]])
+    pred = np.array([[0, 0, 0, 0, 0, 0], [2, 1, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0]])
+    rp.confusion(labels, pred, names, tmp_path / "c.png", "t")
+    texture = np.array([[1, 0, 0], [0, 0, 1], [0, 0, 2]])  # rows true, columns predicted, counted by hand
+    assert (np.asarray(figs[0][0].images[0].get_array()) == texture).all()
+    assert (np.asarray(figs[0][1].images[0].get_array()) == [[2, 0], [1, 1]]).all()
+
+
+def test_stale_figures_and_entries_disappear_on_rebuild(demo_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_runs, runs)
+    files = tmp_path / "rep/leaderboard_files"
+    build_report(runs, tmp_path / "rep", quiet=True)
+    assert (files / "confusion-b-resnet18.png").exists()
+    shutil.rmtree(runs / "b")
+    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    assert not (files / "confusion-b-resnet18.png").exists() and (files / "confusion-default-resnet18.png").exists()
+    assert "b/resnet18" not in md and "b/resnet18" not in (tmp_path / "rep/leaderboard.csv").read_text()
+    assert sorted(f.name for f in files.iterdir()) == sorted(set(FIGURES) - {"confusion-b-resnet18.png"})
+
+
+def test_default_report_folder_belongs_to_the_runs_folder(demo_runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(demo_runs, tmp_path / "exp/runs")
+    shutil.copytree(demo_runs, tmp_path / "other")
+    assert build_report(tmp_path / "exp/runs", quiet=True) == tmp_path / "exp/reports/leaderboard.md"
+    assert build_report("other", quiet=True) == Path("other/_report/leaderboard.md")
+    assert (tmp_path / "other/_report/leaderboard.md").exists()
+    assert not (tmp_path / "reports").exists()  # the working folder's leaderboard is left alone
+    shutil.copytree(demo_runs, tmp_path / "runs")
+    assert build_report("runs", quiet=True) == Path("reports/leaderboard.md")  # the default: runs/ -> reports/
 
 
 def test_same_artifacts_same_report(demo_runs, tmp_path):
@@ -44,18 +123,28 @@ def test_same_artifacts_same_report(demo_runs, tmp_path):
     assert (tmp_path / "a/leaderboard.csv").read_text() == (tmp_path / "b/leaderboard.csv").read_text()
 
 
-def test_partial_runs_are_listed_not_ranked(demo_runs, tmp_path):
+def test_partial_runs_are_listed_not_ranked(demo_runs, tmp_path, capsys):
     runs = tmp_path / "runs"
     shutil.copytree(demo_runs, runs)
     meta_path = runs / "b/resnet18/run.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "status": "training"}))
     (runs / "default/resnet18/probs_val.npz").unlink()
-    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    with pytest.raises(SystemExit) as e:
+        report_main(["--runs-dir", str(runs), "--out", str(tmp_path / "rep")])
+    assert e.value.code == 1 and "nothing to rank" in capsys.readouterr().err
+    md = (tmp_path / "rep/leaderboard.md").read_text()
     assert "## Not on the leaderboard" in md
     assert "`b/resnet18`: still training (2/2 epochs done)" in md
     assert "`default/resnet18`: no val probabilities" in md
     assert "No finished runs" in md
+
+
+def test_report_without_runs_fails_loudly(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        report_main(["--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "rep")])
+    assert e.value.code == 1 and "no runs under" in capsys.readouterr().err
+    assert not (tmp_path / "rep").exists()
 
 
 def test_pareto_front():

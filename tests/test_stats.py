@@ -1,19 +1,68 @@
 import numpy as np
 import pytest
+from scipy.stats import binomtest, permutation_test
 
-from bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
 
 
-def test_mcnemar_exact_hand_computed():
-    a = np.array([1, 1, 1, 1, 1, 0, 1, 0], bool)  # a right, b wrong on 5; both right on 1, both wrong on 2
-    b = np.array([0, 0, 0, 0, 0, 0, 1, 0], bool)
-    r = mcnemar(a, b)
-    assert (r["only_a"], r["only_b"]) == (5, 0)
-    assert r["p"] == pytest.approx(2 * 0.5 ** 5)  # two-sided exact binomial: 0.0625
-    # 3 vs 1 discordant: P(X<=1)+P(X>=3) for Bin(4, .5) = (1+4+4+1)/16
-    r = mcnemar(np.array([1, 1, 1, 0]), np.array([0, 0, 0, 1]))
-    assert r["p"] == pytest.approx(10 / 16)
-    assert mcnemar(a, a)["p"] == 1.0
+def test_sign_flip_exact_hand_computed():
+    # per image a has 4, 5, 6 attributes right and b 3 of 6: differences 1, 2, 3. The 8 sign flips give sums
+    # 6, 4, 2, 0, 0, -2, -4, -6; |sum| >= 6 for 2 of them: p = 2/8
+    a = np.array([[1] * 4 + [0] * 2, [1] * 5 + [0], [1] * 6], bool)
+    b = np.array([[1] * 3 + [0] * 3] * 3, bool)
+    assert image_diff(a, b).tolist() == [1, 2, 3]
+    assert sign_flip_p(image_diff(a, b)) == pytest.approx(2 / 8)
+    assert sign_flip_p(np.array([2, 2, 2, 2])) == pytest.approx(2 / 16)  # only all-plus and all-minus reach 8
+    assert sign_flip_p(np.array([1, -1])) == 1.0 and sign_flip_p(np.zeros(5)) == 1.0
+    # several tests at once give the same as one by one
+    assert sign_flip_p(np.array([[1, 2, 3], [2, 2, 2]])).tolist() == pytest.approx([2 / 8, 2 / 8])
+
+
+def test_sign_flip_matches_scipy_exact_permutation_test():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.integers(0, 7, 11), rng.integers(0, 7, 11)  # correct attributes per image, 11 images
+        ref = permutation_test((x, y), lambda u, v, axis: np.mean(u - v, axis=axis), permutation_type="samples",
+                               n_resamples=np.inf, vectorized=True).pvalue
+        assert sign_flip_p(x - y) == pytest.approx(ref, abs=1e-12)
+
+
+def test_sign_flip_random_p_is_never_zero():
+    d = np.full(300, 6)  # a beats b on every attribute of every image: no random flip reaches the observed sum
+    assert sign_flip_p(d, n_perm=999) == pytest.approx(1 / 1000)
+
+
+def test_holm_hand_computed():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04 -> running max 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.01]).tolist() == pytest.approx([0.5, 0.02])
+    assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]
+
+
+def _flattened_mcnemar(a, b):
+    """The old leaderboard test: every image-attribute pair an independent trial."""
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    return binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+
+
+def test_equal_models_with_correlated_errors_reject_at_the_nominal_rate():
+    """Two equally good models whose errors cluster within images (a hard image, or one that throws a model off,
+    is wrong on several attributes): the sign-flip test over images rejects ~5% at 5%, the flattened McNemar test
+    (N x 6 pairs as independent trials) far more often."""
+    rng = np.random.default_rng(0)
+    sims, n = 300, 200
+    hard = rng.beta(2, 1, (sims, n, 1))  # per-image difficulty shared by both models and all 6 attributes
+
+    def model():
+        off = rng.random((sims, n, 1)) < 0.25  # this model is thrown off by this image
+        return rng.random((sims, n, 6)) < np.where(off, 0.2 * hard, hard)
+
+    a, b = model(), model()
+    p = sign_flip_p(np.stack([image_diff(a[s], b[s]) for s in range(sims)]), n_perm=2000)
+    flat = np.array([_flattened_mcnemar(a[s], b[s]) for s in range(sims)])
+    rate, flat_rate = (p < 0.05).mean(), (flat < 0.05).mean()
+    assert 0.02 <= rate <= 0.09
+    assert flat_rate > 0.12 and flat_rate > 2 * rate
 
 
 def test_bootstrap_two_images_hand_computed():
@@ -44,3 +93,4 @@ def test_paired_bootstrap_detects_a_real_difference():
     assert r["delta"] > 0 and r["lo"] > 0 and r["p"] < 0.01
     same = paired_bootstrap(b, b)
     assert same["delta"] == 0 and same["p"] == 1.0
+    assert sign_flip_p(image_diff(a, b)) < 0.01
