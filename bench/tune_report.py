@@ -6,19 +6,38 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from bench.plots import plt
 from bench.report import markdown_table, slug
 from studies import pick_best
 
 
-def _plot(fn, study, path: Path, **kw) -> bool:
+def fmt(v):
+    """Parameter values as text: six significant digits, so loss_beta 0.9999 does not read as 1."""
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def integer_x(ax) -> None:
+    """Trial numbers and epochs are whole: no 2.5 ticks."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def slanted_x(ax) -> None:
+    """Parameter names under the parallel-coordinate axes overlap when written flat."""
+    for label in ax.get_xticklabels():
+        label.set(rotation=30, ha="right")
+
+
+def _plot(fn, study, path: Path, tidy=None, size=(8, 4.5), **kw) -> bool:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ax = fn(study, **kw)
+        if tidy:
+            tidy(ax)
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        fig.set_size_inches(8, 4.5)
+        fig.set_size_inches(*size)
         fig.tight_layout()
         fig.savefig(path, dpi=80)
         plt.close(fig)
@@ -28,6 +47,13 @@ def _plot(fn, study, path: Path, **kw) -> bool:
         return False
 
 
+def seconds(t: optuna.trial.FrozenTrial) -> str:
+    """Run time; "-" for a trial failed by another worker's heartbeat check, whose end is when the failure was
+    noticed (a grace period after the worker died), not when it stopped running."""
+    timed = t.state != optuna.trial.TrialState.FAIL or "error" in t.user_attrs  # "error": failed in its own worker
+    return f"{t.duration.total_seconds():.0f}" if t.duration and timed else "-"
+
+
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -35,10 +61,11 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             continue
         row = {"trial": t.number, "state": t.state.name,
                "value": ", ".join(f"{v:.4f}" for v in t.values) if t.values else "-",
-               "epochs": t.user_attrs.get("epochs_run", "-"),
-               "seconds": f"{t.duration.total_seconds():.0f}" if t.duration else "-",
+               "epochs": t.user_attrs.get("epochs_run", "-"), "seconds": seconds(t),
                "retry of": t.system_attrs.get("failed_trial", "")}
-        row.update({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in t.params.items()})
+        row.update({k: fmt(v) for k, v in t.params.items()})
+        if "error" in t.user_attrs:
+            row["error"] = t.user_attrs["error"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -55,11 +82,12 @@ def write_tune_report(study: optuna.Study, out: Path) -> Path:
           f"Model `{study.user_attrs.get('model', '?')}`, objective {' and '.join(f'`{m}`' for m in metrics)} "
           f"(maximised), dataset `{study.user_attrs.get('dataset', '?')}`. Trials: "
           + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + ".", ""]
+    if "budget" in study.user_attrs:
+        md += ["Trial budget: " + ", ".join(f"{k} {v}" for k, v in study.user_attrs["budget"].items()) + ".", ""]
     try:
         best = pick_best(study)
         md += ["## Best parameters", "", f"Trial #{best.number}: " + ", ".join(f"{v:.4f}" for v in best.values), "",
-               markdown_table(pd.DataFrame([{"parameter": k, "value": f"{v:.4g}" if isinstance(v, float) else v}
-                                             for k, v in best.params.items()]),
+               markdown_table(pd.DataFrame([{"parameter": k, "value": fmt(v)} for k, v in best.params.items()]),
                               [("parameter", "parameter"), ("value", "value")]), "",
                f"Train with them: `python -m bench.run --models {study.user_attrs.get('model', 'MODEL')} "
                f"--from-study {study.study_name}`", ""]
@@ -77,9 +105,9 @@ def write_tune_report(study: optuna.Study, out: Path) -> Path:
         except Exception:
             md += ["## Parameter importances", "", "_Needs at least two completed trials with varied parameters._", ""]
     vis = optuna.visualization.matplotlib
-    plots = ([("optimization-history", vis.plot_optimization_history, {}),
-              ("parallel-coordinate", vis.plot_parallel_coordinate, {}),
-              ("intermediate-values", vis.plot_intermediate_values, {})] if single else
+    plots = ([("optimization-history", vis.plot_optimization_history, {"tidy": integer_x}),
+              ("parallel-coordinate", vis.plot_parallel_coordinate, {"tidy": slanted_x, "size": (11, 5.5)}),
+              ("intermediate-values", vis.plot_intermediate_values, {"tidy": integer_x})] if single else
              [("pareto-front", vis.plot_pareto_front, {"target_names": metrics})])
     md += ["## Plots", ""]
     for title, fn, kw in plots:

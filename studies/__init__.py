@@ -4,9 +4,13 @@ A search space is a small define-by-run function: it asks the trial for values a
 The storage URL is the only thing that changes between a laptop and a cluster:
   default                  studies/fashion.db, an embedded SQLite file (several processes on one machine)
   postgresql://user@host/db  any SQLAlchemy URL: workers on many machines
-  journal:PATH             an append-only journal file (no server; no heartbeats, so no killed-trial retry)
+  journal:PATH             an append-only journal file (no server; no heartbeats, so no killed-trial retry: a
+                           killed worker's trial stays RUNNING and other workers stop waiting for it after
+                           bench.tune's --wait-timeout)
 SQL storages run a heartbeat: a trial whose worker stops beating for `grace` seconds is marked failed and re-queued
 with the same parameters (up to 3 times), so it is never left RUNNING forever.
+Each trial keeps its budget (epochs, size, batch_size, pretrained) in its user attribute `budget` (the study keeps its
+first run's); best_params returns it with the tuned parameters, so a retrain trains the way the trial did.
 """
 from __future__ import annotations
 
@@ -70,7 +74,7 @@ def pick_best(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 
 def best_params(study_name: str, storage: str | None = None) -> dict:
-    """Recipe overrides from a study's best trial (for `bench.run --from-study`)."""
+    """Recipe overrides from a study's best trial, its budget included (for `bench.run --from-study`)."""
     try:
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
     except KeyError as e:
@@ -79,5 +83,8 @@ def best_params(study_name: str, storage: str | None = None) -> dict:
         best = pick_best(study)
     except ValueError as e:
         raise ValueError(f"study {study_name!r} has no completed trial yet") from e
-    print(f"[study {study_name}] best trial #{best.number} ({best.values}): {best.params}")
-    return dict(best.params)
+    # a learning rate tuned for 10 epochs is not the one for 30: the trial's budget goes with its parameters
+    budget = best.user_attrs.get("budget") or study.user_attrs.get("budget") or {}
+    print(f"[study {study_name}] best trial #{best.number} ({best.values}): {best.params}; trial budget {budget} "
+          f"(flags given explicitly win)")
+    return {**best.params, **budget}

@@ -1,18 +1,23 @@
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from datetime import timedelta
 
 import optuna
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
 
+from bench.plots import plt
 from bench.run import main as run_main
-import threading
-
-from bench.tune import FINISHED, counted, main as tune_main, run_study
-from bench.tune_report import write_tune_report
+from bench.trainer import NonFiniteLoss
+from bench.tune import FINISHED, StudyStopped, counted, main as tune_main, run_study
+from bench.tune_report import integer_x, slanted_x, trials_frame, write_tune_report
 from studies import best_params, open_storage
 
 TINY = ["--size", "32", "--batch-size", "16", "--pretrained", "none", "--no-progress", "--no-report"]
@@ -25,6 +30,29 @@ def args(root, storage, study, trials, epochs=3, *extra):
 
 def load(storage, study):
     return optuna.load_study(study_name=study, storage=storage)
+
+
+def param_sets(study):
+    return [tuple(sorted(t.params.items())) for t in study.trials if t.params]
+
+
+def fake_training(monkeypatch, diverge=()):
+    """bench.tune's train_model made instant (accuracy peaks at lr 1e-3); the calls numbered in `diverge` (from 1)
+    raise NonFiniteLoss. Returns the list of calls."""
+    calls = []
+
+    def train(name, ds, store, recipe, size, model_dir, seed=0, progress=True, on_epoch=None, force=False,
+              extra_meta=None, **_):
+        calls.append({"trial": extra_meta["trial"], "seed": seed})
+        if len(calls) in diverge:
+            raise NonFiniteLoss("loss became nan at epoch 1, step 1")
+        acc = 1 / (1 + abs(math.log10(recipe.lr) + 3))
+        for epoch in range(1, recipe.epochs + 1):
+            on_epoch(epoch, {"overall_acc": acc * epoch / recipe.epochs, "mean_class_acc": acc * epoch / recipe.epochs})
+        return {"train_time_s": 0.0, "val": {"overall_acc": acc, "mean_class_acc": acc}}
+
+    monkeypatch.setattr("bench.tune.train_model", train)
+    return calls
 
 
 def test_study_prunes_resumes_without_overshoot_and_feeds_run(tiny_root, tmp_path):
@@ -43,13 +71,20 @@ def test_study_prunes_resumes_without_overshoot_and_feeds_run(tiny_root, tmp_pat
     tune_main(args(tiny_root, storage, "a", 6))  # same command again: nothing more to do
     assert len(load(storage, "a").trials) == 6
     tune_main(args(tiny_root, storage, "a", 7))  # --trials is the total
-    assert len(counted(load(storage, "a"), FINISHED)) == 7
+    study = load(storage, "a")
+    assert len(counted(study, FINISHED)) == 7
+    assert len(set(param_sets(study))) == 7  # the resumed run's sampler did not re-propose the first trial
     best = best_params("a", storage)
+    budget = {"epochs": 3, "size": 32, "batch_size": 16, "pretrained": "none"}
+    assert {k: best[k] for k in budget} == budget == study.user_attrs["budget"]
     out = tmp_path / "runs"
-    run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(out), "--epochs", "1",
-              "--from-study", "a", "--storage", storage, *TINY])
-    recipe = json.loads((out / "default/resnet18/run.json").read_text())["config"]["recipe"]
+    # no --epochs/--size/--pretrained: the study's budget applies; --batch-size given: the flag wins
+    run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(out), "--batch-size", "8",
+              "--from-study", "a", "--storage", storage, "--no-progress", "--no-report"])
+    config = json.loads((out / "default/resnet18/run.json").read_text())["config"]
+    recipe = config["recipe"]
     assert recipe["lr"] == pytest.approx(best["lr"]) and recipe["loss"] == best["loss"]
+    assert (recipe["epochs"], config["size"], recipe["pretrained"], recipe["batch_size"]) == (3, 32, "none", 8)
 
 
 def spawn(cmd_args):
@@ -87,11 +122,14 @@ def test_killed_worker_trial_is_retried(tiny_root, tmp_path):
 def test_two_concurrent_workers_finish_exactly_n(tiny_root, tmp_path):
     storage = f"sqlite:///{tmp_path / 'p.db'}"
     optuna.create_study(study_name="p", storage=storage, direction="maximize")  # avoid a creation race
-    workers = [spawn(args(tiny_root, storage, "p", 4, 2, "--seed", str(i), "--pruner", "hyperband")) for i in range(2)]
+    # the same training seed in both workers, as in real use: the samplers still must not propose the same trials
+    workers = [spawn(args(tiny_root, storage, "p", 4, 2, "--seed", "0", "--pruner", "hyperband")) for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=300) == 0, w.stderr.read().decode()[-2000:]
     study = load(storage, "p")
     assert len(counted(study, FINISHED)) == 4
+    assert len(set(param_sets(study))) == len(param_sets(study))
+    assert len({t.user_attrs["sampler_seed"] for t in study.trials if "sampler_seed" in t.user_attrs}) == 2
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
 
 
@@ -102,9 +140,106 @@ def test_worker_waits_for_trials_running_elsewhere(tmp_path):
     elsewhere = study.ask()  # "another worker" holds the only requested trial
     threading.Timer(1.5, lambda: study.tell(elsewhere, 0.5)).start()
     started = []
-    run_study(study, lambda t: started.append(t.number) or 0.0, target=1, poll=0.2, log=lambda *_: None)
+    # timeout far below the 1.5 s: storages with heartbeats wait on (the heartbeat check handles dead workers)
+    run_study(study, lambda t: started.append(t.number) or 0.0, target=1, poll=0.2, log=lambda *_: None, timeout=0.3)
     assert started == [] and len(study.trials) == 1
     assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_journal_worker_stops_waiting_for_a_stuck_trial(tmp_path):
+    """Journal storage has no heartbeat: a dead worker's RUNNING trial must not keep the others waiting forever."""
+    study = optuna.create_study(study_name="j", storage=open_storage(f"journal:{tmp_path / 'j.log'}"),
+                                direction="maximize")
+    study.ask()  # a worker that died holding the only requested trial
+    started = []
+    with pytest.raises(StudyStopped, match=r"trial\(s\) #0 .*no heartbeat.*sqlite:///"):
+        run_study(study, lambda t: started.append(t.number) or 0.0, target=1, poll=0.01, log=lambda *_: None,
+                  timeout=0.2)
+    assert started == [] and study.trials[0].state == TrialState.RUNNING
+
+
+def test_resumes_propose_new_parameters_with_the_same_training_seed(tiny_root, tmp_path, monkeypatch, capsys):
+    calls = fake_training(monkeypatch)
+    storage = f"sqlite:///{tmp_path / 'r.db'}"
+    for n in (3, 6, 9):
+        tune_main(args(tiny_root, storage, "r", n, 2, "--seed", "7"))
+    assert len(set(param_sets(load(storage, "r")))) == 9
+    tune_main(args(tiny_root, storage, "r", 10, 2, "--seed", "7", "--sampler-seed", "5"))
+    study = load(storage, "r")
+    assert len(study.trials) == 10 and len(set(param_sets(study))) == 10
+    seeds = [t.user_attrs["sampler_seed"] for t in study.trials]
+    assert len(set(seeds[:9])) == 3 and seeds[9] == 5  # one fresh sampler seed per run, unless given
+    out = capsys.readouterr().out
+    assert all(f"sampler seed {s}, training seed 7" in out for s in set(seeds))
+    assert [c["seed"] for c in calls] == [7] * 10  # trials compare recipes, not seeds
+
+
+def test_diverging_trial_fails_and_the_study_goes_on(tiny_root, tmp_path, monkeypatch):
+    calls = fake_training(monkeypatch, diverge={2})
+    storage = f"sqlite:///{tmp_path / 'd.db'}"
+    study = tune_main(args(tiny_root, storage, "d", 3, 2, "--pruner", "none"))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(counted(study, FINISHED)) == 3 and len(calls) == 4
+    assert [t.number for t in failed] == [1] and "non-finite loss: loss became nan" in failed[0].user_attrs["error"]
+    assert trials_frame(study)["error"][1] == failed[0].user_attrs["error"]
+
+
+def test_worker_stops_when_every_trial_diverges(tiny_root, tmp_path, monkeypatch, capsys):
+    calls = fake_training(monkeypatch, diverge=range(1, 100))
+    storage = f"sqlite:///{tmp_path / 'x.db'}"
+    with pytest.raises(SystemExit) as stop:
+        tune_main(args(tiny_root, storage, "x", 2, 2))
+    assert stop.value.code == 1 and len(calls) == 2
+    assert "2 trials of this worker failed (#0, #1)" in capsys.readouterr().err
+    assert [t.state for t in load(storage, "x").trials] == [TrialState.FAIL] * 2
+
+
+def test_resuming_on_another_dataset_warns(tiny_root, tiny_copy, tmp_path, monkeypatch, capsys):
+    fake_training(monkeypatch)
+    storage = f"sqlite:///{tmp_path / 'f.db'}"
+    tune_main(args(tiny_root, storage, "f", 1, 1))
+    tune_main(args(tiny_root, storage, "f", 2, 1))
+    assert "another dataset" not in capsys.readouterr().err
+    attr = tiny_copy / "split/train_attr.txt"
+    lines = attr.read_text().splitlines()
+    first = lines[0].split()
+    lines[0] = " ".join(["1" if first[0] != "1" else "0", *first[1:]])  # one label changed
+    attr.write_text("\n".join(lines) + "\n")
+    tune_main(args(tiny_copy, storage, "f", 3, 1))
+    assert "warning: study f was started on another dataset" in capsys.readouterr().err
+
+
+def test_trials_table_keeps_digits_and_hides_heartbeat_waits():
+    study = optuna.create_study(direction="maximize")
+    dist = {"loss_beta": CategoricalDistribution([0.9, 0.99, 0.999, 0.9999]),
+            "lr": FloatDistribution(1e-5, 1.0, log=True)}
+    for state, attrs in ((TrialState.COMPLETE, {}), (TrialState.FAIL, {}),
+                         (TrialState.FAIL, {"error": "non-finite loss: nan"})):
+        t = create_trial(state=state, value=0.5 if state == TrialState.COMPLETE else None, user_attrs=attrs,
+                         params={"loss_beta": 0.9999, "lr": 1.23456e-3}, distributions=dist)
+        t.datetime_start -= timedelta(hours=1)
+        study.add_trial(t)
+    df = trials_frame(study)
+    assert list(df["loss_beta"]) == ["0.9999"] * 3 and df["lr"][0] == "0.00123456"
+    # trial 1 was failed by a heartbeat check: its end is when that noticed, not when it stopped running
+    assert list(df["seconds"]) == ["3600", "-", "3600"]
+
+
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+def test_history_and_parallel_plots_are_legible():
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-2, log=True) + t.suggest_float("dropout", 0, 0.5),
+                   n_trials=3)
+    vis = optuna.visualization.matplotlib
+    ax = vis.plot_optimization_history(study)
+    integer_x(ax)
+    ax.figure.canvas.draw()
+    assert len(ax.get_xticks()) >= 2 and all(float(x).is_integer() for x in ax.get_xticks())
+    ax = vis.plot_parallel_coordinate(study)
+    slanted_x(ax)
+    labels = [lb for lb in ax.get_xticklabels() if lb.get_text()]
+    assert {"lr", "dropout"} <= {lb.get_text() for lb in labels} and all(lb.get_rotation() == 30 for lb in labels)
+    plt.close("all")
 
 
 def test_multi_objective_study_has_a_pareto_front(tiny_root, tmp_path):
