@@ -1,7 +1,13 @@
 """Batched augmentation on uint8 image tensors already on the training device.
 
-One affine warp per image does random-resized-crop, horizontal flip and rotation in a single `grid_sample`; colour
-jitter is three per-image scalars. A whole batch is augmented in a few kernel launches, with no CPU workers.
+One affine warp per image does random-resized-crop and rotation in a single `grid_sample`; the horizontal flip is an
+exact mirror (`flip`), colour jitter is three per-image scalars. A whole batch is augmented in a few kernel launches,
+with no CPU workers. The output is float pixels in 0..255, channels_last: the model normalises them itself with its
+backbone's own mean/std (zoo/multihead.py).
+
+Crop geometry: the kept area fraction is uniform in [crop_scale, 1] and the aspect ratio log-uniform in [3/4, 4/3]
+narrowed so that the crop always fits inside the image (no clamping, so the area is exactly the one drawn). With
+crop_scale = 1 and no rotation there is no warp at all: the output is the image or its mirror, pixel for pixel.
 """
 from __future__ import annotations
 
@@ -10,48 +16,49 @@ import math
 import torch
 import torch.nn.functional as F
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]) * 255
-STD = torch.tensor([0.229, 0.224, 0.225]) * 255
+
+def to_input(x_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> float pixels 0..255, channels_last (fastest layout for convolutions): the eval input."""
+    return x_uint8.float().contiguous(memory_format=torch.channels_last)
 
 
-def standardize(x: torch.Tensor) -> torch.Tensor:
-    """Float pixels in 0..255 -> ImageNet-normalised, channels_last (fastest layout for convolutions)."""
-    mean, std = MEAN.to(x.device, x.dtype).view(1, 3, 1, 1), STD.to(x.device, x.dtype).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-
-
-def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) uint8 -> normalised float32, channels_last: the evaluation transform."""
-    return standardize(x_uint8.float())
-
-
-def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.Tensor:
+def _uniform(n: int, lo, hi, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
+
+
+def crop_boxes(b: int, crop_scale: float, g: torch.Generator, device) -> tuple[torch.Tensor, ...]:
+    """Per image: crop width and height as fractions of the image's (sx, sy; sx * sy = the drawn area) and the
+    centre offset (tx, ty) in [-1, 1] units, chosen so the crop stays inside the image."""
+    area = _uniform(b, crop_scale, 1.0, g, device)
+    lo = torch.clamp(torch.log(area), min=math.log(3 / 4))  # sx = sqrt(area * r) <= 1  <=>  r <= 1 / area
+    hi = torch.clamp(-torch.log(area), max=math.log(4 / 3))  # sy = sqrt(area / r) <= 1  <=>  r >= area
+    r = torch.exp(lo + torch.rand(b, generator=g, device=device) * (hi - lo))
+    sx, sy = torch.sqrt(area * r), torch.sqrt(area / r)
+    tx = _uniform(b, -1.0, 1.0, g, device) * (1 - sx)
+    ty = _uniform(b, -1.0, 1.0, g, device) * (1 - sy)
+    return sx, sy, tx, ty
 
 
 def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35, hflip: bool = True,
             rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None) -> torch.Tensor:
-    """Random resized crop (area in [crop_scale, 1], aspect in [3/4, 4/3]), flip, rotation, colour jitter."""
+    """Random resized crop (area in [crop_scale, 1], aspect in [3/4, 4/3]), rotation, flip, colour jitter."""
     b, _, h, w = x_uint8.shape
     dev = x_uint8.device
     x = x_uint8.float()
-    if crop_scale < 1.0 or hflip or rotate:
-        area = _uniform(b, crop_scale, 1.0, g, dev)
-        log_r = _uniform(b, math.log(3 / 4), math.log(4 / 3), g, dev)
-        sx = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)  # crop width / image width
-        sy = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
-        tx = (_uniform(b, -1.0, 1.0, g, dev) * (1 - sx))
-        ty = (_uniform(b, -1.0, 1.0, g, dev) * (1 - sy))
+    size = out_size or h
+    if crop_scale < 1.0 or rotate or size != h:
+        sx, sy, tx, ty = crop_boxes(b, min(crop_scale, 1.0), g, dev)
         angle = _uniform(b, -rotate, rotate, g, dev) * (math.pi / 180)
-        flip = torch.where(torch.rand(b, generator=g, device=dev) < 0.5, -1.0, 1.0) if hflip else torch.ones(b, device=dev)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([
-            torch.stack([sx * cos * flip, -sy * sin, tx], 1),
-            torch.stack([sx * sin * flip, sy * cos, ty], 1),
+            torch.stack([sx * cos, -sy * sin, tx], 1),
+            torch.stack([sx * sin, sy * cos, ty], 1),
         ], 1)
-        size = out_size or h
         grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if hflip:
+        mirror = (torch.rand(b, generator=g, device=dev) < 0.5).view(b, 1, 1, 1)
+        x = torch.where(mirror, x.flip(3), x)
     if jitter:
         bright = _uniform(b, 1 - jitter, 1 + jitter, g, dev).view(b, 1, 1, 1)
         contrast = _uniform(b, 1 - jitter, 1 + jitter, g, dev).view(b, 1, 1, 1)
@@ -61,4 +68,4 @@ def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35,
         x = (x - grey.mean((2, 3), keepdim=True)) * contrast + grey.mean((2, 3), keepdim=True)
         grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = grey + (x - grey) * sat
-    return standardize(x.clamp_(0, 255))
+    return x.clamp_(0, 255).contiguous(memory_format=torch.channels_last)

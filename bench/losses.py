@@ -7,7 +7,13 @@ sample is 1, i.e. sum_c w_c n_c = N, which keeps loss scales comparable across s
   sqrt_inverse  w_c ∝ 1 / sqrt(n_c)                  (softer)
   effective     w_c ∝ (1 - beta) / (1 - beta^n_c)    (Cui et al., CVPR 2019, "effective number of samples")
   focal         w_c = 1, loss scaled by (1 - p_true)^gamma (Lin et al. 2017)
-Each combines with label smoothing. Task weighting: `uniform` sums the 6 losses; `uncertainty` learns one
+Each combines with label smoothing, applied per sample: sample i of class y costs
+  w_y * [(1 - e) * -log p_y + e * mean_c(-log p_c)]      (times (1 - p_y)^gamma for focal)
+so the weight scales the whole sample and the smoothing target stays uniform over classes. (PyTorch's
+`cross_entropy(weight=w, label_smoothing=e)` also weights each class's smoothing term by w_c, which pulls every
+prediction toward rare classes: with weights [1, 1, 100] and e = 0.1 a class-0 label is best answered with
+p = [0.22, 0.01, 0.78].) With this form the loss of a one-hot label is minimised by predicting that label, for every
+scheme and e < 1 - 1/K. Task weighting: `uniform` sums the 6 losses; `uncertainty` learns one
 log-variance s_i per attribute: sum_i exp(-s_i) L_i + s_i / 2 (Kendall et al., CVPR 2018).
 """
 from __future__ import annotations
@@ -58,11 +64,14 @@ class MultiAttributeLoss(nn.Module):
         losses = []
         for i, z in enumerate(logits):
             z, t = z.float(), targets[:, i]
-            ce = F.cross_entropy(z, t, weight=getattr(self, f"w{i}"), label_smoothing=self.label_smoothing,
-                                 reduction="none")
+            logp = F.log_softmax(z, -1)
+            logp_true = logp.gather(1, t[:, None]).squeeze(1)
+            ce = -logp_true
+            if self.label_smoothing:
+                ce = (1 - self.label_smoothing) * ce - self.label_smoothing * logp.mean(-1)
+            ce = getattr(self, f"w{i}")[t] * ce
             if self.gamma:
-                p_true = z.softmax(-1).gather(1, t[:, None]).squeeze(1)
-                ce = (1 - p_true).pow(self.gamma) * ce
+                ce = (1 - logp_true.exp()).pow(self.gamma) * ce
             losses.append(ce.mean())
         return torch.stack(losses)
 

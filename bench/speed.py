@@ -3,9 +3,10 @@
   (a) seed-style loop: PIL decode + torchvision transforms in DataLoader workers, fp32, batch 32 (what the public
       notebooks do);
   (b) this trainer: resident uint8 data, batched augmentation on the device, bf16 autocast on CUDA, channels_last;
-  (c) the model step alone on one fixed resident batch, same precision and batch as (b): the ceiling for (b).
+  (c) the trainer's own step (model, loss, optimizer, same precision, batch and compile setting as (b)) on one fixed,
+      already augmented batch: the ceiling for (b).
 
-    python -m bench.speed --models resnet50,effb3 [--data ROOT] [--steps 50]
+    python -m bench.speed --models resnet50,effb3 [--data ROOT] [--steps 50] [--compile off,on]
 
 Prints images/s and the ratios, and writes a Markdown table to reports/speed-<device>.md.
 Reference (issue #3, one H100, PyTorch 2.11): seed-style 729 img/s (ResNet-50 @224), 350 img/s (EfficientNet-B3 @300);
@@ -29,7 +30,7 @@ from torchvision import transforms as T
 from bench.augment import augment
 from bench.data import class_counts, open_dataset, resolve_root
 from bench.images import load_images
-from bench.trainer import Split, Trainer, autocast, device_name, pick_device, seed_everything
+from bench.trainer import Split, Trainer, device_name, pick_device, seed_everything
 from zoo import create_model, get_entry, get_recipe
 
 
@@ -38,9 +39,10 @@ class SeedStyleDataset(Dataset):
 
     def __init__(self, files, labels, size):
         self.files, self.labels = files, torch.from_numpy(labels)
+        # the notebooks' pipeline; pixels stay 0..1 here and are scaled to the 0..255 the model expects (it
+        # normalises itself) on the device, one multiply per batch
         self.tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.RandomRotation(10),
-                             T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor(),
-                             T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+                             T.ColorJitter(0.2, 0.2, 0.2), T.ToTensor()])
 
     def __len__(self):
         return len(self.files)
@@ -68,7 +70,7 @@ def seed_style(name, ds, size, device, steps, warmup, workers) -> float:
             if seen == 0 and i == warmup:
                 _sync(device)
                 t0, seen = time.perf_counter(), 0
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            x, y = x.to(device, non_blocking=True) * 255, y.to(device, non_blocking=True)
             loss = sum(ce(z, y[:, a]) for a, z in enumerate(model(x)))
             opt.zero_grad()
             loss.backward()
@@ -80,13 +82,14 @@ def seed_style(name, ds, size, device, steps, warmup, workers) -> float:
                     return seen / (time.perf_counter() - t0)
 
 
-def make_trainer(name, ds, size, device, images, batch_size, tmp):
+def make_trainer(name, ds, size, device, images, batch_size, tmp, compile="off"):
     recipe = get_recipe(get_entry(name).recipe).updated(batch_size=batch_size, pretrained="none")
     train = Split.from_numpy(images, ds.splits["train"].labels, device)
     seed_everything(0)
     model, _ = create_model(name, ds.num_classes, recipe.dropout, recipe.hidden, "none")
     counts = class_counts(ds.splits["train"].labels, ds.num_classes)
-    return Trainer(model, recipe, train, train, tmp, counts, size=size, progress=False)
+    return Trainer(model, recipe, train, train, tmp, counts, size=size, progress=False, persist=False,
+                   compile=compile)
 
 
 def trainer_speed(tr: Trainer, steps, warmup) -> float:
@@ -95,19 +98,15 @@ def trainer_speed(tr: Trainer, steps, warmup) -> float:
 
 
 def model_only(tr: Trainer, steps, warmup) -> float:
-    """The trainer's own model, optimizer and loss on one fixed, already augmented batch."""
-    idx = torch.arange(min(tr.batch_size, len(tr.train.x)), device=tr.device)
+    """The trainer's own step (model, loss, optimizer, EMA) on one fixed, already augmented batch."""
+    idx = torch.arange(tr.batch_size, device=tr.device)
     x, y = augment(tr.train.x[idx], tr.gen), tr.train.y[idx]
     tr.model.train()
     for i in range(warmup + steps):
         if i == warmup:
             _sync(tr.device)
             t0 = time.perf_counter()
-        with autocast(tr.device):
-            loss = tr.criterion(tr.model(x), y)
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        tr.optimizer.step()
+        tr._step(x, y)
     _sync(tr.device)
     return steps * len(x) / (time.perf_counter() - t0)
 
@@ -121,6 +120,7 @@ def main(argv=None):
     p.add_argument("--steps", type=int, help="timed steps per measurement (default 50 on CUDA, 4 on the CPU)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="seed-style DataLoader workers")
+    p.add_argument("--compile", default="off", help="compile settings to measure, comma-separated: off, on")
     p.add_argument("--out", default="reports", help="folder for the Markdown table")
     a = p.parse_args(argv)
     device = pick_device()
@@ -134,18 +134,23 @@ def main(argv=None):
         size = a.size or (get_entry(name).size if cuda else 64)
         images = load_images(ds.files("train"), size, progress=False)
         bs = a.batch_size or get_recipe(get_entry(name).recipe).batch_size
-        with tempfile.TemporaryDirectory() as tmp:
-            tr = make_trainer(name, ds, size, device, images, bs, Path(tmp))
-            fast = trainer_speed(tr, steps, warmup)
-            ceiling = model_only(tr, steps, warmup)
-        del tr
         seed = seed_style(name, ds, size, device, steps, warmup, a.workers)
-        rows.append({"model": name, "size": size, "batch": bs, "seed_style": seed, "trainer": fast,
-                     "model_only": ceiling})
-        print(f"{name:>10} @{size}px  seed-style {seed:8.1f} img/s | trainer {fast:8.1f} img/s (batch {bs}) | "
-              f"model-only {ceiling:8.1f} img/s | trainer/ceiling {fast / ceiling:.2f}x  trainer/seed {fast / seed:.2f}x")
-        if cuda:
-            torch.cuda.empty_cache()
+        for comp in [c.strip() for c in a.compile.split(",") if c.strip()]:
+            with tempfile.TemporaryDirectory() as tmp:
+                tr = make_trainer(name, ds, size, device, images, bs, Path(tmp), comp)
+                t0 = time.perf_counter()
+                fast = trainer_speed(tr, steps, warmup)  # the warm-up steps include any compilation
+                first_s = time.perf_counter() - t0
+                ceiling = model_only(tr, steps, warmup)
+                compiled = tr.compiled
+            del tr
+            rows.append({"model": name, "size": size, "batch": bs, "compiled": compiled, "seed_style": seed,
+                         "trainer": fast, "model_only": ceiling, "warmup_s": first_s})
+            print(f"{name:>10} @{size}px {'compiled' if compiled else 'eager':>8}  seed-style {seed:8.1f} img/s | "
+                  f"trainer {fast:8.1f} img/s (batch {bs}) | model-only {ceiling:8.1f} img/s | "
+                  f"trainer/ceiling {fast / ceiling:.2f}x  trainer/seed {fast / seed:.2f}x  (warm-up {first_s:.0f} s)")
+            if cuda:
+                torch.cuda.empty_cache()
     write_table(rows, device, steps, a.out, sys.argv[1:] if argv is None else argv)
     return rows
 
@@ -158,11 +163,13 @@ def write_table(rows, device, steps, out, argv) -> Path:
     lines = [f"# Training throughput on {dev}", "",
              f"`python -m bench.speed {' '.join(argv or [])}`  (torch {torch.__version__}, {steps} timed steps, "
              f"{time.strftime('%Y-%m-%d')})", "",
-             "| model | size | batch | seed-style img/s | trainer img/s | model-only img/s | trainer / ceiling | trainer / seed |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| model | size | batch | step | seed-style img/s | trainer img/s | model-only img/s | trainer / ceiling "
+             "| trainer / seed | warm-up s |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {r['seed_style']:.1f} | {r['trainer']:.1f} | "
-                     f"{r['model_only']:.1f} | {r['trainer'] / r['model_only']:.2f} | {r['trainer'] / r['seed_style']:.2f} |")
+        lines.append(f"| {r['model']} | {r['size']} | {r['batch']} | {'compiled' if r['compiled'] else 'eager'} | "
+                     f"{r['seed_style']:.1f} | {r['trainer']:.1f} | {r['model_only']:.1f} | "
+                     f"{r['trainer'] / r['model_only']:.2f} | {r['trainer'] / r['seed_style']:.2f} | {r['warmup_s']:.0f} |")
     path.write_text("\n".join(lines) + "\n")
     print(f"wrote {path}")
     return path

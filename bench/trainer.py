@@ -1,10 +1,20 @@
 """The one trainer every backbone goes through.
 
 Fast path (CUDA): the decoded dataset sits on the GPU as uint8, batches are gathered and augmented there
-(bench/augment.py), the model runs in bf16 autocast and channels_last. The same code runs on the CPU in fp32.
-Nothing is lost on interrupt: after every epoch the full state (model, optimizer, scheduler, EMA, loss weights,
-RNGs, history) is written atomically to `last.pt`, and the same call resumes from it. A CUDA out-of-memory error
-halves the batch size and retries the epoch from that state; a non-finite loss stops with its epoch and step.
+(bench/augment.py), the model normalises its own input (zoo/multihead.py) and runs in bf16 autocast and
+channels_last, optionally through torch.compile. Nothing in a training step waits for the host: the loss is checked
+for NaN/inf once per epoch. The same code runs on the CPU in fp32.
+
+Resume: the full state (model, optimizer, scheduler, EMA, loss weights, RNGs, history) is written atomically to
+`last.pt` at an epoch boundary whenever `checkpoint_every` seconds have passed since the last save; by default
+that interval is 50x the measured cost of one save, so checkpointing costs < 2% of training time, and a kill -9 loses
+at most that interval. Ctrl-C between epochs, and the end of training, always save. The same call resumes from it,
+bit for bit (state is loaded on the CPU, so RNG states restore on any device). Tune trials (`persist=False`) write
+no state at all: a killed trial is re-run from scratch by the tuner, and the best weights stay in memory.
+
+Out of memory: a CUDA OOM in a training step splits that step into micro-batches (half the size each time) with
+gradient accumulation, so the effective batch, the learning rate and the schedule stay the recipe's; below
+`min_micro_batch` images it stops with a clear message. A non-finite loss stops with its epoch and step.
 """
 from __future__ import annotations
 
@@ -25,12 +35,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bench.augment import augment, normalize
+from bench.artifacts import atomic_write
+from bench.augment import augment, to_input
 from bench.losses import MultiAttributeLoss
 from bench.metrics import score
 from zoo import Recipe, count_params
 
-SELECT_MODES = {"overall_acc": "max", "mean_class_acc": "max", "val_loss": "min"}
+SELECT_MODES = {"overall_acc": "max", "mean_class_acc": "max", "val_loss": "min", "last": "max"}
 
 
 class NonFiniteLoss(RuntimeError):
@@ -38,6 +49,10 @@ class NonFiniteLoss(RuntimeError):
 
 
 class ConfigMismatch(RuntimeError):
+    pass
+
+
+class OutOfMemory(RuntimeError):
     pass
 
 
@@ -55,9 +70,23 @@ class Split:
 
 
 def pick_device(name: str = "auto") -> torch.device:
+    """auto | cpu | cuda | cuda:N; ValueError with the reason when that device cannot be used here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ValueError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:N)") from e
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine (torch {torch.__version__}, "
+                             f"{'a CPU-only build' if torch.version.cuda is None else 'no usable GPU'}); "
+                             f"use --device cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu and cuda devices are supported")
+    return device
 
 
 def device_name(device: torch.device) -> str:
@@ -91,24 +120,62 @@ def gflops(model: torch.nn.Module, size: int, device: torch.device) -> float:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, flip: bool = False) -> torch.Tensor:
-    """Concatenated per-attribute softmax probabilities (N, sum(classes)), float32."""
+    """Concatenated per-attribute softmax probabilities (N, sum(classes)), float32, for uint8 images x.
+    A CUDA out-of-memory error halves the batch and goes on from the batch that failed."""
     model.eval()
-    device = x.device
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = normalize(x[i:i + batch_size])
-        if flip:
-            xb = xb.flip(3)
-        with autocast(device):
-            logits = model(xb)
-        out.append(torch.cat([z.float().softmax(-1) for z in logits], 1))
+    out, i = [], 0
+    while i < len(x):
+        try:
+            xb = to_input(x[i:i + batch_size])
+            if flip:
+                xb = xb.flip(3)
+            with autocast(x.device):
+                logits = model(xb)
+            out.append(torch.cat([z.float().softmax(-1) for z in logits], 1))
+            i += batch_size
+            continue
+        except torch.cuda.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+        batch_size //= 2  # outside the handler, so the failed batch's memory is already released
+        torch.cuda.empty_cache()
     return torch.cat(out) if out else torch.empty(0)
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_state(path: Path) -> dict:
+    """A saved training state, always loaded on the CPU: RNG states must be CPU ByteTensors to be restored, and
+    load_state_dict copies weights to wherever the model lives."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def maybe_compile(model: torch.nn.Module, mode: str, device: torch.device) -> tuple[torch.nn.Module, bool]:
+    """torch.compile for `on`, or `auto` on CUDA; the eager model where compilation is off or unavailable."""
+    if mode == "off" or (mode == "auto" and device.type != "cuda"):
+        return model, False
+    try:
+        return torch.compile(model, dynamic=False), True  # batch shapes are constant: never trace symbolic sizes
+    except Exception as e:  # e.g. no compiler toolchain: eager is always correct
+        print(f"  torch.compile unavailable ({type(e).__name__}: {e}); training eagerly")
+        return model, False
+
+
+def param_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict]:
+    """Backbone and heads, each split into decayed weights and undecayed norms/biases (1-d tensors): the backbone's
+    lr is lr x backbone_lr_scale, the heads' is lr."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        backbone, no_decay = name.startswith("backbone."), p.ndim <= 1
+        g = groups.setdefault((backbone, no_decay), {
+            "params": [], "lr": recipe.lr * (recipe.backbone_lr_scale if backbone else 1.0),
+            "weight_decay": 0.0 if no_decay else recipe.weight_decay})
+        g["params"].append(p)
+    return list(groups.values())
 
 
 class Trainer:
@@ -116,21 +183,30 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, recipe: Recipe, train: Split, val: Split, run_dir: Path,
                  class_counts: list, seed: int = 0, size: int = 224, progress: bool = True,
-                 on_epoch: Callable[[int, dict], None] | None = None):
+                 on_epoch: Callable[[int, dict], None] | None = None, checkpoint_every: float | None = None,
+                 persist: bool = True, compile: str = "off", min_micro_batch: int = 8):
+        if len(train.x) == 0:
+            raise ValueError("the training split is empty")
         self.device = train.x.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # batch shapes are constant (ragged tail dropped): autotune once
+        else:
+            torch.set_flush_denormal(True)  # tiny gradients/moments of fine-tuned weights slow CPU math many-fold
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.recipe, self.train, self.val, self.size = recipe, train, val, size
         self.run_dir, self.seed, self.progress, self.on_epoch = Path(run_dir), seed, progress, on_epoch
         self.num_classes = model.num_classes
-        self.batch_size = recipe.batch_size
+        self.batch_size = min(recipe.batch_size, len(train.x))
+        self.micro_batch = self.batch_size  # < batch_size after an out-of-memory split
+        self.min_micro_batch = min_micro_batch
+        self.checkpoint_every, self.persist = checkpoint_every, persist
+        self.step_model, self.compiled = maybe_compile(self.model, compile, self.device)
         self.criterion = MultiAttributeLoss(class_counts, recipe.loss, recipe.loss_beta, recipe.focal_gamma,
                                             recipe.label_smoothing, recipe.task_weighting).to(self.device)
-        opt = {"sgd": "momentum", "adamw": "adamw"}[recipe.optimizer]
+        opt = {"sgd": "momentum", "nesterov": "nesterov", "adamw": "adamw"}[recipe.optimizer]
         self.optimizer = timm.optim.create_optimizer_v2(
-            self.model, opt=opt, lr=recipe.lr, weight_decay=recipe.weight_decay,
-            **({"momentum": recipe.momentum} if opt == "momentum" else {}))
+            param_groups(self.model, recipe), opt=opt, lr=recipe.lr, weight_decay=recipe.weight_decay,
+            **({"momentum": recipe.momentum} if opt in ("momentum", "nesterov") else {}))
         if self.criterion.log_vars is not None:
             self.optimizer.add_param_group({"params": [self.criterion.log_vars], "weight_decay": 0.0})
         self.scheduler, _ = timm.scheduler.create_scheduler_v2(
@@ -143,13 +219,17 @@ class Trainer:
         self.history: list[dict] = []
         self.best: float | None = None
         self.best_epoch = 0
+        self.best_weights: dict | None = None  # persist=False: the selected epoch's weights, kept in memory
         self.epoch = 0
+        self.saved_epoch = -1
+        self.save_s: float | None = None
+        self.last_save = time.perf_counter()
 
     # --- state -----------------------------------------------------------------------------------------------
     def state(self) -> dict:
         return {
-            "epoch": self.epoch, "batch_size": self.batch_size, "history": self.history, "best": self.best,
-            "best_epoch": self.best_epoch,
+            "epoch": self.epoch, "batch_size": self.batch_size, "micro_batch": self.micro_batch,
+            "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "criterion": self.criterion.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
@@ -160,50 +240,105 @@ class Trainer:
 
     def load_state(self, st: dict) -> None:
         self.epoch, self.batch_size, self.history = st["epoch"], st["batch_size"], st["history"]
+        self.micro_batch = st.get("micro_batch", self.batch_size)
         self.best, self.best_epoch = st["best"], st["best_epoch"]
         self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
+        self.optimizer.load_state_dict(st["optimizer"])  # moves the moments to the parameters' device
         self.scheduler.load_state_dict(st["scheduler"])
         self.criterion.load_state_dict(st["criterion"])
         if self.ema and st["ema"] is not None:
             self.ema.load_state_dict(st["ema"])
-        torch.set_rng_state(st["rng"]["torch"])
-        np.random.set_state(st["rng"]["numpy"])
-        random.setstate(st["rng"]["python"])
-        self.gen.set_state(st["rng"]["gen"])
-        if st["rng"]["cuda"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+        rng = st["rng"]
+        torch.set_rng_state(rng["torch"].cpu())
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        self.gen.set_state(rng["gen"].cpu())
+        if rng["cuda"] is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+        self.saved_epoch = self.epoch
 
     @property
     def last_path(self) -> Path:
         return self.run_dir / "last.pt"
 
     def save_last(self) -> None:
+        t0 = time.perf_counter()
         _atomic_save(self.state(), self.last_path)
+        self.save_s = time.perf_counter() - t0
+        self.last_save, self.saved_epoch = time.perf_counter(), self.epoch
 
     def restore_last(self) -> bool:
-        if not self.last_path.exists():
+        if not self.persist or not self.last_path.exists():
             return False
-        self.load_state(torch.load(self.last_path, map_location=self.device, weights_only=False))
+        self.load_state(read_state(self.last_path))
         return True
+
+    def checkpoint_interval(self) -> float:
+        """Seconds between full-state saves: the user's, else 50x one save's cost (< 2% of training time)."""
+        if self.checkpoint_every is not None:
+            return self.checkpoint_every
+        return 50 * (self.save_s or 0.0)
+
+    def maybe_save(self, final: bool = False) -> None:
+        if not self.persist or self.saved_epoch == self.epoch:
+            return
+        first = self.save_s is None
+        if final or first or time.perf_counter() - self.last_save >= self.checkpoint_interval():
+            self.save_last()
+            if first:
+                print(f"  checkpoint: full state ({self.last_path.name}) takes {self.save_s:.2f} s to save; saved at "
+                      f"an epoch boundary every >= {self.checkpoint_interval():.0f} s "
+                      f"({'--checkpoint-every' if self.checkpoint_every is not None else '< 2% of training time'}); "
+                      f"a kill loses at most that")
 
     # --- one epoch -------------------------------------------------------------------------------------------
     def _batches(self):
         n = len(self.train.x)
         perm = torch.randperm(n, generator=self.gen, device=self.device)
-        bs = min(self.batch_size, n)
-        for i in range(0, n - bs + 1, bs):  # drop the ragged tail: BatchNorm dislikes tiny batches
-            yield perm[i:i + bs]
+        for i in range(0, n - self.batch_size + 1, self.batch_size):  # drop the ragged tail: constant shapes
+            yield perm[i:i + self.batch_size]
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step on batch (x, y), as micro-batches with gradient accumulation after an OOM."""
+        self.optimizer.zero_grad(set_to_none=True)
+        chunks = list(zip(x.split(self.micro_batch), y.split(self.micro_batch)))
+        total = None
+        for xs, ys in chunks:
+            with autocast(self.device):
+                logits = self.step_model(xs)
+            loss = self.criterion(logits, ys)
+            if len(chunks) > 1:
+                loss = loss * (len(xs) / len(x))  # the accumulated gradient is the full batch's mean
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        self.optimizer.step()
+        if self.ema:
+            self.ema.update(self.model)
+        return total
+
+    def _shrink_micro_batch(self) -> None:
+        """Called after leaving the OOM handler, so the failed step's activations are already freed."""
+        old = self.micro_batch
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if old // 2 < self.min_micro_batch:
+            raise OutOfMemory(f"CUDA out of memory even with micro-batches of {old} images (floor "
+                              f"{self.min_micro_batch}; BatchNorm is unreliable below it): use a smaller --size or "
+                              f"model, or free the GPU")
+        self.micro_batch = old // 2
+        print(f"  CUDA out of memory at micro-batch {old}: epoch {self.epoch + 1} goes on with micro-batches of "
+              f"{self.micro_batch} and gradient accumulation (effective batch {self.batch_size}, unchanged)")
 
     def train_epoch(self, max_steps: int | None = None) -> dict:
         """One pass over the training split; returns mean loss and throughput."""
         r = self.recipe
         self.model.train()
         losses, seen = [], 0
-        steps = (len(self.train.x) // min(self.batch_size, len(self.train.x)))
+        steps = len(self.train.x) // self.batch_size
         if max_steps:
             steps = min(steps, max_steps)
-        bar = tqdm(total=steps * min(self.batch_size, len(self.train.x)), unit="img", unit_scale=True, leave=False,
+        bar = tqdm(total=steps * self.batch_size, unit="img", unit_scale=True, leave=False,
                    desc=f"epoch {self.epoch + 1}/{r.epochs}", disable=not self.progress)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -212,15 +347,14 @@ class Trainer:
             if step == steps:
                 break
             x = augment(self.train.x[idx], self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter)
-            with autocast(self.device):
-                logits = self.model(x)
-            loss = self.criterion(logits, self.train.y[idx])
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.ema:
-                self.ema.update(self.model)
-            losses.append(loss.detach())
+            y = self.train.y[idx]
+            while True:
+                try:
+                    losses.append(self._step(x, y))
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    pass
+                self._shrink_micro_batch()  # outside the handler: the traceback no longer pins the activations
             seen += len(idx)
             bar.update(len(idx))
         if self.device.type == "cuda":
@@ -231,9 +365,10 @@ class Trainer:
         finite = torch.isfinite(stacked)
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0])
+            where = f"last saved state: {self.last_path}" if self.persist else "nothing saved (tune trial)"
             raise NonFiniteLoss(f"loss became {stacked[bad].item()} at epoch {self.epoch + 1}, step {bad + 1} "
                                 f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); lower the learning rate or "
-                                f"check the data. Last good state: {self.last_path}")
+                                f"check the data; {where}")
         return {"train_loss": float(stacked.mean()), "train_s": seconds, "img_per_s": seen / max(seconds, 1e-9)}
 
     @property
@@ -241,7 +376,7 @@ class Trainer:
         return self.ema.module if self.ema else self.model
 
     def validate(self) -> dict:
-        probs = predict(self.eval_model, self.val.x, self.batch_size * 2)
+        probs = predict(self.eval_model, self.val.x, self.micro_batch * 2)
         y = self.val.y
         parts = torch.split(probs, list(self.num_classes), dim=1)
         val_loss = sum(F.nll_loss(torch.log(p.clamp_min(1e-8)), y[:, i]) for i, p in enumerate(parts))
@@ -258,18 +393,29 @@ class Trainer:
         t0 = time.perf_counter()
         tr = self.train_epoch()
         va = self.validate()
-        metric = va[self.recipe.select]
+        last = self.recipe.select == "last"
+        metric = va["overall_acc" if last else self.recipe.select]
         row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **tr, **va,
-               "batch_size": self.batch_size, "epoch_s": time.perf_counter() - t0}
+               "batch_size": self.batch_size, "micro_batch": self.micro_batch, "epoch_s": time.perf_counter() - t0}
         self.scheduler.step(self.epoch + 1, metric)
-        if self._improved(metric):
+        if (self.epoch + 1 == self.recipe.epochs) if last else self._improved(metric):
             self.best, self.best_epoch = metric, self.epoch + 1
-            _atomic_save({"model": self.eval_model.state_dict(), "epoch": self.epoch + 1, "metric": metric},
-                         self.run_dir / "best.pt")
+            weights = self.eval_model.state_dict()
+            if self.persist:
+                _atomic_save({"model": weights, "epoch": self.epoch + 1, "metric": metric}, self.run_dir / "best.pt")
+            else:
+                self.best_weights = {"model": {k: v.detach().clone() for k, v in weights.items()},
+                                     "epoch": self.epoch + 1, "metric": metric}
         row["best"] = self.best
         self.history.append(row)
         self.epoch += 1
         return row
+
+    def best_state(self) -> dict:
+        """{"model": weights, "epoch": ...} of the selected epoch."""
+        if self.best_weights is not None:
+            return self.best_weights
+        return read_state(self.run_dir / "best.pt")
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -278,31 +424,26 @@ class Trainer:
             print(f"  resuming {self.run_dir} after epoch {self.epoch}/{self.recipe.epochs}")
         else:
             seed_everything(self.seed)
-            self.save_last()  # epoch-0 state: what an out-of-memory retry of the first epoch restarts from
-        while self.epoch < self.recipe.epochs and not self.should_stop():
-            try:
+        boundary = True  # True between epochs: the in-memory state is a resumable one
+        try:
+            while self.epoch < self.recipe.epochs and not self.should_stop():
+                boundary = False
                 row = self.run_epoch()
-            except torch.cuda.OutOfMemoryError:
-                if self.batch_size <= 1:
-                    raise
-                self._recover_oom()
-                continue
-            self.save_last()
-            pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
-            print(f"  epoch {row['epoch']:3d}/{self.recipe.epochs}  loss {row['train_loss']:.3f}  "  # also in logs
-                  f"val loss {row['val_loss']:.3f}  acc {row['overall_acc']:.4f}  "
-                  f"mean-class {row['mean_class_acc']:.4f}  {row['img_per_s']:.0f} img/s")
-            if self.on_epoch:
-                self.on_epoch(self.epoch, row)
+                boundary = True
+                self.maybe_save()
+                frame = pd.DataFrame(self.history)
+                atomic_write(self.run_dir / "history.csv", lambda tmp: frame.to_csv(tmp, index=False))
+                print(f"  epoch {row['epoch']:3d}/{self.recipe.epochs}  loss {row['train_loss']:.3f}  "  # also in logs
+                      f"val loss {row['val_loss']:.3f}  acc {row['overall_acc']:.4f}  "
+                      f"mean-class {row['mean_class_acc']:.4f}  {row['img_per_s']:.0f} img/s")
+                if self.on_epoch:
+                    self.on_epoch(self.epoch, row)
+        except KeyboardInterrupt:
+            if boundary:  # Ctrl-C between epochs: nothing of the finished epochs is lost
+                self.maybe_save(final=True)
+            raise
+        self.maybe_save(final=True)
         return self.history
-
-    def _recover_oom(self) -> None:
-        old = self.batch_size
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-        self.restore_last()
-        self.batch_size = max(1, old // 2)
-        print(f"  CUDA out of memory at batch size {old}: retrying epoch {self.epoch + 1} with {self.batch_size}")
 
     def should_stop(self) -> bool:
         patience = self.recipe.early_stop

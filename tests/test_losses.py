@@ -71,3 +71,25 @@ def test_uniform_and_uncertainty_task_weighting():
     expect = math.exp(-0.5) * l1 + 0.25 + math.exp(1.0) * l2 - 0.5
     assert unc([z1, z2], t).item() == pytest.approx(expect, rel=1e-6)
     assert unc.log_vars.requires_grad
+
+
+NECKLINE = [2086, 826, 19, 2069]  # real train counts: square neckline is rare
+
+
+@pytest.mark.parametrize("scheme", ["none", "inverse", "sqrt_inverse", "effective", "focal"])
+@pytest.mark.parametrize("eps", [0.0, 0.1, 0.2])
+def test_loss_of_a_one_hot_label_is_minimised_by_that_label(scheme, eps):
+    """Class weights scale a sample's loss; they must not move its optimum (PyTorch's weighted label smoothing
+    did: with `inverse` weights the best answer to a crew-neckline label was 'square neckline')."""
+    loss_fn = MultiAttributeLoss([NECKLINE], scheme, beta=0.999, gamma=2.0, label_smoothing=eps)
+    for label in range(len(NECKLINE)):
+        z = torch.zeros(1, len(NECKLINE), requires_grad=True)
+        opt = torch.optim.Adam([z], lr=0.1)
+        for _ in range(300):
+            opt.zero_grad()
+            loss_fn([z], torch.tensor([[label]])).backward()
+            opt.step()
+        assert int(z.argmax()) == label, (scheme, eps, label, z.softmax(1).tolist())
+        if eps and scheme != "focal":  # the optimum is the smoothed target itself: 1 - e + e/K on the label
+            p = z.detach().softmax(1)[0]
+            assert float(p[label]) == pytest.approx(1 - eps + eps / 4, abs=0.01)

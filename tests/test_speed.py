@@ -7,4 +7,4 @@ def test_speed_benchmark_measures_three_loops(tiny_root, tmp_path):
     r = rows[0]
     assert r["model"] == "resnet18" and min(r["seed_style"], r["trainer"], r["model_only"]) > 0
     table = next(tmp_path.glob("speed-*.md")).read_text()
-    assert "| resnet18 | 32 | 16 |" in table and "--steps 2" in table
+    assert "| resnet18 | 32 | 16 | eager |" in table and "--steps 2" in table

@@ -43,18 +43,87 @@ def test_resume_after_interrupt_gives_same_history(tiny_root, tmp_path):
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
 
 
-def test_out_of_memory_halves_batch_and_retries(tiny_root, tmp_path):
-    tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=1))
-    forward = tr.model.forward
+def test_out_of_memory_splits_the_step_and_keeps_the_recipe(tiny_root, tmp_path):
+    """An OOM re-runs the same step as two micro-batches with gradient accumulation: the effective batch (and so
+    the lr and the number of steps) stays the recipe's. Without BatchNorm in the way (eval-mode BN), the update equals
+    the full-batch one."""
+    tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=1, label_smoothing=0.0))
+    forward, calls = tr.model.forward, []
 
     def limited(x):
+        if tr.model.training:
+            calls.append(len(x))
         if tr.model.training and len(x) > 8:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return forward(x)
 
     tr.model.forward = limited
     hist = tr.fit()
-    assert len(hist) == 1 and hist[0]["batch_size"] == 8
+    assert len(hist) == 1 and hist[0]["batch_size"] == 16 and hist[0]["micro_batch"] == 8
+    assert calls[:3] == [16, 8, 8]  # the failed step itself is redone, split in two
+    steps = 120 // 16
+    assert calls[1:] == [8] * (2 * steps)  # every step of the epoch: 2 micro-batches, same number of steps
+
+    # accumulation is exact: one step on 16 images == one step as 2 x 8 (BatchNorm frozen so batches don't matter)
+    a = make_trainer(tiny_root, tmp_path / "a", TINY.updated(epochs=1, dropout=0.0))
+    b = make_trainer(tiny_root, tmp_path / "b", TINY.updated(epochs=1, dropout=0.0))
+    b.micro_batch = 8
+    x, y = a.train.x[:16].float(), a.train.y[:16]
+    for t in (a, b):
+        t.model.eval()
+        t._step(x, y)
+    for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-5), name
+
+
+def test_out_of_memory_below_the_floor_stops_with_a_message(tiny_root, tmp_path):
+    from bench.trainer import OutOfMemory
+    tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=1), min_micro_batch=8)
+
+    def always(x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    tr.model.forward = always
+    with pytest.raises(OutOfMemory, match="even with micro-batches of 8 images"):
+        tr.fit()
+
+
+def test_resume_loads_state_on_the_cpu_whatever_the_device(tiny_root, tmp_path):
+    """RNG states must come back as CPU ByteTensors: loading with map_location=<training device> broke resume on
+    CUDA. The meta device stands in for "a device that is not the CPU" here."""
+    tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=1))
+    tr.fit()
+    from bench.trainer import read_state
+    st = read_state(tr.last_path)
+    assert st["rng"]["torch"].device.type == "cpu" and st["rng"]["gen"].device.type == "cpu"
+    again = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=1))
+    real_load = torch.load
+    torch_load = lambda *a, **kw: real_load(*a, **{**kw, "map_location": kw.get("map_location", "meta")})  # noqa
+    import bench.trainer as trainer_mod
+    trainer_mod.torch.load, saved = torch_load, trainer_mod.torch.load
+    try:
+        assert again.restore_last() and again.epoch == 1
+    finally:
+        trainer_mod.torch.load = saved
+
+
+def test_checkpoint_interval_bounds_saves(tiny_root, tmp_path):
+    """With a long interval only the first epoch (to measure a save) and the last are written; with 0, every one."""
+    saves = []
+    tr = make_trainer(tiny_root, tmp_path / "long", TINY, checkpoint_every=3600)
+    real = tr.save_last
+    tr.save_last = lambda: (saves.append(tr.epoch), real())
+    tr.fit()
+    assert saves == [1, 4]
+    saves.clear()
+    tr = make_trainer(tiny_root, tmp_path / "every", TINY, checkpoint_every=0)
+    real = tr.save_last
+    tr.save_last = lambda: (saves.append(tr.epoch), real())
+    tr.fit()
+    assert saves == [1, 2, 3, 4]
+    trial = make_trainer(tiny_root, tmp_path / "trial", TINY.updated(epochs=2), persist=False)
+    trial.fit()
+    assert not list((tmp_path / "trial").glob("*.pt")) and trial.best_state()["epoch"] == trial.best_epoch
 
 
 def test_nan_loss_names_epoch_and_step(tiny_root, tmp_path):
@@ -84,8 +153,31 @@ def test_augment_is_seeded_and_identity_without_randomness():
     g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     assert torch.equal(augment(x, g1), augment(x, g2))
     plain = augment(x, g1, crop_scale=1.0, hflip=False, rotate=0.0, jitter=0.0)
-    from bench.augment import normalize
-    assert torch.allclose(plain, normalize(x), atol=1e-4)
+    assert torch.equal(plain, x.float())
+
+
+def test_flip_only_gives_the_image_or_its_mirror_exactly():
+    """crop_scale 1 + no rotation (the effb3-300 recipe) used to still draw an aspect ratio and a shift."""
+    x = torch.randint(0, 256, (64, 3, 12, 10), dtype=torch.uint8)
+    out = augment(x, torch.Generator().manual_seed(0), crop_scale=1.0, hflip=True, rotate=0.0, jitter=0.0)
+    same = (out == x.float()).flatten(1).all(1)
+    mirror = (out == x.flip(3).float()).flatten(1).all(1)
+    assert bool((same | mirror).all()) and 10 < int(mirror.sum()) < 54
+
+
+def test_crop_area_is_within_range_and_the_crop_fits():
+    from bench.augment import crop_boxes
+    for scale in (0.08, 0.35, 0.9, 1.0):
+        sx, sy, tx, ty = crop_boxes(20000, scale, torch.Generator().manual_seed(0), "cpu")
+        area = sx * sy
+        assert float(area.min()) >= scale - 1e-6 and float(area.max()) <= 1 + 1e-6
+        assert float(sx.max()) <= 1 + 1e-6 and float(sy.max()) <= 1 + 1e-6  # inside the image: no clamping
+        assert bool(((tx.abs() <= 1 - sx + 1e-6) & (ty.abs() <= 1 - sy + 1e-6)).all())
+        ratio = sx / sy
+        assert float(ratio.min()) >= 3 / 4 - 1e-5 and float(ratio.max()) <= 4 / 3 + 1e-5
+    # uniform in area: the mean of U(0.35, 1) is 0.675
+    sx, sy, _, _ = crop_boxes(20000, 0.35, torch.Generator().manual_seed(1), "cpu")
+    assert float((sx * sy).mean()) == pytest.approx(0.675, abs=0.01)
 
 
 def test_run_cli_writes_artifacts(tiny_root, tmp_path):
@@ -111,3 +203,27 @@ def test_run_cli_writes_artifacts(tiny_root, tmp_path):
     assert (d / "best.pt").stat().st_mtime_ns == mtime
     with pytest.raises(SystemExit):
         run_main([*args[:-4], "--lr", "0.5", "--no-progress", "--no-report"])
+
+
+def test_parameter_groups_get_the_recipes_learning_rates(tiny_root, tmp_path):
+    recipe = TINY.updated(lr=0.02, backbone_lr_scale=0.1, weight_decay=0.05, warmup_epochs=0, optimizer="nesterov")
+    tr = make_trainer(tiny_root, tmp_path, recipe)
+    names = {id(p): n for n, p in tr.model.named_parameters()}
+    seen = set()
+    for g in tr.optimizer.param_groups:
+        for p in g["params"]:
+            n = names[id(p)]
+            seen.add(n)
+            assert g["lr"] == pytest.approx(0.002 if n.startswith("backbone.") else 0.02), n
+            assert g["weight_decay"] == (0.0 if p.ndim == 1 else 0.05), n
+            assert g["nesterov"] and g["momentum"] == 0.9
+    assert seen == set(names.values())  # every parameter is trained, once
+
+
+def test_run_records_the_recipe_chosen_by_init(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(out), "--size", "32", "--epochs", "1",
+              "--batch-size", "16", "--pretrained", "none", "--no-progress", "--no-report"])
+    meta = json.loads((out / "default/resnet18/run.json").read_text())
+    assert meta["config"]["recipe"]["name"] == "scratch" and meta["init"]["init"] == "scratch"
+    assert meta["input"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

@@ -21,7 +21,7 @@ def test_every_zoo_entry_builds_and_steps(name):
     assert [o.shape for o in out] == [(2, k) for k in K]
     loss = sum(o.logsumexp(1).mean() for o in out)
     loss.backward()
-    head = model.heads[0].weight
+    head = model.head.weight
     assert head.grad is not None and head.grad.abs().sum() > 0
 
 
@@ -47,7 +47,7 @@ def test_recipe_presets_reproduce_public_recipes():
         Recipe().updated(lrr=1)
     with pytest.raises(ValueError, match="loss='foo' is not one of none, inverse"):
         Recipe().updated(loss="foo")
-    with pytest.raises(ValueError, match="epochs >= 1"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         Recipe(epochs=0)
 
 
@@ -88,3 +88,21 @@ def test_list_prints_the_zoo(capsys):
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(name))
         assert params in line
     assert "effv2s" in out and "300" in out
+
+
+def test_default_recipe_follows_the_init(tmp_path, monkeypatch):
+    """`default` is finetune when weights will load, scratch otherwise; --recipe forces either."""
+    from bench.training import resolve_recipe
+    weights = tmp_path / "w.pth"
+    torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), weights)
+    assert resolve_recipe("resnet18", None, {"pretrained": "none"})[0].name == "scratch"
+    assert resolve_recipe("resnet18", None, {"pretrained": str(weights)})[0].name == "finetune"
+    assert resolve_recipe("resnet18", "scratch", {"pretrained": str(weights)})[0].name == "scratch"
+    monkeypatch.setattr("zoo.pretrained.weights_reachable", lambda *a, **k: False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-torch-home"))
+    assert resolve_recipe("resnet18", None, {})[0].name == "scratch"  # auto, offline: random init
+    monkeypatch.setattr("zoo.pretrained.weights_reachable", lambda *a, **k: True)
+    recipe, size = resolve_recipe("resnet18", None, {"epochs": 3})
+    assert (recipe.name, recipe.epochs, recipe.select, size) == ("finetune", 3, "last", 224)
+    assert get_recipe("scratch").optimizer == "nesterov" and get_recipe("scratch").select == "last"

@@ -60,6 +60,15 @@ def weights_reachable(timm_name: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def expects_weights(timm_name: str, pretrained: str) -> bool:
+    """Will `build_backbone(timm_name, pretrained)` start from pretrained weights? (picks the init's recipe)"""
+    if pretrained == "none":
+        return False
+    if pretrained != "auto":
+        return True  # a weights file; a missing one fails loudly when the model is built
+    return _cached_weights(timm_name) is not None or weights_reachable(timm_name)
+
+
 def load_state_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -9,6 +9,7 @@ import difflib
 from dataclasses import dataclass
 
 import timm
+import timm.data
 import torch
 
 from zoo.multihead import MultiHeadNet
@@ -61,7 +62,10 @@ def create_model(name: str, num_classes: tuple[int, ...], dropout: float = 0.2, 
     entry = get_entry(name)
     backbone, init = build_backbone(entry.timm_name, pretrained)
     width = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # vgg: 4096-wide pre-logits
-    return MultiHeadNet(backbone, width, num_classes, dropout, hidden), init
+    cfg = timm.data.resolve_data_config({}, model=backbone)  # the backbone's own input normalisation
+    model = MultiHeadNet(backbone, width, num_classes, dropout, hidden, cfg["mean"], cfg["std"])
+    init = {**init, "mean": model.input_config["mean"], "std": model.input_config["std"]}
+    return model, init
 
 
 def count_params(model: torch.nn.Module) -> int:

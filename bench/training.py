@@ -1,0 +1,172 @@
+"""Training library: one model, trained (or resumed, or skipped when finished) with its artifacts written.
+
+Used by `python -m bench.run` (bench/run.py, the thin command line) and the tuner; nothing here parses arguments.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.artifacts import atomic_write, claim, read_run, save_probs, write_json
+from bench.data import FashionDataset, class_counts
+from bench.images import load_images
+from bench.metrics import probs_to_pred, score
+from bench.plots import plot_curves
+from bench.trainer import ConfigMismatch, NonFiniteLoss, Split, Trainer, device_name, predict, seed_everything
+from zoo import RECIPES, Recipe, create_model, get_entry, get_recipe
+from zoo.pretrained import expects_weights
+from zoo.recipes import recipe_name_for
+
+# On the built-in demo data (no --data) the README command must finish in ~3 CPU minutes.
+DEMO_QUICK = {"size": 64, "epochs": 8, "batch_size": 32, "pretrained": "none"}
+
+
+def resolve_recipe(model: str, recipe_name: str | None, overrides: dict) -> tuple[Recipe, int]:
+    """The recipe and input size for a model; `default` becomes finetune or scratch by the init it will get."""
+    entry = get_entry(model)
+    name = recipe_name or entry.recipe
+    pretrained = overrides.get("pretrained") or RECIPES[recipe_name_for(name, False)].pretrained
+    recipe = get_recipe(name, name == "default" and expects_weights(entry.timm_name, pretrained))
+    recipe = recipe.updated(**overrides)
+    return recipe, entry.size if recipe.size is None else recipe.size
+
+
+class ImageStore:
+    """Decoded splits per (size, policy), loaded once per process and kept resident on the training device, so
+    every model and every tuning trial that needs them shares one copy."""
+
+    def __init__(self, ds: FashionDataset, device: torch.device, progress: bool = True):
+        self.ds, self.device, self.progress = ds, torch.device(device), progress
+        self._arrays, self._splits = {}, {}
+
+    def arrays(self, size: int, policy: str) -> dict[str, np.ndarray]:
+        key = (size, policy)
+        if key not in self._arrays:
+            self._arrays[key] = {s: load_images(self.ds.files(s), size, policy, progress=self.progress)
+                                 for s in ("train", "val", "test")}
+        return self._arrays[key]
+
+    def split(self, name: str, size: int, policy: str) -> Split:
+        key = (name, size, policy)
+        if key not in self._splits:
+            self._splits[key] = Split.from_numpy(self.arrays(size, policy)[name], self.ds.splits[name].labels,
+                                                 self.device)
+        return self._splits[key]
+
+
+def demo_settings(data_arg: str | None, overrides: dict, root: Path) -> dict:
+    """On the built-in demo data (no --data, no $FASHION_DATA) use quick CPU settings the flags did not set."""
+    if data_arg or os.environ.get("FASHION_DATA"):
+        return overrides
+    quick = {k: v for k, v in DEMO_QUICK.items() if overrides.get(k) is None}
+    print(f"[demo] built-in demo data at {root}; quick CPU settings {quick} (override with flags)")
+    return {**overrides, **quick}
+
+
+ARTIFACTS = ("last.pt", "best.pt", "run.json", "history.csv", "curves.png", "probs_val.npz", "probs_test.npz")
+
+
+def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe, size: int, model_dir: Path,
+                seed: int = 0, progress: bool = True, on_epoch=None, force: bool = False,
+                extra_meta: dict | None = None, persist: bool = True, compile: str = "off",
+                checkpoint_every: float | None = None) -> dict:
+    """Train (or resume, or skip if finished) one model; write its artifacts; return its run.json contents.
+
+    persist=False (tune trials): no resumable state and no weight files are written, only run.json, history.csv
+    and the probabilities. The folder is claimed while this runs (bench/artifacts.py `claim`): a second process or
+    host on the same folder stops with ClaimError naming the holder."""
+    with claim(model_dir):
+        return _train_model(name, ds, store, recipe, size, Path(model_dir), seed, progress, on_epoch, force,
+                            extra_meta, persist, compile, checkpoint_every)
+
+
+def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_epoch, force, extra_meta, persist,
+                 compile, checkpoint_every) -> dict:
+    entry = get_entry(name)
+    config = {"model": name, "timm_name": entry.timm_name, "size": size, "seed": seed,
+              "dataset": ds.fingerprint(), "recipe": recipe.to_dict()}
+    meta_path = model_dir / "run.json"
+    if meta_path.exists() and not force:
+        old = read_run(model_dir).meta
+        if old.get("config") != config:
+            diff = sorted(k for k in set(config) | set(old.get("config", {}))
+                          if config.get(k) != old.get("config", {}).get(k))
+            raise ConfigMismatch(f"{model_dir} holds a run with a different config (differs in: {', '.join(diff)}); "
+                                 f"use another --run name, or --force to start it over")
+        if old.get("status") == "done":
+            print(f"[{name}] already finished in {model_dir} (--force retrains)")
+            return old
+    if force:  # cached TTA views came from the old weights: they go too
+        for f in (*ARTIFACTS, *(p.name for p in model_dir.glob("tta_*.npz"))):
+            (model_dir / f).unlink(missing_ok=True)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    device = store.device
+    labels = {s: ds.splits[s].labels for s in ("train", "val", "test")}
+    train, val = store.split("train", size, recipe.resize), store.split("val", size, recipe.resize)
+    seed_everything(seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, init = create_model(name, ds.num_classes, recipe.dropout, recipe.hidden, recipe.pretrained)
+    for w in caught:
+        print(f"[{name}] WARNING: {w.message}")
+    trainer = Trainer(model, recipe, train, val, model_dir, class_counts(labels["train"], ds.num_classes),
+                      seed=seed, size=size, progress=progress, on_epoch=on_epoch, persist=persist, compile=compile,
+                      checkpoint_every=checkpoint_every)
+    meta = {"name": name, "config": config, "status": "training", "init": init, **trainer.info(),
+            "input": model.input_config, "compiled": trainer.compiled,
+            "device": device_name(device), "torch": torch.__version__, "data_root": str(ds.root),
+            "num_classes": list(ds.num_classes), "class_names": [list(c) for c in ds.class_names],
+            "train_class_counts": [c.tolist() for c in class_counts(labels["train"], ds.num_classes)],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra_meta or {})}
+    write_json(meta, meta_path)
+    print(f"[{name}] {entry.timm_name} @{size}px, init {init['init']}, {meta['params'] / 1e6:.1f} M params, "
+          f"{meta['gflops']:.2f} GFLOPs, recipe {recipe.optimizer} lr {recipe.lr} x {recipe.epochs} epochs "
+          f"on {meta['device']}{' (compiled)' if trainer.compiled else ''}")
+    try:
+        history = trainer.fit()
+    except NonFiniteLoss as e:
+        write_json({**meta, "status": "failed", "error": str(e)}, meta_path)
+        raise
+    return finalize(meta, trainer, {s: store.split(s, size, recipe.resize).x for s in ("val", "test")}, labels,
+                    history, model_dir)
+
+
+def finalize(meta: dict, trainer: Trainer, images: dict, labels: dict, history: list[dict], model_dir: Path) -> dict:
+    """Best weights -> val/test probabilities (plain and h-flip), scores, curves, run.json."""
+    best = trainer.best_state()
+    model = trainer.eval_model
+    model.load_state_dict(best["model"])
+    probs = {}
+    for split in ("val", "test"):
+        x = images[split]
+        plain = predict(model, x, trainer.micro_batch * 2).cpu().numpy()
+        flip = predict(model, x, trainer.micro_batch * 2, flip=True).cpu().numpy()
+        extra = {"labels": labels[split]} if labels[split] is not None else {}
+        save_probs(model_dir / f"probs_{split}.npz", plain=plain, flip=flip, **extra)
+        probs[split] = (plain, flip)
+    nc = tuple(meta["num_classes"])
+    plain, flip = probs["val"]
+    hist = pd.DataFrame(history)
+    atomic_write(model_dir / "history.csv", lambda tmp: hist.to_csv(tmp, index=False))
+    atomic_write(model_dir / "curves.png", lambda tmp: plot_curves(hist, tmp, meta["name"]))
+    meta.update({
+        "status": "done", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "epochs_run": len(history), "best_epoch": int(best["epoch"]), "batch_size_final": trainer.batch_size,
+        "micro_batch_final": trainer.micro_batch,
+        "train_time_s": round(float(hist["epoch_s"].sum()), 2),
+        "img_per_s": round(float(hist["img_per_s"].median()), 1),
+        "val": score(labels["val"], probs_to_pred(plain, nc), nc),
+        "val_tta": score(labels["val"], probs_to_pred((plain + flip) / 2, nc), nc),
+    })
+    write_json(meta, model_dir / "run.json")
+    v, t = meta["val"], meta["val_tta"]
+    print(f"[{meta['name']}] done: val overall {v['overall_acc']:.4f} (flip-TTA {t['overall_acc']:.4f}), "
+          f"mean per-class {v['mean_class_acc']:.4f}, best epoch {meta['best_epoch']}, "
+          f"{meta['train_time_s']:.0f} s, {meta['img_per_s']:.0f} img/s -> {model_dir}")
+    return meta
