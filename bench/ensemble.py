@@ -117,12 +117,19 @@ def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root
 
 def member_views(member: RunArtifacts, views: list[str], data_root, device,
                  splits=("val", "test")) -> dict[str, dict[str, np.ndarray]]:
-    """Per split: stored probabilities (plain, flip, labels) plus cached or freshly computed TTA views."""
+    """Per split: stored probabilities (plain, flip, labels) plus cached or freshly computed TTA views.
+
+    Cached views are keyed to the checkpoint they were computed from (best.pt's size and modification time): views
+    of older weights (e.g. before `bench.run --force`) are never averaged in, they are recomputed."""
     have = {}
+    key = checkpoint_key(member)
     for split in splits:
         stored = member.load_probs(split) if member.has_probs(split) else {}
         cache_path = member.dir / f"tta_{split}.npz"
-        have[split] = {**(dict(np.load(cache_path)) if cache_path.exists() else {}), **stored}
+        cached = dict(np.load(cache_path)) if cache_path.exists() else {}
+        if str(cached.pop("checkpoint", "")) != key:
+            cached = {}  # computed from other weights (or by a version that did not record them): stale
+        have[split] = {**cached, **stored}
     missing = {s: [v for v in views if v not in have[s]] for s in splits}
     missing = {s: v for s, v in missing.items() if v}
     if missing:
@@ -130,8 +137,17 @@ def member_views(member: RunArtifacts, views: list[str], data_root, device,
         for split, computed in compute_views(member, missing, data_root, device).items():
             have[split].update(computed)
             extra = {k: v for k, v in have[split].items() if k not in (*STORED_VIEWS, "labels")}
-            save_probs(member.dir / f"tta_{split}.npz", **extra)
+            save_probs(member.dir / f"tta_{split}.npz", checkpoint=np.array(key), **extra)
     return have
+
+
+def checkpoint_key(member: RunArtifacts) -> str:
+    """Identity of the weights TTA views come from: best.pt's size and modification time ('' if absent)."""
+    ckpt = member.dir / "best.pt"
+    if not ckpt.exists():
+        return ""
+    st = ckpt.stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 def tta_mean(probs: dict[str, np.ndarray], views: list[str]) -> np.ndarray:

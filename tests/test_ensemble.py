@@ -130,6 +130,21 @@ def test_tta_views_average_and_recompute_from_checkpoint(demo_runs, tmp_path):
     assert crop.shape == stored["plain"].shape and not np.allclose(crop, stored["flip"])
 
 
+def test_cached_tta_views_of_old_weights_are_recomputed(demo_runs, tmp_path):
+    """After the weights change (bench.run --force), a cached view must come from the new weights."""
+    import torch
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_runs, runs)
+    member = read_run(runs / "default/resnet18")
+    old = member_probs(member, "val", ["crop0.8"], None, "cpu")
+    ckpt = torch.load(member.dir / "best.pt", weights_only=False)
+    ckpt["model"]["head.bias"] += torch.arange(26, dtype=torch.float32)  # other weights, other predictions
+    torch.save(ckpt, member.dir / "best.pt")
+    new = member_probs(member, "val", ["crop0.8"], None, "cpu")
+    assert not np.allclose(new, old, atol=1e-3)
+    assert member_probs(member, "val", ["crop0.8"], None, "cpu") == pytest.approx(new)  # and cached again
+
+
 def member_test_probs(runs, names):
     """Each member's test probabilities averaged over the default views plain and flip, read straight from disk."""
     out = []
