@@ -1,0 +1,27 @@
+"""Two real `bench.run` processes on one run folder: exactly one trains, the other stops with a message naming it."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+
+def test_second_process_on_the_same_run_folder_is_refused(tiny_root, tmp_path):
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "bench.run", "--models", "resnet18", "--data", str(tiny_root), "--out", str(out),
+           "--size", "32", "--epochs", "200", "--batch-size", "16", "--pretrained", "none", "--no-progress",
+           "--no-report", "--checkpoint-every", "0"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+    claim, history = out / "default/resnet18/.claim", out / "default/resnet18/history.csv"
+    deadline = time.time() + 120
+    while not history.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)  # the first process holds the claim and has finished an epoch
+    assert claim.exists() and first.poll() is None
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    first.send_signal(signal.SIGINT)  # Ctrl-C: the first one stops, keeping its last epoch
+    first_out = first.communicate(timeout=120)[0]
+    assert second.returncode == 1
+    assert f"in use by pid {first.pid} on host" in second.stderr and "epoch" not in second.stdout
+    assert first.returncode == 130 and "epoch   1/200" in first_out
+    assert not claim.exists()  # released on the way out
