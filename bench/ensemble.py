@@ -28,8 +28,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy.optimize import minimize
 
 from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs, write_json
@@ -37,8 +35,6 @@ from bench.data import DatasetError, open_dataset
 from bench.images import load_images
 from bench.metrics import format_score, probs_to_pred, score, split_probs
 from bench.score import format_predictions, read_predictions
-from bench.augment import to_input
-from bench.trainer import autocast, pick_device
 
 STORED_VIEWS = ("plain", "flip")
 WEIGHTINGS = ("uniform", "fitted", "caruana")
@@ -65,56 +61,6 @@ def check_members(members: list[RunArtifacts]) -> None:
         raise EnsembleError(f"members disagree on class counts {sorted(ncs)}")
 
 
-def view_images(x: torch.Tensor, view: str) -> torch.Tensor:
-    """Model input (float pixels, the model normalises) for a TTA view: plain | flip | cropF (centre crop fraction
-    F, resized back) [+flip]."""
-    name, _, flip = view.partition("+")
-    xb = to_input(x)
-    if name.startswith("crop"):
-        frac = float(name[4:])
-        s = xb.shape[-1]
-        c = max(1, round(s * frac))
-        o = (s - c) // 2
-        xb = F.interpolate(xb[..., o:o + c, o:o + c], size=(s, s), mode="bilinear", align_corners=False)
-    elif name not in ("plain", "flip"):
-        raise ValueError(f"unknown TTA view {view!r}: use plain, flip, cropF or cropF+flip (e.g. crop0.9+flip)")
-    if name == "flip" or flip == "flip":
-        xb = xb.flip(3)
-    return xb
-
-
-@torch.no_grad()
-def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root: Path | None, device) -> dict:
-    """TTA probabilities from the member's best.pt for the views each split lacks (the model is built once)."""
-    from zoo import create_model
-    device = torch.device(device)
-    meta, ckpt = member.meta, member.dir / "best.pt"
-    if not ckpt.exists():
-        raise EnsembleError(f"{member.label}: probabilities for views {missing} are missing and there is no "
-                            f"checkpoint {ckpt} to recompute them")
-    cfg, recipe = meta["config"], meta["config"]["recipe"]
-    root = Path(data_root or meta["data_root"])
-    ds = open_dataset(root, check_images=False)
-    if ds.fingerprint() != cfg["dataset"]:
-        raise EnsembleError(f"{member.label}: dataset at {root} differs from the one it was trained on; pass --data")
-    model, _ = create_model(cfg["model"], tuple(meta["num_classes"]), recipe["dropout"], recipe["hidden"], "none")
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
-    model.to(device).eval()
-    out = {}
-    for split, views in missing.items():
-        images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
-        out[split] = {}
-        for view in views:
-            parts = []
-            for i in range(0, len(x), 128):
-                with autocast(device):
-                    logits = model(view_images(x[i:i + 128], view))
-                parts.append(torch.cat([z.float().softmax(-1) for z in logits], 1).cpu())
-            out[split][view] = torch.cat(parts).numpy()
-    return out
-
-
 def member_views(member: RunArtifacts, views: list[str], data_root, device,
                  splits=("val", "test")) -> dict[str, dict[str, np.ndarray]]:
     """Per split: stored probabilities (plain, flip, labels) plus cached or freshly computed TTA views.
@@ -134,6 +80,7 @@ def member_views(member: RunArtifacts, views: list[str], data_root, device,
     missing = {s: v for s, v in missing.items() if v}
     if missing:
         print(f"  {member.label}: computing TTA views {missing} from best.pt")
+        from bench.tta import compute_views  # torch loads only when a view must be computed
         for split, computed in compute_views(member, missing, data_root, device).items():
             have[split].update(computed)
             extra = {k: v for k, v in have[split].items() if k not in (*STORED_VIEWS, "labels")}
@@ -422,6 +369,7 @@ def main(argv=None) -> dict:
         members = [m for m in find_runs(a.runs_dir, split_list(a.runs), split_list(a.models), done_only=True)
                    if m.meta.get("kind", "model") == "model"]
         check_members(members)
+        from bench.trainer import pick_device
         device = pick_device()
         nc = tuple(members[0].meta["num_classes"])
         loaded = {m.label: member_views(m, views, a.data, device) for m in members}

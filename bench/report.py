@@ -27,7 +27,6 @@ import pandas as pd
 
 from bench.artifacts import RunArtifacts, find_runs
 from bench.data import ATTRIBUTES
-from bench.losses import SCHEMES, class_weights
 from bench.metrics import majority_from_counts, probs_to_pred, score
 from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
 
@@ -293,6 +292,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     counts = base.meta.get("train_class_counts")
     md += ["## Class distribution and loss weights", ""]
     if counts:
+        from bench.losses import SCHEMES, class_weights  # torch: only when there is something to draw
         weights = {s: [class_weights(c, s) for c in counts] for s in SCHEMES if s != "focal"}
         rp.class_distribution(counts, class_names, weights, files / "class_distribution.png")
         md += ["Training counts per class (bars) and the weight each class-weighting scheme gives it (lines, "

@@ -44,16 +44,7 @@ from zoo import Recipe, count_params
 SELECT_MODES = {"overall_acc": "max", "mean_class_acc": "max", "val_loss": "min", "last": "max"}
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class ConfigMismatch(RuntimeError):
-    pass
-
-
-class OutOfMemory(RuntimeError):
-    pass
+from bench.errors import ConfigMismatch, NonFiniteLoss, OutOfMemory  # noqa: E402,F401  (re-exported)
 
 
 @dataclass

@@ -25,11 +25,9 @@ import warnings
 from pathlib import Path
 
 import optuna
-import torch
 
 from bench.data import DatasetError, open_dataset, resolve_root
-from bench.trainer import NonFiniteLoss, pick_device
-from bench.training import ImageStore, demo_settings, resolve_recipe, train_model
+from bench.errors import NonFiniteLoss
 from studies import DEFAULT_STORAGE, SPACES, STUDIES_DIR, open_storage
 
 OBJECTIVES = {"overall": ["overall_acc"], "mean_class": ["mean_class_acc"], "both": ["overall_acc", "mean_class_acc"]}
@@ -64,6 +62,10 @@ def budget_of(recipe, size: int) -> dict:
 
 def make_objective(model, ds, store, base_overrides, recipe_name, metrics, trials_dir, target, seed, progress,
                    sampler_seed=None):
+    import torch
+
+    from bench.training import resolve_recipe, train_model
+
     def objective(trial: optuna.Trial):
         ahead = [t for t in counted(trial.study, LIVE) if t.number < trial.number]
         if len(ahead) >= target:  # other workers already run the last trials: do not overshoot
@@ -189,6 +191,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> optuna.Study:
     a = parse_args(argv)
+    from bench.trainer import pick_device  # torch loads after the arguments are parsed (fast --help)
+    from bench.training import ImageStore, demo_settings, resolve_recipe
     metrics = OBJECTIVES[a.objective]
     name = a.study or f"{a.model}-{a.objective}"
     overrides = {"epochs": a.epochs, "size": a.size, "batch_size": a.batch_size, "pretrained": a.pretrained}

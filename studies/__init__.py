@@ -21,7 +21,9 @@ import optuna
 from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 
-from bench.losses import SCHEMES, TASK_WEIGHTINGS
+from zoo.recipes import CHOICES
+
+SCHEMES, TASK_WEIGHTINGS = CHOICES["loss"], CHOICES["task_weighting"]
 
 # Anchored to this folder, not the working directory: a ./studies/ data folder created elsewhere would shadow
 # this package on the next import.

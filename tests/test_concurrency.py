@@ -1,9 +1,12 @@
-"""Two real `bench.run` processes on one run folder: exactly one trains, the other stops with a message naming it."""
+"""Command-line reliability: two real `bench.run` processes on one run folder (exactly one trains, the other stops
+with a message naming it), and --help answered before torch loads."""
 import os
 import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 
 def test_second_process_on_the_same_run_folder_is_refused(tiny_root, tmp_path):
@@ -25,3 +28,17 @@ def test_second_process_on_the_same_run_folder_is_refused(tiny_root, tmp_path):
     assert f"in use by pid {first.pid} on host" in second.stderr and "epoch" not in second.stdout
     assert first.returncode == 130 and "epoch   1/200" in first_out
     assert not claim.exists()  # released on the way out
+
+
+@pytest.mark.parametrize("command", ["run", "tune", "ensemble", "report", "score", "speed", "demo"])
+def test_help_is_answered_before_torch_loads(command):
+    """--help used to take 4-5 s because every command imported torch before parsing its arguments."""
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['bench.{command}', '--help']\n"
+             "try:\n"
+             f"    runpy.run_module('bench.{command}', run_name='__main__')\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print('TORCH-LOADED' if 'torch' in sys.modules else 'NO-TORCH')\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert "usage: python -m bench." in out.stdout and out.stdout.strip().endswith("NO-TORCH"), out.stdout[-300:]

@@ -1,0 +1,70 @@
+"""Test-time-augmentation views computed from a member's checkpoint (the only part of ensembling that needs torch).
+
+A view is a name: plain | flip | cropF (centre crop of fraction F of the side, resized back) [+flip].
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from bench.artifacts import RunArtifacts
+from bench.augment import to_input
+from bench.data import open_dataset
+from bench.images import load_images
+from bench.trainer import autocast
+
+
+class ViewError(ValueError):
+    """A view cannot be computed: no checkpoint, or the dataset moved or changed."""
+
+
+def view_images(x: torch.Tensor, view: str) -> torch.Tensor:
+    """Model input (float pixels, the model normalises) for a TTA view: plain | flip | cropF (centre crop fraction
+    F, resized back) [+flip]."""
+    name, _, flip = view.partition("+")
+    xb = to_input(x)
+    if name.startswith("crop"):
+        frac = float(name[4:])
+        s = xb.shape[-1]
+        c = max(1, round(s * frac))
+        o = (s - c) // 2
+        xb = F.interpolate(xb[..., o:o + c, o:o + c], size=(s, s), mode="bilinear", align_corners=False)
+    elif name not in ("plain", "flip"):
+        raise ValueError(f"unknown TTA view {view!r}: use plain, flip, cropF or cropF+flip (e.g. crop0.9+flip)")
+    if name == "flip" or flip == "flip":
+        xb = xb.flip(3)
+    return xb
+
+
+@torch.no_grad()
+def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root: Path | None, device) -> dict:
+    """TTA probabilities from the member's best.pt for the views each split lacks (the model is built once)."""
+    from zoo import create_model
+    device = torch.device(device)
+    meta, ckpt = member.meta, member.dir / "best.pt"
+    if not ckpt.exists():
+        raise ViewError(f"{member.label}: probabilities for views {missing} are missing and there is no "
+                            f"checkpoint {ckpt} to recompute them")
+    cfg, recipe = meta["config"], meta["config"]["recipe"]
+    root = Path(data_root or meta["data_root"])
+    ds = open_dataset(root, check_images=False)
+    if ds.fingerprint() != cfg["dataset"]:
+        raise ViewError(f"{member.label}: dataset at {root} differs from the one it was trained on; pass --data")
+    model, _ = create_model(cfg["model"], tuple(meta["num_classes"]), recipe["dropout"], recipe["hidden"], "none")
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    model.to(device).eval()
+    out = {}
+    for split, views in missing.items():
+        images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+        out[split] = {}
+        for view in views:
+            parts = []
+            for i in range(0, len(x), 128):
+                with autocast(device):
+                    logits = model(view_images(x[i:i + 128], view))
+                parts.append(torch.cat([z.float().softmax(-1) for z in logits], 1).cpu())
+            out[split][view] = torch.cat(parts).numpy()
+    return out
