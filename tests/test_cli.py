@@ -42,3 +42,33 @@ def test_help_is_answered_before_torch_loads(command):
              "print('TORCH-LOADED' if 'torch' in sys.modules else 'NO-TORCH')\n")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert "usage: python -m bench." in out.stdout and out.stdout.strip().endswith("NO-TORCH"), out.stdout[-300:]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "lr = nan: must be a finite number > 0"),
+    (["--lr", "0"], "lr = 0.0: must be a finite number > 0"),
+    (["--size", "0"], "size = 0: must be an integer >= 16"),
+    (["--size", "-32"], "size = -32: must be an integer >= 16"),
+    (["--epochs", "-3"], "epochs = -3: epochs must be an integer >= 1"),
+    (["--models", ""], "--models names no model"),
+    (["--device", "cuda"] if not __import__("torch").cuda.is_available() else ["--device", "cuda:99"],
+     "--device cuda"),
+])
+def test_bad_flags_give_one_clear_message_and_no_run_folder(flags, message, tiny_root, tmp_path, capsys):
+    from bench.run import main as run_main
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as e:
+        run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(out), "--no-progress", *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and message in err and "Recipe(" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_empty_train_split_stops_before_any_run_folder(tiny_copy, tmp_path, capsys):
+    from bench.run import main as run_main
+    (tiny_copy / "split/train.txt").write_text("")
+    (tiny_copy / "split/train_attr.txt").write_text("")
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as e:
+        run_main(["--models", "resnet18", "--data", str(tiny_copy), "--out", str(out), "--no-progress"])
+    assert e.value.code == 2 and "the train split is empty" in capsys.readouterr().err and not out.exists()
