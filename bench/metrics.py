@@ -1,9 +1,12 @@
 """Metrics shared by every command. Inputs are (N, 6) integer arrays of labels and predictions.
 
-overall accuracy      correct attribute predictions / (N x 6)  -- the leaderboard metric
+overall accuracy      correct attribute predictions / (N x 6)  -- the 2023 challenge's metric, the leaderboard's
+class-average acc.    accuracy of each of the 26 classes (correct / images of that class), then the plain mean over
+                      the classes present in the labels -- the 2024 challenge's "average per-class accuracy"
 per-attribute acc.    accuracy of each attribute on its own
-mean per-class acc.   recall of every class present in the labels, averaged within each attribute, then over the
-                      6 attributes (sklearn's balanced accuracy per attribute); rewards getting rare classes right
+mean per-class acc.   (key mean_class_acc) balanced accuracy: recall of every class present in the labels, averaged
+                      within each attribute, then over the 6 attributes, so a 3-class attribute weighs as much as
+                      the 7-class one; NOT the challenge's class average above
 macro-F1              sklearn's macro F1 per attribute, averaged over the 6 attributes
 """
 from __future__ import annotations
@@ -36,6 +39,12 @@ def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> l
     return out
 
 
+def class_average_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> float:
+    """The 2024 challenge metric: per-class accuracy of every class present in the labels, plain mean over them all
+    (each of the 26 classes weighs the same, whatever its attribute)."""
+    return float(np.nanmean(np.concatenate(per_class_accuracy(y_true, y_pred, num_classes))))
+
+
 def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> dict:
     """All leaderboard metrics as plain floats/lists (JSON-ready)."""
     _check(y_true, y_pred)
@@ -46,6 +55,7 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> dict:
     f1 = [float(f1_score(y_true[:, a], y_pred[:, a], average="macro")) for a in range(y_true.shape[1])]
     return {
         "overall_acc": overall_accuracy(y_true, y_pred),
+        "class_avg_acc": class_average_accuracy(y_true, y_pred, num_classes),
         "mean_class_acc": float(np.mean(balanced)),
         "macro_f1": float(np.mean(f1)),
         "attr_acc": dict(zip(ATTRIBUTES, per_attr)),
@@ -76,7 +86,8 @@ def probs_to_pred(probs: np.ndarray, num_classes) -> np.ndarray:
 def format_score(s: dict, title: str = "") -> str:
     lines = [title] if title else []
     lines.append(f"overall accuracy     {s['overall_acc']:.4f}   (n={s['n']} images x {len(s['attr_acc'])} attributes)")
-    lines.append(f"mean per-class acc.  {s['mean_class_acc']:.4f}")
+    lines.append(f"class-average acc.   {s['class_avg_acc']:.4f}   (mean accuracy over the classes present; 2024 challenge)")
+    lines.append(f"balanced acc.        {s['mean_class_acc']:.4f}   (per attribute, then mean over attributes)")
     lines.append(f"macro-F1             {s['macro_f1']:.4f}")
     lines.append("per attribute        " + "  ".join(f"{k} {v:.3f}" for k, v in s["attr_acc"].items()))
     return "\n".join(lines)

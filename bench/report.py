@@ -30,7 +30,7 @@ from bench.data import ATTRIBUTES
 from bench.metrics import majority_from_counts, probs_to_pred, score
 from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
 
-SORT_KEYS = ("overall_acc", "mean_class_acc", "macro_f1")
+SORT_KEYS = ("overall_acc", "class_avg_acc", "mean_class_acc", "macro_f1")
 N_PERM = 10000  # random sign flips per comparison with the leader
 
 
@@ -144,7 +144,7 @@ def leaderboard_frame(entries: list[Entry], sort: str) -> pd.DataFrame:
         row = {"rank": rank, "entry": e.label, "kind": e.kind, "init": init_label(m) if e.kind == "model" else "-",
                "val_scoring": val_scoring(e),
                "overall_acc": s["overall_acc"], "ci_lo": lo, "ci_hi": hi, "tta_overall_acc": e.tta_acc,
-               "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
+               "class_avg_acc": s["class_avg_acc"], "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
                **{a: s["attr_acc"][a] for a in ATTRIBUTES},
                "params_M": round(m["params"] / 1e6, 2) if "params" in m else None, "gflops": m.get("gflops"),
                "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device")}
@@ -176,7 +176,8 @@ def render_leaderboard(df: pd.DataFrame) -> str:
         "rank": df["rank"], "entry": "`" + df["entry"] + "`", "init": df["init"], "scoring": df["val_scoring"],
         "overall": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
                     zip(df["overall_acc"], df["ci_lo"], df["ci_hi"])],
-        "tta": df["tta_overall_acc"].map(_fmt), "mca": df["mean_class_acc"].map(_fmt),
+        "tta": df["tta_overall_acc"].map(_fmt), "cavg": df["class_avg_acc"].map(_fmt),
+        "mca": df["mean_class_acc"].map(_fmt),
         "f1": df["macro_f1"].map(_fmt), **{a: df[a].map(lambda v: _fmt(v, ".3f")) for a in ATTRIBUTES},
         "params": df["params_M"].map(lambda v: _fmt(v, ".1f")), "gflops": df["gflops"].map(lambda v: _fmt(v, ".2f")),
         "time": df["train_time_s"].map(lambda v: _fmt(v, ".0f")), "ips": df["img_per_s"].map(lambda v: _fmt(v, ".0f")),
@@ -184,7 +185,7 @@ def render_leaderboard(df: pd.DataFrame) -> str:
     })
     cols = [("rank", "#"), ("entry", "entry"), ("init", "init"), ("scoring", "val score is"),
             ("overall", "overall acc [95% CI]"),
-            ("tta", "+flip TTA"), ("mca", "mean per-class"), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
+            ("tta", "+flip TTA"), ("cavg", "class-average (2024)"), ("mca", "balanced acc."), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
             ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s (sum of epochs)"),
             ("ips", "img/s (median epoch)"), ("device", "device")]
     return markdown_table(view, cols)

@@ -167,6 +167,6 @@ def finalize(meta: dict, trainer: Trainer, images: dict, labels: dict, history: 
     write_json(meta, model_dir / "run.json")
     v, t = meta["val"], meta["val_tta"]
     print(f"[{meta['name']}] done: val overall {v['overall_acc']:.4f} (flip-TTA {t['overall_acc']:.4f}), "
-          f"mean per-class {v['mean_class_acc']:.4f}, best epoch {meta['best_epoch']}, "
+          f"class-average {v['class_avg_acc']:.4f}, balanced {v['mean_class_acc']:.4f}, best epoch {meta['best_epoch']}, "
           f"{meta['train_time_s']:.0f} s, {meta['img_per_s']:.0f} img/s -> {model_dir}")
     return meta

@@ -94,3 +94,18 @@ def test_empty_label_file_is_a_clean_error(tmp_path, capsys):
         main([str(empty), "--labels", str(empty)])
     assert e.value.code == 2
     assert f"{empty}: no label lines; there is nothing to score" in capsys.readouterr().err
+
+
+def test_class_average_is_the_2024_challenge_metric_by_hand():
+    """Mean accuracy over every class present in the labels (absent classes skipped), each class weighing the
+    same whatever its attribute; balanced accuracy instead averages within attributes first."""
+    from bench.metrics import class_average_accuracy
+    y = np.array([[0, 0], [0, 1], [1, 1], [2, 1]])
+    p = np.array([[0, 0], [1, 1], [1, 0], [0, 1]])
+    # attribute 0 (7 classes, 3..6 absent): class 0 1/2, class 1 1/1, class 2 0/1
+    # attribute 1 (3 classes, 2 absent):    class 0 1/1, class 1 2/3
+    expect = (0.5 + 1 + 0 + 1 + 2 / 3) / 5
+    assert class_average_accuracy(y, p, (7, 3)) == pytest.approx(expect)
+    s = score(y, p, (7, 3))
+    assert s["class_avg_acc"] == pytest.approx(expect)
+    assert s["mean_class_acc"] == pytest.approx(((0.5 + 1 + 0) / 3 + (1 + 2 / 3) / 2) / 2)  # balanced: 0.6667
