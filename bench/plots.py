@@ -9,6 +9,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from bench.artifacts import atomic_write  # noqa: E402
+
 
 def plot_curves(history: pd.DataFrame, path: Path, title: str = "") -> Path:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -20,6 +22,6 @@ def plot_curves(history: pd.DataFrame, path: Path, title: str = "") -> Path:
     b.set_xlabel("epoch"), b.set_ylabel("val accuracy"), b.legend()
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90))
     plt.close(fig)
     return path

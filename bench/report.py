@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.artifacts import RunArtifacts, find_runs
+from bench.artifacts import RunArtifacts, atomic_write, find_runs
 from bench.data import ATTRIBUTES
 from bench.metrics import majority_from_counts, probs_to_pred, score
 from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
@@ -224,9 +224,9 @@ def _write(out: Path, md: list[str]) -> Path:
     """Write the report and delete the figures it no longer links (e.g. of entries whose runs are gone)."""
     path = out / "leaderboard.md"
     text = "\n".join(md).rstrip() + "\n"
-    path.write_text(text)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     for f in (out / "leaderboard_files").glob("*.png"):
-        if f"](leaderboard_files/{f.name})" not in text:
+        if not f.name.startswith(".") and f"](leaderboard_files/{f.name})" not in text:  # "." : a writer's temp
             f.unlink()
     return path
 
@@ -264,7 +264,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
             print(f"report: nothing to rank under {runs_dir}/ ({path} lists why)", file=sys.stderr)
         return None
     df = leaderboard_frame(entries, sort)
-    df.to_csv(out / "leaderboard.csv", index=False, float_format="%.6g")
+    atomic_write(out / "leaderboard.csv", lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
     base = next(e for e in entries if e.kind != "baseline")
     class_names = base.meta["class_names"]
     n_val = len(base.extra["labels"])

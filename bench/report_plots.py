@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
+from bench.artifacts import atomic_write
 from bench.data import ATTRIBUTES
 from bench.plots import plt
 
 
 def _save(fig, path: Path) -> bool:
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
     plt.close(fig)
     return True
 

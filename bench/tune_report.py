@@ -8,6 +8,7 @@ import optuna
 import pandas as pd
 from matplotlib.ticker import MaxNLocator
 
+from bench.artifacts import atomic_write
 from bench.plots import plt
 from bench.report import markdown_table, slug
 from studies import pick_best
@@ -39,7 +40,7 @@ def _plot(fn, study, path: Path, tidy=None, size=(8, 4.5), **kw) -> bool:
         fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
         fig.set_size_inches(*size)
         fig.tight_layout()
-        fig.savefig(path, dpi=80)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
         plt.close(fig)
         return True
     except Exception:  # too few trials for this plot
@@ -120,6 +121,7 @@ def write_tune_report(study: optuna.Study, out: Path) -> Path:
         cols = [(c, c) for c in df.columns]
         md += ["## Trials", "", markdown_table(df.fillna(""), cols), ""]
     path = out / f"tune-{name}.md"
-    path.write_text("\n".join(md).rstrip() + "\n")
+    text = "\n".join(md).rstrip() + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
     print(f"report: {path}")
     return path
