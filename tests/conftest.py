@@ -38,3 +38,23 @@ def demo_runs(tiny_root, tmp_path_factory):
     run_main(["--models", "resnet18", *common])
     run_main(["--models", "resnet18", "--run", "b", "--label-smoothing", "0", "--lr", "3e-3", "--seed", "1", *common])
     return out
+
+
+def assert_resume_equals_uninterrupted(make, tmp_path, rtol: float) -> None:
+    """`make(run_dir, **kw)` builds a Trainer: a run interrupted (Ctrl-C) after epoch 2 and resumed must give the
+    same history as an uninterrupted one (timings aside)."""
+    import pandas as pd
+
+    full = make(tmp_path / "full").fit()
+
+    def interrupt(epoch, row):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        make(tmp_path / "cut", on_epoch=interrupt).fit()
+    resumed = make(tmp_path / "cut").fit()
+    timing = ["train_s", "img_per_s", "epoch_s"]
+    assert len(resumed) == len(full) > 2
+    pd.testing.assert_frame_equal(pd.DataFrame(full).drop(columns=timing), pd.DataFrame(resumed).drop(columns=timing),
+                                  check_exact=False, rtol=rtol)

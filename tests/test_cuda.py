@@ -2,8 +2,8 @@
 
     python -m pytest -q -m cuda tests/test_cuda.py
 """
-import pandas as pd
 import pytest
+from conftest import assert_resume_equals_uninterrupted
 import torch
 
 from bench.augment import augment
@@ -16,7 +16,6 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the GPU machine)")]
 K = (7, 3, 3, 4, 6, 3)
 TINY = Recipe(size=64, epochs=4, batch_size=32, warmup_epochs=1, pretrained="none", ema=True)
-TIMING = ["train_s", "img_per_s", "epoch_s"]
 
 
 def make_trainer(root, run_dir, recipe=TINY, **kw):
@@ -33,17 +32,7 @@ def make_trainer(root, run_dir, recipe=TINY, **kw):
 
 
 def test_resume_on_cuda_equals_an_uninterrupted_run(tiny_root, tmp_path):
-    full = make_trainer(tiny_root, tmp_path / "full").fit()
-
-    def interrupt(epoch, row):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        make_trainer(tiny_root, tmp_path / "cut", on_epoch=interrupt).fit()
-    resumed = make_trainer(tiny_root, tmp_path / "cut").fit()
-    a, b = pd.DataFrame(full).drop(columns=TIMING), pd.DataFrame(resumed).drop(columns=TIMING)
-    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-4)
+    assert_resume_equals_uninterrupted(lambda d, **kw: make_trainer(tiny_root, d, **kw), tmp_path, rtol=1e-4)
 
 
 def test_forced_out_of_memory_recovers_and_finishes(tmp_path):

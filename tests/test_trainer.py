@@ -3,6 +3,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import assert_resume_equals_uninterrupted
 import torch
 
 from bench.augment import augment
@@ -13,7 +14,6 @@ from bench.trainer import NonFiniteLoss, Split, Trainer
 from zoo import Recipe, create_model
 
 TINY = Recipe(size=32, epochs=4, batch_size=16, warmup_epochs=1, pretrained="none", crop_scale=0.5)
-TIMING = ["train_s", "img_per_s", "epoch_s"]
 
 
 def make_trainer(root, run_dir, recipe=TINY, **kw):
@@ -28,19 +28,7 @@ def make_trainer(root, run_dir, recipe=TINY, **kw):
 
 
 def test_resume_after_interrupt_gives_same_history(tiny_root, tmp_path):
-    full = make_trainer(tiny_root, tmp_path / "full").fit()
-
-    def interrupt(epoch, row):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        make_trainer(tiny_root, tmp_path / "cut", on_epoch=interrupt).fit()
-    resumed = make_trainer(tiny_root, tmp_path / "cut").fit()
-    assert len(resumed) == len(full) == 4
-    a = pd.DataFrame(full).drop(columns=TIMING)
-    b = pd.DataFrame(resumed).drop(columns=TIMING)
-    pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
+    assert_resume_equals_uninterrupted(lambda d, **kw: make_trainer(tiny_root, d, **kw), tmp_path, rtol=1e-5)
 
 
 def test_out_of_memory_splits_the_step_and_keeps_the_recipe(tiny_root, tmp_path):
