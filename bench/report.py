@@ -75,8 +75,10 @@ def val_scoring(e: Entry) -> str:
         return "unbiased (fit on train counts only)"
     if e.kind == "ensemble":
         return f"{e.meta.get('val_scoring', 'not recorded (older entry)')}; members selected on val (optimistic)"
-    tuned = " and tuned params" if e.meta.get("from_study") else ""
-    return f"epoch{tuned} selected on val (optimistic)"
+    last = e.meta.get("config", {}).get("recipe", {}).get("select") == "last"
+    if e.meta.get("from_study"):
+        return f"{'last epoch; ' if last else 'epoch and '}tuned params selected on val (optimistic)"
+    return "last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)"
 
 
 def collect(runs_dir: Path, dataset: str | None = None):

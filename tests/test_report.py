@@ -53,7 +53,7 @@ def test_report_renders_every_section_and_matches_artifacts(demo_runs, tmp_path)
         assert row["texture"] == pytest.approx(h["texture"], abs=1e-6)  # CSV keeps 6 digits
         assert row["params_M"] == pytest.approx(meta["params"] / 1e6, abs=0.01)
         assert row["ci_lo"] <= row["overall_acc"] <= row["ci_hi"]
-        assert row["init"] == "scratch" and row["val_scoring"] == "epoch selected on val (optimistic)"
+        assert row["init"] == "scratch" and row["val_scoring"] == "last epoch (val chose nothing)"  # scratch recipe
     labels = np.load(demo_runs / "default/resnet18/probs_val.npz")["labels"]
     base = df[df["entry"] == "majority baseline"].iloc[0]
     counts = json.loads((demo_runs / "default/resnet18/run.json").read_text())["train_class_counts"]
@@ -151,3 +151,12 @@ def test_pareto_front():
     cost = np.array([1.0, 2.0, 3.0, 4.0])
     acc = np.array([0.5, 0.4, 0.7, 0.6])
     assert pareto_front(cost, acc).tolist() == [0, 2]
+
+
+def test_val_scoring_says_whether_val_chose_the_epoch():
+    from bench.report import Entry, val_scoring
+    entry = lambda select, **meta: Entry("x", "model", {"config": {"recipe": {"select": select}}, **meta},  # noqa
+                                         None, None, {})
+    assert val_scoring(entry("overall_acc")) == "epoch selected on val (optimistic)"
+    assert val_scoring(entry("last")) == "last epoch (val chose nothing)"
+    assert val_scoring(entry("last", from_study="s")) == "last epoch; tuned params selected on val (optimistic)"

@@ -51,7 +51,7 @@ def fake_training(monkeypatch, diverge=()):
             on_epoch(epoch, {"overall_acc": acc * epoch / recipe.epochs, "mean_class_acc": acc * epoch / recipe.epochs})
         return {"train_time_s": 0.0, "val": {"overall_acc": acc, "mean_class_acc": acc}}
 
-    monkeypatch.setattr("bench.tune.train_model", train)
+    monkeypatch.setattr("bench.training.train_model", train)  # bench.tune imports it when a study starts
     return calls
 
 
