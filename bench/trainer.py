@@ -437,8 +437,9 @@ class Trainer:
         return self.history
 
     def should_stop(self) -> bool:
+        """Early stopping; never with select=last, where no epoch is "best" until the last one."""
         patience = self.recipe.early_stop
-        return bool(patience) and self.epoch - self.best_epoch >= patience
+        return bool(patience) and self.recipe.select != "last" and self.epoch - self.best_epoch >= patience
 
     def info(self) -> dict:
         return {"params": count_params(self.model), "gflops": gflops(self.model, self.size, self.device)}

@@ -16,6 +16,14 @@ from bench.images import load_images
 from bench.trainer import autocast
 
 
+def restore_input_config(model, meta: dict) -> None:
+    """Normalise as the checkpoint was trained: run.json's `input`, or ImageNet's mean/std for runs recorded before
+    models normalised with their backbone's own constants (those were all trained with ImageNet's)."""
+    from zoo.multihead import IMAGENET_MEAN, IMAGENET_STD
+    cfg = meta.get("input") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    model.set_input_config(cfg["mean"], cfg["std"])
+
+
 class ViewError(ValueError):
     """A view cannot be computed: no checkpoint, or the dataset moved or changed."""
 
@@ -54,6 +62,7 @@ def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root
         raise ViewError(f"{member.label}: dataset at {root} differs from the one it was trained on; pass --data")
     model, _ = create_model(cfg["model"], tuple(meta["num_classes"]), recipe["dropout"], recipe["hidden"], "none")
     model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    restore_input_config(model, meta)
     model.to(device).eval()
     out = {}
     for split, views in missing.items():

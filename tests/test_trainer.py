@@ -222,3 +222,23 @@ def test_run_records_the_recipe_chosen_by_init(tiny_root, tmp_path):
     meta = json.loads((out / "default/resnet18/run.json").read_text())
     assert meta["config"]["recipe"]["name"] == "scratch" and meta["init"]["init"] == "scratch"
     assert meta["input"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def test_last_epoch_selection_ignores_early_stopping(tiny_root, tmp_path):
+    """select=last with early_stop used to stop at epoch `early_stop` with no weights saved, then crash."""
+    tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=3, early_stop=1, select="last"))
+    hist = tr.fit()
+    assert len(hist) == 3 and tr.best_state()["epoch"] == 3
+
+
+def test_tta_recomputation_normalises_as_the_checkpoint_was_trained():
+    """Runs recorded before models normalised themselves were trained with ImageNet's mean/std, whatever the
+    backbone; newer runs record theirs in run.json `input`."""
+    from bench.tta import restore_input_config
+    model, _ = create_model("tf_efficientnet_lite0", (7, 3, 3, 4, 6, 3), pretrained="none")
+    assert model.input_config["mean"] == [0.5, 0.5, 0.5]  # the backbone's own
+    restore_input_config(model, {})  # an old run.json: no `input`
+    assert torch.allclose(model.pixel_mean.flatten(), torch.tensor([0.485, 0.456, 0.406]) * 255)
+    assert torch.allclose(model.pixel_std.flatten(), torch.tensor([0.229, 0.224, 0.225]) * 255)
+    restore_input_config(model, {"input": {"mean": [0.5] * 3, "std": [0.25] * 3}})
+    assert torch.allclose(model.pixel_std.flatten(), torch.full((3,), 63.75))

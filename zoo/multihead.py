@@ -38,6 +38,12 @@ class MultiHeadNet(nn.Module):
         # one matmul for the 6 heads; the output is split per attribute
         self.head = nn.Linear(width, sum(self.num_classes))
 
+    def set_input_config(self, mean, std) -> None:
+        """Normalise with these constants instead (e.g. the ones a checkpoint was trained with)."""
+        self.input_config = {"mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+        self.pixel_mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.pixel_std.copy_(torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x: (B, 3, H, W) float pixels in 0..255 -> one logit tensor per attribute."""
         x = (x - self.pixel_mean) / self.pixel_std
