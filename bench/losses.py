@@ -71,7 +71,9 @@ class MultiAttributeLoss(nn.Module):
                 ce = (1 - self.label_smoothing) * ce - self.label_smoothing * logp.mean(-1)
             ce = getattr(self, f"w{i}")[t] * ce
             if self.gamma:
-                ce = (1 - logp_true.exp()).pow(self.gamma) * ce
+                # clamped: for gamma < 1 the derivative of (1 - p)^gamma is infinite at p = 1, which a confidently
+                # fitted sample reaches in float32 (NaN gradients); 1e-12^gamma is negligible anyway
+                ce = (-torch.expm1(logp_true)).clamp_min(1e-12).pow(self.gamma) * ce
             losses.append(ce.mean())
         return torch.stack(losses)
 

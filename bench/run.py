@@ -74,17 +74,25 @@ def main(argv=None) -> list[dict]:
     if a.checkpoint_every is not None and not a.checkpoint_every >= 0:
         fail(f"--checkpoint-every {a.checkpoint_every}: must be a number of seconds >= 0")
     overrides = {k: getattr(a, k) for k in (*RECIPE_FLAGS, "ema", "pretrained")}
+    recipe_name = a.recipe
     try:
         RECIPES[a.recipe if a.recipe in RECIPES else "scratch"].updated(**overrides)  # bad flags fail before data
         device = pick_device(a.device)
         root = resolve_root(a.data)
         ds = open_dataset(root)
-        if a.from_study:  # the study's parameters and trial budget, where no flag set them
-            from studies import best_params
+        if a.from_study:  # the study's parameters, trial budget and base recipe, where no flag set them
+            from studies import best_params, study_base
             overrides.update({k: v for k, v in best_params(a.from_study, a.storage).items()
                               if overrides.get(k) is None})
+            base, tuned_model = study_base(a.from_study, a.storage)
+            if recipe_name is None and base:
+                recipe_name = base
+                print(f"[study {a.from_study}] base recipe {base} (the one it tuned; --recipe overrides)")
+            if tuned_model and names != [tuned_model]:
+                print(f"warning: study {a.from_study} tuned {tuned_model}; applying its parameters to "
+                      f"{', '.join(names)}", file=sys.stderr)
         overrides = demo_settings(a.data, overrides, root)
-        plans = [(n, *resolve_recipe(n, a.recipe, overrides)) for n in names]
+        plans = [(n, *resolve_recipe(n, recipe_name, overrides)) for n in names]
     except (DatasetError, UnknownModel, KeyError, ValueError, FileNotFoundError) as e:
         fail(str(e).strip("'\""))
     run = a.run or a.recipe or "default"

@@ -220,6 +220,7 @@ def main(argv=None) -> optuna.Study:
         elif key not in study.user_attrs:
             study.set_user_attr(key, value)
     study.set_user_attr("model", a.model)
+    study.set_user_attr("recipe", recipe.name)  # the base the tuned values sit on: --from-study trains on it too
     study.set_user_attr("objective", metrics)
     print(f"[tune] study {name}: sampler seed {sampler_seed}, training seed {a.seed}, trial budget {budget}")
     store = ImageStore(ds, pick_device(a.device), progress=not a.no_progress)

@@ -75,6 +75,12 @@ def pick_best(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return max(study.best_trials, key=lambda t: t.values[0])
 
 
+def study_base(study_name: str, storage: str | None = None) -> tuple[str | None, str | None]:
+    """(base recipe, model) a study tuned, None where it did not record them."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return study.user_attrs.get("recipe"), study.user_attrs.get("model")
+
+
 def best_params(study_name: str, storage: str | None = None) -> dict:
     """Recipe overrides from a study's best trial, its budget included (for `bench.run --from-study`)."""
     try:

@@ -57,7 +57,7 @@ def fake_training(monkeypatch, diverge=()):
 
 def test_study_prunes_resumes_without_overshoot_and_feeds_run(tiny_root, tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
-    study = tune_main(args(tiny_root, storage, "a", 6))
+    study = tune_main(args(tiny_root, storage, "a", 6, 3, "--sampler-seed", "0"))  # fixed: pruning must show
     states = [t.state for t in counted(study, FINISHED)]
     assert len(states) == 6
     assert optuna.trial.TrialState.PRUNED in states  # weak trials stopped early
@@ -250,3 +250,15 @@ def test_multi_objective_study_has_a_pareto_front(tiny_root, tmp_path):
     md = write_tune_report(study, tmp_path / "rep").read_text()
     assert "`overall_acc` and `mean_class_acc`" in md and "pareto-front.png" in md
     assert best_params("m", storage)  # --from-study picks the front's most accurate trial
+
+
+def test_from_study_trains_on_the_base_recipe_it_tuned(tiny_root, tmp_path):
+    """Tuned values sit on a base recipe; --from-study used to put them on the model's default recipe instead."""
+    storage = f"sqlite:///{tmp_path / 'v.db'}"
+    study = tune_main(args(tiny_root, storage, "v", 1, 1, "--recipe", "v0"))
+    assert study.user_attrs["recipe"] == "v0"
+    out = tmp_path / "runs"
+    run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(out), "--from-study", "v",
+              "--storage", storage, "--no-progress", "--no-report"])
+    recipe = json.loads((out / "default/resnet18/run.json").read_text())["config"]["recipe"]
+    assert recipe["name"] == "v0" and recipe["optimizer"] == "adamw"  # not the default's scratch (nesterov)
