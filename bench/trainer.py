@@ -110,14 +110,16 @@ def gflops(model: torch.nn.Module, size: int, device: torch.device) -> float:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, flip: bool = False) -> torch.Tensor:
-    """Concatenated per-attribute softmax probabilities (N, sum(classes)), float32, for uint8 images x.
+def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, flip: bool = False,
+            view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Concatenated per-attribute softmax probabilities (N, sum(classes)), float32, for uint8 images x; `view` maps
+    a uint8 batch to model input (a TTA view; default: the plain image, mirrored if `flip`).
     A CUDA out-of-memory error halves the batch and goes on from the batch that failed."""
     model.eval()
     out, i = [], 0
     while i < len(x):
         try:
-            xb = to_input(x[i:i + batch_size])
+            xb = view(x[i:i + batch_size]) if view else to_input(x[i:i + batch_size])
             if flip:
                 xb = xb.flip(3)
             with autocast(x.device):

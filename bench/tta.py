@@ -13,7 +13,7 @@ from bench.artifacts import RunArtifacts
 from bench.augment import to_input
 from bench.data import open_dataset
 from bench.images import load_images
-from bench.trainer import autocast
+from bench.trainer import predict
 
 
 def restore_input_config(model, meta: dict) -> None:
@@ -69,11 +69,6 @@ def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root
         images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
         out[split] = {}
-        for view in views:
-            parts = []
-            for i in range(0, len(x), 128):
-                with autocast(device):
-                    logits = model(view_images(x[i:i + 128], view))
-                parts.append(torch.cat([z.float().softmax(-1) for z in logits], 1).cpu())
-            out[split][view] = torch.cat(parts).numpy()
+        for name in views:  # the trainer's predict: same autocast, and halves its batch on out-of-memory
+            out[split][name] = predict(model, x, 128, view=lambda xb: view_images(xb, name)).cpu().numpy()
     return out
