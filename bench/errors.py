@@ -11,3 +11,7 @@ class ConfigMismatch(RuntimeError):
 
 class OutOfMemory(RuntimeError):
     """CUDA out of memory even at the smallest micro-batch allowed."""
+
+
+class StorageError(RuntimeError):
+    """A study storage that cannot be used as given (e.g. a study database left where an older version kept it)."""

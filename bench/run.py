@@ -5,7 +5,8 @@
     python -m bench.run --list
 
 Re-running the same command resumes an interrupted model from its last saved epoch and skips finished ones.
-The training library is bench/training.py; this module only parses arguments (torch loads after --help).
+Artifacts go to WORKDIR/runs/ (--workdir, $FASHION_BENCH_HOME, else the current directory). The training library is
+bench/training/; this module only parses arguments (torch loads after --help).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from bench import workdir
+from bench.training.schemes import LOSSES
 from zoo.recipes import RECIPE_NAMES, RECIPES
 
 # Recipe fields settable from the command line (zoo/recipes.py says what each does).
@@ -29,10 +32,11 @@ def parse_args(argv=None):
                    help="recipe preset (zoo/recipes.py); default: finetune when the backbone starts from pretrained "
                         "weights, scratch when it starts from random init")
     p.add_argument("--run", help="run name: artifacts go to OUT/RUN/MODEL (default: the recipe name)")
-    p.add_argument("--out", default="runs", help="runs folder (default runs/)")
+    p.add_argument("--out", help="runs folder (default WORKDIR/runs)")
+    workdir.add_argument(p)
     p.add_argument("--pretrained", help="auto | none | PATH to a weights file (default: the recipe's, auto)")
     p.add_argument("--from-study", help="train with the best parameters and trial budget of this Optuna study")
-    p.add_argument("--storage", help="study storage URL for --from-study (default: studies/fashion.db)")
+    p.add_argument("--storage", help="study storage URL for --from-study (default: WORKDIR/studies/fashion.db)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--compile", default="off", choices=["auto", "on", "off"],
                    help="torch.compile the training step: on, off, or auto (on for CUDA) (default off)")
@@ -43,8 +47,12 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="retrain models that already have artifacts")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true",
-                   help="skip rebuilding the leaderboard (reports/ for runs/, else OUT/_report/)")
+                   help="skip rebuilding the leaderboard (WORKDIR/reports/ for WORKDIR/runs, else OUT/_report/)")
     for field, kind in RECIPE_FLAGS.items():
+        if field == "loss":  # choices and their meaning from the loss-scheme registry
+            p.add_argument("--loss", choices=LOSSES.names(), help="override the recipe's class-imbalance treatment: "
+                           + LOSSES.describe())
+            continue
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"override the recipe's {field}")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="weight EMA on/off")
     return p.parse_args(argv)
@@ -60,9 +68,10 @@ def main(argv=None) -> list[dict]:
     import pandas as pd
 
     from bench.artifacts import ClaimError
+    from bench.errors import StorageError
     from bench.data import DatasetError, open_dataset, resolve_root
-    from bench.trainer import ConfigMismatch, NonFiniteLoss, OutOfMemory, pick_device
-    from bench.training import ImageStore, demo_settings, resolve_recipe, train_model
+    from bench.training.trainer import ConfigMismatch, NonFiniteLoss, OutOfMemory, pick_device
+    from bench.training.train import ImageStore, demo_settings, resolve_recipe, train_model
     from zoo import UnknownModel, zoo_table
     if a.list:
         print(pd.DataFrame(zoo_table()).to_string(index=False))
@@ -75,16 +84,18 @@ def main(argv=None) -> list[dict]:
         fail(f"--checkpoint-every {a.checkpoint_every}: must be a number of seconds >= 0")
     overrides = {k: getattr(a, k) for k in (*RECIPE_FLAGS, "ema", "pretrained")}
     recipe_name = a.recipe
+    wd = workdir.resolve(a.workdir)
     try:
         RECIPES[a.recipe if a.recipe in RECIPES else "scratch"].updated(**overrides)  # bad flags fail before data
         device = pick_device(a.device)
         root = resolve_root(a.data)
         ds = open_dataset(root)
         if a.from_study:  # the study's parameters, trial budget and base recipe, where no flag set them
-            from studies import best_params, study_base
-            overrides.update({k: v for k, v in best_params(a.from_study, a.storage).items()
+            from bench.tuning.storage import best_params, default_url, study_base
+            url = a.storage or default_url(wd)
+            overrides.update({k: v for k, v in best_params(a.from_study, url).items()
                               if overrides.get(k) is None})
-            base, tuned_model = study_base(a.from_study, a.storage)
+            base, tuned_model = study_base(a.from_study, url)
             if recipe_name is None and base:
                 recipe_name = base
                 print(f"[study {a.from_study}] base recipe {base} (the one it tuned; --recipe overrides)")
@@ -93,13 +104,15 @@ def main(argv=None) -> list[dict]:
                       f"{', '.join(names)}", file=sys.stderr)
         overrides = demo_settings(a.data, overrides, root)
         plans = [(n, *resolve_recipe(n, recipe_name, overrides)) for n in names]
-    except (DatasetError, UnknownModel, KeyError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, UnknownModel, KeyError, ValueError, FileNotFoundError, StorageError) as e:
         fail(str(e).strip("'\""))
     run = a.run or a.recipe or "default"
+    out = Path(a.out) if a.out else wd.runs
+    print(f"[run] artifacts in {out / run}/<model>/")
     store = ImageStore(ds, device, progress=not a.no_progress)
     results = []
     for name, recipe, size in plans:
-        model_dir = Path(a.out) / run / name
+        model_dir = out / run / name
         try:
             results.append(train_model(name, ds, store, recipe, size, model_dir, a.seed, progress=not a.no_progress,
                                        force=a.force, compile=a.compile, checkpoint_every=a.checkpoint_every,
@@ -111,8 +124,8 @@ def main(argv=None) -> list[dict]:
         except (ConfigMismatch, NonFiniteLoss, OutOfMemory, DatasetError, ClaimError) as e:
             fail(str(e), 1)
     if not a.no_report:
-        from bench.report import build_report
-        build_report(a.out)
+        from bench.reporting.leaderboard import build_report
+        build_report(out)
     return results
 
 

@@ -12,24 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import DEFAULT_CLASS_NAMES, DatasetError, open_dataset, parse_label_lines, resolve_root
+from bench.data import DEFAULT_NUM_CLASSES, DatasetError, open_dataset, read_predictions, resolve_root
 from bench.metrics import format_score, majority_prediction, score
-
-DEFAULT_NUM_CLASSES = tuple(len(c) for c in DEFAULT_CLASS_NAMES)
-
-
-def read_predictions(path: str | Path, num_classes=DEFAULT_NUM_CLASSES, expected_lines: int | None = None) -> np.ndarray:
-    """A prediction file as (N, 6) ints; DatasetError naming every bad line (or a file that is not UTF-8 text)."""
-    problems: list[str] = []
-    rows = parse_label_lines(Path(path), tuple(num_classes), problems, expected_lines)
-    if problems:
-        raise DatasetError(problems, f"prediction file {path}")
-    return rows
-
-
-def format_predictions(pred: np.ndarray) -> str:
-    return "".join(" ".join(str(int(v)) for v in row) + "\n" for row in pred)
-
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench.score", description="Validate and score a prediction file.")

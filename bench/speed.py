@@ -2,14 +2,16 @@
 
     python -m bench.speed --models resnet50,effb3 [--data ROOT] [--steps 50] [--compile off,on]
 
-Prints images/s and the ratios, and writes a Markdown table to reports/speed-<device>.md. The measurements are in
-bench/throughput.py; this module only parses arguments (torch loads after --help).
+Prints images/s and the ratios, and writes a Markdown table to WORKDIR/reports/speed-<device>.md. The measurements
+are in bench/training/throughput.py; this module only parses arguments (torch loads after --help).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from bench import workdir
 
 
 def main(argv=None):
@@ -22,10 +24,12 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="seed-style DataLoader workers")
     p.add_argument("--compile", default="off", help="compile settings to measure, comma-separated: off, on")
-    p.add_argument("--out", default="reports", help="folder for the Markdown table")
+    p.add_argument("--out", help="folder for the Markdown table (default WORKDIR/reports)")
+    workdir.add_argument(p)
     a = p.parse_args(argv)
+    a.out = a.out or str(workdir.resolve(a.workdir).reports)
     a.argv = sys.argv[1:] if argv is None else argv
-    from bench.throughput import measure
+    from bench.training.throughput import measure
     return measure(a)
 
 

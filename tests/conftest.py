@@ -3,7 +3,7 @@ import shutil
 
 import pytest
 
-from bench.demo import DemoSpec, write_demo
+from bench.data.demo import DemoSpec, write_demo
 
 TINY = DemoSpec(seed=0, train=120, val=40, test=30, width=48, height=64)
 

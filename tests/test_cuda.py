@@ -6,10 +6,10 @@ import pytest
 from conftest import assert_resume_equals_uninterrupted
 import torch
 
-from bench.augment import augment
+from bench.training.augment import augment
 from bench.data import class_counts, open_dataset
-from bench.images import load_images
-from bench.trainer import Split, Trainer, autocast, predict
+from bench.data.images import load_images
+from bench.training.trainer import Split, Trainer, autocast, predict
 from zoo import Recipe, create_model
 
 pytestmark = [pytest.mark.cuda,
@@ -76,7 +76,7 @@ def test_bf16_predictions_agree_with_fp32(tiny_root, tmp_path):
     tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=2, ema=False))
     tr.fit()
     bf16 = predict(tr.model, tr.val.x, 64)
-    import bench.trainer as trainer_mod
+    import bench.training.trainer as trainer_mod
     real = trainer_mod.autocast
     trainer_mod.autocast = lambda device: torch.autocast("cuda", enabled=False)
     try:

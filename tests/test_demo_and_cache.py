@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from bench.data import DatasetError, open_dataset
-from bench.demo import REAL_COUNTS, DemoSpec, draw_garment, sample_labels, write_demo
-from bench.images import load_images
+from bench.data.demo import REAL_COUNTS, DemoSpec, draw_garment, sample_labels, write_demo
+from bench.data.images import load_images
 
 
 def test_demo_is_deterministic_per_seed(tmp_path):

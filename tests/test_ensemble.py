@@ -8,9 +8,12 @@ import pytest
 from sklearn.model_selection import KFold
 
 from bench.artifacts import read_run
-from bench.ensemble import (EnsembleError, caruana, combine, cross_validate, main as ensemble_main, member_probs,
-                            stratified_folds, write_submission)
-from bench.score import read_predictions
+from bench.data import read_predictions
+from bench.data.folds import stratified_folds
+from bench.ensemble import main as ensemble_main
+from bench.ensembling.combiners import combine
+from bench.ensembling.ensemble import EnsembleError, cross_validate, member_probs, write_submission
+from bench.ensembling.weightings import caruana
 
 K = (7, 3, 3, 4, 6, 3)
 
@@ -194,7 +197,7 @@ def test_ensemble_cli_writes_valid_submission(demo_runs, tmp_path, capsys, tiny_
     val = [np.load(runs / n / "probs_val.npz") for n in entry["members"]]
     in_sample = np.mean([(z["plain"] + z["flip"]) / 2 for z in val], 0)
     assert np.load(runs / "_ensembles/ensemble/probs_val.npz")["plain"] == pytest.approx(in_sample)
-    from bench.report import build_report
+    from bench.reporting.leaderboard import build_report
     build_report(runs, tmp_path / "rep", quiet=True)
     md = (tmp_path / "rep/leaderboard.md").read_text()
     assert "| in-sample (uniform weights, nothing fitted); members selected on val (optimistic) |" in md

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.losses import MultiAttributeLoss, class_weights
+from bench.training.losses import MultiAttributeLoss, class_weights
 
 COUNTS = [1, 3]  # N = 4
 

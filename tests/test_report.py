@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 from scipy.stats import permutation_test
 
-from bench import report_plots as rp
-from bench.report import build_report, main as report_main
-from bench.report_plots import pareto_front
+from bench.reporting import plots as rp
+from bench.report import main as report_main
+from bench.reporting.leaderboard import build_report
+from bench.reporting.plots import pareto_front
 
 SECTIONS = ("## Leaderboard", "## Is the difference real?", "## Accuracy vs cost", "## Training curves",
             "## Class distribution and loss weights", "## Per-class accuracy", "## Confusion matrices")
@@ -154,7 +155,7 @@ def test_pareto_front():
 
 
 def test_val_scoring_says_whether_val_chose_the_epoch():
-    from bench.report import Entry, val_scoring
+    from bench.reporting.leaderboard import Entry, val_scoring
     entry = lambda select, **meta: Entry("x", "model", {"config": {"recipe": {"select": select}}, **meta},  # noqa
                                          None, None, {})
     assert val_scoring(entry("overall_acc")) == "epoch selected on val (optimistic)"

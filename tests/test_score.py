@@ -3,7 +3,8 @@ import pytest
 
 from bench.data import DatasetError
 from bench.metrics import majority_prediction, score
-from bench.score import main, read_predictions
+from bench.data import read_predictions
+from bench.score import main
 
 K = (7, 3, 3, 4, 6, 3)
 

@@ -6,11 +6,11 @@ import pytest
 from conftest import assert_resume_equals_uninterrupted
 import torch
 
-from bench.augment import augment
+from bench.training.augment import augment
 from bench.data import class_counts, open_dataset
-from bench.images import load_images
+from bench.data.images import load_images
 from bench.run import main as run_main
-from bench.trainer import NonFiniteLoss, Split, Trainer
+from bench.training.trainer import NonFiniteLoss, Split, Trainer
 from zoo import Recipe, create_model
 
 TINY = Recipe(size=32, epochs=4, batch_size=16, warmup_epochs=1, pretrained="none", crop_scale=0.5)
@@ -65,7 +65,7 @@ def test_out_of_memory_splits_the_step_and_keeps_the_recipe(tiny_root, tmp_path)
 
 
 def test_out_of_memory_below_the_floor_stops_with_a_message(tiny_root, tmp_path):
-    from bench.trainer import OutOfMemory
+    from bench.training.trainer import OutOfMemory
     tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=1), min_micro_batch=8)
 
     def always(x):
@@ -81,13 +81,13 @@ def test_resume_loads_state_on_the_cpu_whatever_the_device(tiny_root, tmp_path):
     CUDA. The meta device stands in for "a device that is not the CPU" here."""
     tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=1))
     tr.fit()
-    from bench.trainer import read_state
+    from bench.training.trainer import read_state
     st = read_state(tr.last_path)
     assert st["rng"]["torch"].device.type == "cpu" and st["rng"]["gen"].device.type == "cpu"
     again = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=1))
     real_load = torch.load
     torch_load = lambda *a, **kw: real_load(*a, **{**kw, "map_location": kw.get("map_location", "meta")})  # noqa
-    import bench.trainer as trainer_mod
+    import bench.training.trainer as trainer_mod
     trainer_mod.torch.load, saved = torch_load, trainer_mod.torch.load
     try:
         assert again.restore_last() and again.epoch == 1
@@ -154,7 +154,7 @@ def test_flip_only_gives_the_image_or_its_mirror_exactly():
 
 
 def test_crop_area_is_within_range_and_the_crop_fits():
-    from bench.augment import crop_boxes
+    from bench.training.augment import crop_boxes
     for scale in (0.08, 0.35, 0.9, 1.0):
         sx, sy, tx, ty = crop_boxes(20000, scale, torch.Generator().manual_seed(0), "cpu")
         area = sx * sy
@@ -234,7 +234,7 @@ def test_last_epoch_selection_ignores_early_stopping(tiny_root, tmp_path):
 def test_tta_recomputation_normalises_as_the_checkpoint_was_trained():
     """Runs recorded before models normalised themselves were trained with ImageNet's mean/std, whatever the
     backbone; newer runs record theirs in run.json `input`."""
-    from bench.tta import restore_input_config
+    from bench.ensembling.views import restore_input_config
     model, _ = create_model("tf_efficientnet_lite0", (7, 3, 3, 4, 6, 3), pretrained="none")
     assert model.input_config["mean"] == [0.5, 0.5, 0.5]  # the backbone's own
     restore_input_config(model, {})  # an old run.json: no `input`

@@ -15,10 +15,11 @@ from optuna.trial import TrialState, create_trial
 
 from bench.plots import plt
 from bench.run import main as run_main
-from bench.trainer import NonFiniteLoss
-from bench.tune import FINISHED, StudyStopped, counted, main as tune_main, run_study
-from bench.tune_report import integer_x, slanted_x, trials_frame, write_tune_report
-from studies import best_params, open_storage
+from bench.training.trainer import NonFiniteLoss
+from bench.tune import main as tune_main
+from bench.tuning.study import FINISHED, StudyStopped, counted, run_study
+from bench.tuning.report import integer_x, slanted_x, trials_frame, write_tune_report
+from bench.tuning.storage import best_params, open_storage
 
 TINY = ["--size", "32", "--batch-size", "16", "--pretrained", "none", "--no-progress", "--no-report"]
 
@@ -51,7 +52,7 @@ def fake_training(monkeypatch, diverge=()):
             on_epoch(epoch, {"overall_acc": acc * epoch / recipe.epochs, "mean_class_acc": acc * epoch / recipe.epochs})
         return {"train_time_s": 0.0, "val": {"overall_acc": acc, "mean_class_acc": acc}}
 
-    monkeypatch.setattr("bench.training.train_model", train)  # bench.tune imports it when a study starts
+    monkeypatch.setattr("bench.training.train.train_model", train)  # bench.tuning.study imports it per study
     return calls
 
 

@@ -92,7 +92,7 @@ def test_list_prints_the_zoo(capsys):
 
 def test_default_recipe_follows_the_init(tmp_path, monkeypatch):
     """`default` is finetune when weights will load, scratch otherwise; --recipe forces either."""
-    from bench.training import resolve_recipe
+    from bench.training.train import resolve_recipe
     weights = tmp_path / "w.pth"
     torch.save(timm.create_model("resnet18", num_classes=0).state_dict(), weights)
     assert resolve_recipe("resnet18", None, {"pretrained": "none"})[0].name == "scratch"

@@ -20,21 +20,32 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 
-# Allowed values of the recipe's choice fields (the trainer and loss module implement exactly these).
+from bench.data.resize import RESIZE
+from bench.registry import Registry
+from bench.training.schemes import LOSSES
+
+# Allowed values of the recipe's choice fields: a registry where the variants are functions (adding one there is
+# all it takes), a fixed tuple where the trainer implements them inline.
 CHOICES = {
-    "resize": ("letterbox", "stretch", "crop"),
+    "resize": RESIZE,
     "optimizer": ("sgd", "nesterov", "adamw"),
     "schedule": ("cosine", "plateau"),
-    "loss": ("none", "inverse", "sqrt_inverse", "effective", "focal"),
+    "loss": LOSSES,
     "task_weighting": ("uniform", "uncertainty"),
     "select": ("overall_acc", "mean_class_acc", "val_loss", "last"),
 }
 
 
+def choices(name: str) -> tuple[str, ...]:
+    """The values a choice field allows now (registries are read live, so late registrations count)."""
+    allowed = CHOICES[name]
+    return allowed.names() if isinstance(allowed, Registry) else tuple(allowed)
+
+
 @dataclass(frozen=True)
 class Recipe:
     size: int | None = None         # input side; None: the zoo entry's default (224 for ResNets, 300 for EfficientNets)
-    resize: str = "letterbox"       # keep garment proportions (fit/length live there); see bench/images.py
+    resize: str = "letterbox"       # keep garment proportions (fit/length live there); bench/data/resize.py
     epochs: int = 30                # 4-5k images converge in ~30 epochs with cosine decay
     batch_size: int = 64            # big enough to keep a GPU busy, small enough for BatchNorm noise to help
     optimizer: str = "adamw"        # adamw: robust across backbones without per-model lr search; sgd; nesterov
@@ -47,7 +58,7 @@ class Recipe:
     plateau_patience: int = 5       # plateau schedule only
     plateau_factor: float = 0.1     # plateau schedule only
     label_smoothing: float = 0.1    # labels of clothing attributes are noisy; smoothing calibrates ensembles too
-    loss: str = "none"              # class weighting: none | inverse | sqrt_inverse | effective | focal
+    loss: str = "none"              # class-imbalance treatment: a scheme of bench/training/schemes.py
     loss_beta: float = 0.999        # effective-number scheme (Cui et al. 2019)
     focal_gamma: float = 2.0        # focal scheme
     task_weighting: str = "uniform"  # uniform | uncertainty (Kendall et al. 2018, learned per attribute)
@@ -65,8 +76,8 @@ class Recipe:
     name: str = "custom"            # the preset this recipe came from (flags may have changed fields since)
 
     def __post_init__(self):
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
+        for name in CHOICES:
+            if getattr(self, name) not in (allowed := choices(name)):
                 raise ValueError(f"recipe {name}={getattr(self, name)!r} is not one of {', '.join(allowed)}")
         problems = [f"{name} = {getattr(self, name)!r}: {rule}" for name, rule, ok in self._rules()
                     if not ok(getattr(self, name))]

@@ -15,10 +15,10 @@ import torch
 
 from bench.artifacts import atomic_write, claim, read_run, save_probs, write_json
 from bench.data import FashionDataset, class_counts
-from bench.images import load_images
+from bench.data.images import load_images
 from bench.metrics import probs_to_pred, score
 from bench.plots import plot_curves
-from bench.trainer import ConfigMismatch, NonFiniteLoss, Split, Trainer, device_name, predict, seed_everything
+from bench.training.trainer import ConfigMismatch, NonFiniteLoss, Split, Trainer, device_name, predict, seed_everything
 from zoo import RECIPES, Recipe, create_model, get_entry, get_recipe
 from zoo.pretrained import expects_weights
 from zoo.recipes import recipe_name_for

@@ -218,15 +218,5 @@ def cache_home() -> Path:
     return Path(os.environ.get("FASHION_BENCH_CACHE", Path.home() / ".cache" / "fashion-bench"))
 
 
-def resolve_root(data: str | None) -> Path:
-    """--data PATH, else $FASHION_DATA, else the built-in demo set (generated once)."""
-    if data:
-        return Path(data)
-    if os.environ.get("FASHION_DATA"):
-        return Path(os.environ["FASHION_DATA"])
-    from bench.demo import ensure_demo
-    return ensure_demo()
-
-
 def class_counts(labels: np.ndarray, num_classes: tuple[int, ...]) -> list[np.ndarray]:
     return [np.bincount(labels[:, a], minlength=k) for a, k in enumerate(num_classes)]

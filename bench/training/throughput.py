@@ -24,10 +24,10 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from bench.augment import augment
+from bench.training.augment import augment
 from bench.data import class_counts, open_dataset, resolve_root
-from bench.images import load_images
-from bench.trainer import Split, Trainer, device_name, pick_device, seed_everything
+from bench.data.images import load_images
+from bench.training.trainer import Split, Trainer, device_name, pick_device, seed_everything
 from zoo import create_model, get_entry, get_recipe
 
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from bench.artifacts import atomic_write
-from bench.augment import augment, to_input
-from bench.losses import MultiAttributeLoss
+from bench.training.augment import augment, to_input
+from bench.training.losses import MultiAttributeLoss
 from bench.metrics import score
 from zoo import Recipe, count_params
 
@@ -195,7 +195,7 @@ class Trainer:
         self.checkpoint_every, self.persist = checkpoint_every, persist
         self.step_model, self.compiled = maybe_compile(self.model, compile, self.device)
         self.criterion = MultiAttributeLoss(class_counts, recipe.loss, recipe.loss_beta, recipe.focal_gamma,
-                                            recipe.label_smoothing, recipe.task_weighting).to(self.device)
+                                            recipe.label_smoothing, recipe.task_weighting, recipe).to(self.device)
         opt = {"sgd": "momentum", "nesterov": "nesterov", "adamw": "adamw"}[recipe.optimizer]
         self.optimizer = timm.optim.create_optimizer_v2(
             param_groups(self.model, recipe), opt=opt, lr=recipe.lr, weight_decay=recipe.weight_decay,

@@ -1,19 +1,25 @@
-"""Test-time-augmentation views computed from a member's checkpoint (the only part of ensembling that needs torch).
+"""Test-time-augmentation views, computed from a member's checkpoint (the only part of ensembling that needs torch).
 
-A view is a name: plain | flip | cropF (centre crop of fraction F of the side, resized back) [+flip].
+A view is transforms joined by `+`, each a registered name optionally followed by its number: `plain`, `flip`,
+`crop0.9`, `crop0.9+flip`. A transform receives the batch as model input (float pixels in [0, 1], N x 3 x S x S;
+the model normalises) and its number (None when not given) and returns the transformed batch, same shape.
+`bench.ensemble --tta` takes a comma-separated list of views; training stores `plain` and `flip`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+import re
+
 import torch
 import torch.nn.functional as F
 
 from bench.artifacts import RunArtifacts
-from bench.augment import to_input
+from bench.training.augment import to_input
 from bench.data import open_dataset
-from bench.images import load_images
-from bench.trainer import predict
+from bench.data.images import load_images
+from bench.registry import Registry
+from bench.training.trainer import predict
 
 
 def restore_input_config(model, meta: dict) -> None:
@@ -28,21 +34,52 @@ class ViewError(ValueError):
     """A view cannot be computed: no checkpoint, or the dataset moved or changed."""
 
 
+VIEWS = Registry("TTA transform")
+
+
+@VIEWS.register
+def plain(x: torch.Tensor, arg: float | None = None) -> torch.Tensor:
+    """the image as trained on"""
+    return x
+
+
+@VIEWS.register
+def flip(x: torch.Tensor, arg: float | None = None) -> torch.Tensor:
+    """left-right mirror"""
+    return x.flip(3)
+
+
+@VIEWS.register
+def crop(x: torch.Tensor, arg: float | None = None) -> torch.Tensor:
+    """cropF: centre crop of fraction F of the side (default 0.9), resized back"""
+    frac = 0.9 if arg is None else arg
+    if not 0 < frac <= 1:
+        raise ValueError(f"crop fraction {frac} must be in (0, 1]")
+    s = x.shape[-1]
+    c = max(1, round(s * frac))
+    o = (s - c) // 2
+    return F.interpolate(x[..., o:o + c, o:o + c], size=(s, s), mode="bilinear", align_corners=False)
+
+
+def parse_view(view: str) -> list[tuple[str, float | None]]:
+    """'crop0.9+flip' -> [('crop', 0.9), ('flip', None)]; ValueError naming the registered transforms."""
+    steps = []
+    for part in view.split("+"):
+        m = re.fullmatch(r"([a-z_]+)(\d*\.?\d*)", part.strip())
+        if not m:
+            raise ValueError(f"TTA view {view!r}: {part!r} is not NAME or NAMEnumber (transforms: "
+                             f"{', '.join(VIEWS)})")
+        name, num = m.groups()
+        VIEWS[name]  # unknown names fail here, listing the registered ones
+        steps.append((name, float(num) if num else None))
+    return steps
+
+
 def view_images(x: torch.Tensor, view: str) -> torch.Tensor:
-    """Model input (float pixels, the model normalises) for a TTA view: plain | flip | cropF (centre crop fraction
-    F, resized back) [+flip]."""
-    name, _, flip = view.partition("+")
+    """Model input (float pixels, the model normalises) of a uint8 batch under a TTA view."""
     xb = to_input(x)
-    if name.startswith("crop"):
-        frac = float(name[4:])
-        s = xb.shape[-1]
-        c = max(1, round(s * frac))
-        o = (s - c) // 2
-        xb = F.interpolate(xb[..., o:o + c, o:o + c], size=(s, s), mode="bilinear", align_corners=False)
-    elif name not in ("plain", "flip"):
-        raise ValueError(f"unknown TTA view {view!r}: use plain, flip, cropF or cropF+flip (e.g. crop0.9+flip)")
-    if name == "flip" or flip == "flip":
-        xb = xb.flip(3)
+    for name, arg in parse_view(view):
+        xb = VIEWS[name](xb, arg)
     return xb
 
 

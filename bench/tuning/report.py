@@ -10,8 +10,8 @@ from matplotlib.ticker import MaxNLocator
 
 from bench.artifacts import atomic_write
 from bench.plots import plt
-from bench.report import markdown_table, slug
-from studies import pick_best
+from bench.reporting.leaderboard import markdown_table, slug
+from bench.tuning.storage import pick_best
 
 
 def fmt(v):

@@ -1,0 +1,86 @@
+"""Decode every image once, in parallel, to a uint8 array; cache it on disk.
+
+The resize policy (bench/data/resize.py; recipe field `resize`) turns each photo into a square. The cache key covers
+the file list, each file's size and mtime, the size and the policy: a changed image, a changed split or another
+policy decodes again. Arrays are plain `.npy` files under `cache_home()/images/`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from joblib import Parallel, delayed
+from PIL import Image
+
+from bench.data.dataset import DatasetError, cache_home
+from bench.data.resize import RESIZE
+
+CACHE_VERSION = 1
+
+
+def decode(path: Path, size: int, policy: str = "letterbox") -> np.ndarray:
+    """One image as (size, size, 3) uint8."""
+    resize = RESIZE[policy]
+    with Image.open(path) as im:
+        im.draft("RGB", (size, size))  # JPEG DCT-domain downscale: much faster decode of big photos
+        return resize(im.convert("RGB"), size)
+
+
+def _decode_chunk(paths: list[Path], size: int, policy: str) -> tuple[np.ndarray, list[str]]:
+    out = np.empty((len(paths), size, size, 3), dtype=np.uint8)
+    errors = []
+    for i, p in enumerate(paths):
+        try:
+            out[i] = decode(p, size, policy)
+        except Exception as e:  # corrupt / truncated files: name them all, then fail
+            errors.append(f"{p}: cannot decode image ({type(e).__name__}: {e})")
+            out[i] = 0
+    return out, errors
+
+
+def cache_key(files: list[Path], size: int, policy: str) -> str:
+    entries = []
+    for f in map(os.path.abspath, files):
+        st = os.stat(f)
+        entries.append((f, st.st_size, st.st_mtime_ns))
+    blob = json.dumps([CACHE_VERSION, size, policy, entries]).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def load_images(files: list[Path], size: int, policy: str = "letterbox", cache_dir: Path | None = None,
+                n_jobs: int = -1, progress: bool = True) -> np.ndarray:
+    """(N, size, size, 3) uint8 for `files`, decoded once and then read from the on-disk cache."""
+    RESIZE[policy]  # an unknown policy fails here, naming the registered ones
+    files = [Path(f) for f in files]
+    cache_dir = Path(cache_dir or cache_home() / "images")
+    target = cache_dir / f"{size}-{policy}-{cache_key(files, size, policy)}.npy"
+    if target.exists():  # memory-map then copy: ~10x faster than np.load's chunked read here
+        return np.array(np.load(target, mmap_mode="r"))
+    chunks = [files[i:i + 64] for i in range(0, len(files), 64)]
+    jobs = (delayed(_decode_chunk)(c, size, policy) for c in chunks)
+    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
+    if progress and chunks:
+        from tqdm import tqdm
+        results = tqdm(results, total=len(chunks), desc=f"decode {len(files)} images @{size}px", unit="chunk")
+    arrays, errors = [], []
+    for arr, errs in results:
+        arrays.append(arr)
+        errors.extend(errs)
+    if errors:
+        raise DatasetError(errors, "images")
+    images = np.concatenate(arrays) if arrays else np.empty((0, size, size, 3), np.uint8)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
+    np.save(tmp, images)
+    os.replace(tmp, target)  # atomic: an interrupted write never leaves a half cache
+    return images
+
+
+def timed_load(files: list[Path], size: int, policy: str = "letterbox", cache_dir: Path | None = None):
+    t0 = time.perf_counter()
+    images = load_images(files, size, policy, cache_dir, progress=False)
+    return images, time.perf_counter() - t0

@@ -1,0 +1,1 @@
+"""Stage 4, run artifacts -> leaderboard: tables and statistics (leaderboard.py), figures (plots.py)."""

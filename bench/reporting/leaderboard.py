@@ -1,0 +1,323 @@
+"""Leaderboard report rebuilt from run artifacts alone (no retraining); same artifacts, same report (library of
+bench.report).
+
+A report belongs to its runs folder: by default a folder named `runs` reports to `reports/` beside it (runs/ ->
+reports/), any other RUNS to RUNS/_report/, so training elsewhere never overwrites another leaderboard. Writes
+OUT/leaderboard.md, its CSV twin OUT/leaderboard.csv, and figures in OUT/leaderboard_files/ (linked relatively so the
+report renders on a code host; figures the new report does not use are deleted). Runs still training, failed runs
+and runs without val labels or probabilities are listed in their own section instead of the leaderboard. With
+nothing to rank it says so on stderr and exits 1.
+
+Every score is on the validation split, which also chose each model's epoch (and any tuned parameters), so it is
+optimistic; the report says per entry what its val score is. Significance against the leader: paired sign-flip
+permutation test over images, Holm-adjusted over all comparisons with the leader.
+"""
+from __future__ import annotations
+
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.artifacts import RunArtifacts, atomic_write, find_runs
+from bench.data import ATTRIBUTES
+from bench.metrics import majority_from_counts, probs_to_pred, score
+from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
+
+SORT_KEYS = ("overall_acc", "class_avg_acc", "mean_class_acc", "macro_f1")
+N_PERM = 10000  # random sign flips per comparison with the leader
+
+
+@dataclass
+class Entry:
+    label: str
+    kind: str
+    meta: dict
+    pred: np.ndarray
+    correct: np.ndarray
+    score: dict
+    tta_acc: float | None = None
+    history: pd.DataFrame | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+
+
+def init_label(meta: dict) -> str:
+    init = meta.get("init") or {}
+    kind = init.get("init", "-")
+    if kind == "imagenet":
+        return "ImageNet"
+    if kind == "file":
+        return "file"
+    if kind == "scratch":
+        return "scratch (no weights found)" if init.get("source") == "auto-fallback" else "scratch"
+    return kind
+
+
+def report_dir(runs_dir: str | Path) -> Path:
+    """Default report folder of a runs folder: `<parent>/reports` for a folder named `runs`, else `RUNS/_report`."""
+    runs_dir = Path(runs_dir)
+    return runs_dir.parent / "reports" if runs_dir.name == "runs" else runs_dir / "_report"
+
+
+def val_scoring(e: Entry) -> str:
+    """How far the val images already shaped an entry, i.e. what its val score is."""
+    if e.kind == "baseline":
+        return "unbiased (fit on train counts only)"
+    if e.kind == "ensemble":
+        return f"{e.meta.get('val_scoring', 'not recorded (older entry)')}; members selected on val (optimistic)"
+    last = e.meta.get("config", {}).get("recipe", {}).get("select") == "last"
+    if e.meta.get("from_study"):
+        return f"{'last epoch; ' if last else 'epoch and '}tuned params selected on val (optimistic)"
+    return "last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)"
+
+
+def collect(runs_dir: Path, dataset: str | None = None):
+    """Entries for the leaderboard plus notes on everything left out, for one dataset fingerprint."""
+    arts = find_runs(runs_dir)
+    notes, usable = [], []  # usable: (artifacts, val probabilities)
+    for art in arts:
+        m = art.meta
+        if m.get("status") == "training":
+            hist = art.dir / "history.csv"
+            done = len(pd.read_csv(hist)) if hist.exists() else 0
+            notes.append(f"`{art.label}`: still training ({done}/{m['config']['recipe']['epochs']} epochs done)")
+        elif m.get("status") == "failed":
+            notes.append(f"`{art.label}`: failed: {m.get('error', 'unknown error')}")
+        elif not art.has_probs("val"):
+            notes.append(f"`{art.label}`: no val probabilities ({art.probs_path('val')} missing)")
+        elif "labels" not in (probs := art.load_probs("val")):
+            notes.append(f"`{art.label}`: its val split has no labels, nothing to score")
+        else:
+            usable.append((art, probs))
+    fingerprint = lambda a: a.meta.get("dataset") or a.meta["config"]["dataset"]  # noqa: E731
+    fps = Counter(fingerprint(a) for a, _ in usable)
+    if not fps:
+        return [], notes, None
+    chosen = dataset or fps.most_common(1)[0][0]
+    for fp, n in fps.items():
+        if fp != chosen:
+            notes.append(f"{n} run(s) trained on another dataset (fingerprint `{fp}`): `--dataset {fp}` reports them")
+    entries = [make_entry(a, p) for a, p in usable if fingerprint(a) == chosen]
+    base = entries[0]
+    labels = base.extra["labels"]
+    counts = next((e.meta["train_class_counts"] for e in entries if "train_class_counts" in e.meta), None)
+    if counts is not None:
+        nc = tuple(base.meta["num_classes"])
+        pred = majority_from_counts(counts, len(labels))
+        entries.append(Entry("majority baseline", "baseline", {"num_classes": list(nc)}, pred, pred == labels,
+                             score(labels, pred, nc)))
+    return entries, notes, chosen
+
+
+def make_entry(art: RunArtifacts, probs: dict) -> Entry:
+    nc = tuple(art.meta["num_classes"])
+    labels = probs["labels"]
+    pred = probs_to_pred(probs["plain"], nc)
+    tta = None
+    if "flip" in probs:
+        tta = score(labels, probs_to_pred((probs["plain"] + probs["flip"]) / 2, nc), nc)["overall_acc"]
+    hist_path = art.dir / "history.csv"
+    history = pd.read_csv(hist_path) if hist_path.exists() else None
+    kind = art.meta.get("kind", "model")
+    return Entry(art.label, kind, art.meta, pred, pred == labels, score(labels, pred, nc), tta, history,
+                 {"labels": labels, "dir": art.dir})
+
+
+def leaderboard_frame(entries: list[Entry], sort: str) -> pd.DataFrame:
+    entries = sorted(entries, key=lambda e: (-e.score[sort], e.label))
+    leader, others = entries[0], entries[1:]
+    # one family of tests, every entry against the leader: Holm keeps the chance of any false "yes" at 5%
+    p = sign_flip_p(np.stack([image_diff(e.correct, leader.correct) for e in others]), N_PERM) if others else []
+    tests = dict(zip((e.label for e in others), zip(p, holm(p))))
+    rows = []
+    for rank, e in enumerate(entries, 1):
+        m, s = e.meta, e.score
+        lo, hi = bootstrap_ci(e.correct)
+        row = {"rank": rank, "entry": e.label, "kind": e.kind, "init": init_label(m) if e.kind == "model" else "-",
+               "val_scoring": val_scoring(e),
+               "overall_acc": s["overall_acc"], "ci_lo": lo, "ci_hi": hi, "tta_overall_acc": e.tta_acc,
+               "class_avg_acc": s["class_avg_acc"], "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
+               **{a: s["attr_acc"][a] for a in ATTRIBUTES},
+               "params_M": round(m["params"] / 1e6, 2) if "params" in m else None, "gflops": m.get("gflops"),
+               "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device")}
+        if e is leader:
+            row.update(delta=0.0, delta_lo=None, delta_hi=None, p_sign_flip=None, p_holm=None)
+        else:
+            pb = paired_bootstrap(e.correct, leader.correct)
+            row.update(delta=pb["delta"], delta_lo=pb["lo"], delta_hi=pb["hi"], p_sign_flip=float(tests[e.label][0]),
+                       p_holm=float(tests[e.label][1]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(v, spec=".4f", empty="-"):
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return empty
+    return format(v, spec) if isinstance(v, (int, float, np.floating)) else str(v)
+
+
+def markdown_table(df: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
+    head = "| " + " | ".join(title for _, title in columns) + " |"
+    sep = "| " + " | ".join("---" for _ in columns) + " |"
+    body = ["| " + " | ".join(str(row[c]) for c, _ in columns) + " |" for _, row in df.iterrows()]
+    return "\n".join([head, sep, *body])
+
+
+def render_leaderboard(df: pd.DataFrame) -> str:
+    view = pd.DataFrame({
+        "rank": df["rank"], "entry": "`" + df["entry"] + "`", "init": df["init"], "scoring": df["val_scoring"],
+        "overall": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
+                    zip(df["overall_acc"], df["ci_lo"], df["ci_hi"])],
+        "tta": df["tta_overall_acc"].map(_fmt), "cavg": df["class_avg_acc"].map(_fmt),
+        "mca": df["mean_class_acc"].map(_fmt),
+        "f1": df["macro_f1"].map(_fmt), **{a: df[a].map(lambda v: _fmt(v, ".3f")) for a in ATTRIBUTES},
+        "params": df["params_M"].map(lambda v: _fmt(v, ".1f")), "gflops": df["gflops"].map(lambda v: _fmt(v, ".2f")),
+        "time": df["train_time_s"].map(lambda v: _fmt(v, ".0f")), "ips": df["img_per_s"].map(lambda v: _fmt(v, ".0f")),
+        "device": df["device"].map(lambda v: _fmt(v, "")),
+    })
+    cols = [("rank", "#"), ("entry", "entry"), ("init", "init"), ("scoring", "val score is"),
+            ("overall", "overall acc [95% CI]"),
+            ("tta", "+flip TTA"), ("cavg", "class-average (2024)"), ("mca", "balanced acc."), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
+            ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s (sum of epochs)"),
+            ("ips", "img/s (median epoch)"), ("device", "device")]
+    return markdown_table(view, cols)
+
+
+def render_significance(df: pd.DataFrame) -> str:
+    rest = df[df["rank"] > 1]
+    if rest.empty:
+        return "_Only one entry._"
+    view = pd.DataFrame({
+        "entry": "`" + rest["entry"] + "`",
+        "delta": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(rest["delta"], rest["delta_lo"], rest["delta_hi"])],
+        "p": rest["p_sign_flip"].map(lambda v: _fmt(v, ".3g")), "holm": rest["p_holm"].map(lambda v: _fmt(v, ".3g")),
+        "sig": ["yes" if p < 0.05 else "no" for p in rest["p_holm"]],
+    })
+    return markdown_table(view, [("entry", "entry"), ("delta", "Δ overall vs leader [95% CI]"),
+                                 ("p", "sign-flip p"), ("holm", "Holm-adjusted p"),
+                                 ("sig", "different at 5%? (adjusted p)")])
+
+
+def render_per_class(entries: list[Entry], class_names) -> str:
+    rows = []
+    for a, names in enumerate(class_names):
+        for c, name in enumerate(names):
+            row = {"attribute": ATTRIBUTES[a], "class": name}
+            for e in entries:
+                v = e.score["class_acc"][a][c]
+                row[e.label] = "n/a" if v is None else f"{v:.2f}"
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    return markdown_table(df, [("attribute", "attribute"), ("class", "class"),
+                               *[(e.label, f"`{e.label}`") for e in entries]])
+
+
+def _write(out: Path, md: list[str]) -> Path:
+    """Write the report and delete the figures it no longer links (e.g. of entries whose runs are gone)."""
+    path = out / "leaderboard.md"
+    text = "\n".join(md).rstrip() + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    for f in (out / "leaderboard_files").glob("*.png"):
+        if not f.name.startswith(".") and f"](leaderboard_files/{f.name})" not in text:  # "." : a writer's temp
+            f.unlink()
+    return path
+
+
+def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, sort: str = "overall_acc",
+                 dataset: str | None = None, quiet: bool = False) -> Path | None:
+    """Write the leaderboard of `runs_dir` to `out` (default report_dir(runs_dir)); its path, or None when nothing
+    is ranked (a report listing the runs left out, and why, is still written when there are any)."""
+    from bench.reporting import plots as rp
+    runs_dir = Path(runs_dir)
+    out = Path(out) if out is not None else report_dir(runs_dir)
+    entries, notes, fp = collect(runs_dir, dataset)
+    if not entries and not notes:
+        if not quiet:
+            print(f"report: no runs under {runs_dir}/, nothing written", file=sys.stderr)
+        return None
+    files = out / "leaderboard_files"
+    files.mkdir(parents=True, exist_ok=True)
+    md = ["# fashion-bench leaderboard", "",
+          f"Built by `python -m bench.report` from the artifacts in `{runs_dir}/`. Overall accuracy = correct "
+          "attribute predictions / (N x 6); 95% intervals bootstrap over images.", "",
+          "**What the scores are.** All are on the validation split, which also chose each model's best epoch "
+          "(checkpoint selection) and any tuned parameters: single-model scores are in-sample for that selection, "
+          "so optimistic. Of an ensemble only the weights are cross-fitted (out-of-fold over val), and only when "
+          "k-fold CV ran; its members were still selected on val. The column *val score is* says this per entry. "
+          "*train s (sum of epochs)* adds up per-epoch wall times (over all members for an ensemble); *img/s "
+          "(median epoch)* is the median of per-epoch training throughput, so on a shared machine the two need "
+          "not agree."]
+    if not entries:
+        (out / "leaderboard.csv").unlink(missing_ok=True)
+        md += ["", "_No finished runs with scored validation probabilities yet._", "",
+               "## Not on the leaderboard", "", *[f"- {n}" for n in notes]]
+        path = _write(out, md)
+        if not quiet:
+            print(f"report: nothing to rank under {runs_dir}/ ({path} lists why)", file=sys.stderr)
+        return None
+    df = leaderboard_frame(entries, sort)
+    atomic_write(out / "leaderboard.csv", lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
+    base = next(e for e in entries if e.kind != "baseline")
+    class_names = base.meta["class_names"]
+    n_val = len(base.extra["labels"])
+    models = [e for e in entries if e.kind != "baseline"]
+    ordered = sorted(entries, key=lambda e: (-e.score[sort], e.label))
+    md += ["", f"Dataset fingerprint `{fp}`, {n_val} validation images, sorted by `{sort}`.", "",
+           "## Leaderboard", "", render_leaderboard(df), "",
+           "## Is the difference real?", "",
+           "Each entry against the leader on the same validation images. Images are the independent units (errors "
+           "on one image's 6 attributes are correlated): Δ has a paired bootstrap interval over images (per "
+           "comparison, not adjusted); p is a paired sign-flip permutation test of the per-image difference in "
+           f"correct attributes ({N_PERM:,} seeded random flips). The {len(df) - 1} comparisons with the leader are "
+           "one family: their p-values are Holm-Bonferroni adjusted, and *different at 5%?* uses the adjusted p "
+           "(chance of any false \"yes\" <= 5%). The leader was itself picked on these images, which favours it.", "",
+           render_significance(df), "",
+           "## Accuracy vs cost", ""]
+    if rp.pareto(models, files / "pareto.png"):
+        md += ["![accuracy vs cost](leaderboard_files/pareto.png)", ""]
+    else:
+        md += ["_No entries with GFLOPs and training time._", ""]
+    md += ["## Training curves", ""]
+    if rp.curves(models, files / "curves.png"):
+        md += ["![validation accuracy per epoch](leaderboard_files/curves.png)", ""]
+    else:
+        md += ["_No training histories found._", ""]
+    counts = base.meta.get("train_class_counts")
+    md += ["## Class distribution and loss weights", ""]
+    if counts:
+        from bench.training.schemes import LOSSES, class_weights
+        weights = {}
+        for scheme in LOSSES:  # one line per distinct weighting (focal and logit schemes weight like `none`)
+            w = [class_weights(c, scheme) for c in counts]
+            if not any(all(np.allclose(a, b) for a, b in zip(w, seen)) for seen in weights.values()):
+                weights[scheme] = w
+        rp.class_distribution(counts, class_names, weights, files / "class_distribution.png")
+        md += ["Training counts per class (bars) and the weight each class-weighting scheme gives it (lines, "
+               "normalised so the mean weight per training image is 1).", "",
+               "![class distribution](leaderboard_files/class_distribution.png)", ""]
+    else:
+        md += ["_No training class counts recorded in the runs._", ""]
+    md += ["## Per-class accuracy (recall)", "", render_per_class(ordered, class_names), "",
+           "## Confusion matrices", ""]
+    for e in ordered:
+        if e.kind == "baseline":
+            continue
+        name = f"confusion-{slug(e.label)}.png"
+        rp.confusion(e.extra["labels"], e.pred, class_names, files / name, e.label)
+        md += [f"<details><summary><code>{e.label}</code></summary>", "", f"![confusion {e.label}](leaderboard_files/{name})",
+               "", "</details>", ""]
+    if notes:
+        md += ["## Not on the leaderboard", "", *[f"- {n}" for n in notes], ""]
+    path = _write(out, md)
+    if not quiet:
+        print(f"report: {path} ({len(entries)} entries; leader `{df.iloc[0]['entry']}` "
+              f"{df.iloc[0]['overall_acc']:.4f})")
+    return path

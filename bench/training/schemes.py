@@ -1,0 +1,76 @@
+"""Loss schemes: the class-imbalance treatment of each attribute's cross-entropy. One decorated function each.
+
+A scheme receives one attribute's training class counts n (classes never seen in training count as 1 sample) and
+the recipe (for its parameters), and returns a `Treatment`; the recipe field `loss`, `bench.run --loss`, the tune
+space and the report's class-weight figure all read this registry. The trainer's loss (losses.py) applies a
+treatment per sample i of class y as
+    w_y * [(1 - e) * -log q_y + e * mean_c(-log q_c)] * (1 - q_y)^gamma,   q = softmax(z + offsets)
+with e the label smoothing, so the weight scales the whole sample and the smoothing target stays uniform. Offsets
+act in training only: predictions use the plain logits z.
+Weights are normalised so that the average weight per training sample is 1 (sum_c w_c n_c = N), which keeps loss
+scales comparable across schemes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bench.registry import Registry
+
+LOSSES = Registry("loss scheme")
+
+
+@dataclass(frozen=True)
+class Treatment:
+    weights: np.ndarray               # per class; any positive scale (normalised by `treatment`)
+    offsets: np.ndarray | None = None  # per class, added to the logits in training only
+    gamma: float = 0.0                # focal exponent
+
+
+@LOSSES.register
+def none(n: np.ndarray, recipe) -> Treatment:
+    """plain cross-entropy, w_c = 1"""
+    return Treatment(np.ones_like(n))
+
+
+@LOSSES.register
+def inverse(n: np.ndarray, recipe) -> Treatment:
+    """w_c ∝ 1 / n_c (the fashionnet recipe; sklearn's 'balanced')"""
+    return Treatment(1.0 / n)
+
+
+@LOSSES.register
+def sqrt_inverse(n: np.ndarray, recipe) -> Treatment:
+    """w_c ∝ 1 / sqrt(n_c), softer"""
+    return Treatment(1.0 / np.sqrt(n))
+
+
+@LOSSES.register
+def effective(n: np.ndarray, recipe) -> Treatment:
+    """w_c ∝ (1 - beta) / (1 - beta^n_c), the effective number of samples (Cui et al., CVPR 2019; loss_beta)"""
+    beta = recipe.loss_beta
+    return Treatment((1.0 - beta) / (1.0 - np.power(beta, n)))
+
+
+@LOSSES.register
+def focal(n: np.ndarray, recipe) -> Treatment:
+    """w_c = 1, each sample scaled by (1 - p_true)^gamma (Lin et al. 2017; focal_gamma)"""
+    return Treatment(np.ones_like(n), gamma=recipe.focal_gamma)
+
+
+def treatment(counts, scheme: str, recipe=None) -> Treatment:
+    """The scheme's treatment of one attribute, weights normalised to a mean of 1 per training sample."""
+    if recipe is None:
+        from zoo.recipes import Recipe  # the defaults of the scheme parameters
+        recipe = Recipe()
+    n = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    t = LOSSES[scheme](n, recipe)
+    w = np.asarray(t.weights, np.float64)
+    return Treatment(w * n.sum() / (w * n).sum(), t.offsets, t.gamma)
+
+
+def class_weights(counts, scheme: str = "none", beta: float = 0.999) -> np.ndarray:
+    """Normalised class weights of a scheme for one attribute (beta: the effective scheme's parameter)."""
+    from zoo.recipes import Recipe
+    return treatment(counts, scheme, Recipe(loss_beta=beta)).weights

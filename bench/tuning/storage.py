@@ -1,0 +1,87 @@
+"""Study storage from a URL: the only thing that changes between a laptop and a cluster.
+
+  default                    WORKDIR/studies/fashion.db, an embedded SQLite file (several processes on one machine)
+  postgresql://user@host/db  any SQLAlchemy URL: workers on many machines
+  journal:PATH               an append-only journal file (no server; no heartbeats, so no killed-trial retry: a
+                             killed worker's trial stays RUNNING and other workers stop waiting for it after
+                             bench.tune's --wait-timeout)
+SQL storages run a heartbeat: a trial whose worker stops beating for `grace` seconds is marked failed and re-queued
+with the same parameters (up to 3 times), so it is never left RUNNING forever.
+Each trial keeps its budget (epochs, size, batch_size, pretrained) in its user attribute `budget` (the study keeps its
+first run's); best_params returns it with the tuned parameters, so a retrain trains the way the trial did.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.storages import JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import JournalFileBackend
+
+from bench.errors import StorageError
+from bench.workdir import Workdir, resolve
+
+# Where studies lived before the working folder (inside the installed `studies` package): never written again.
+LEGACY_DB = Path(__file__).resolve().parents[2] / "studies" / "fashion.db"
+
+
+def default_url(wd: Workdir) -> str:
+    """sqlite:///WORKDIR/studies/fashion.db. A study database left in the package folder by an older version is
+    not silently forked: the command stops and says how to move it."""
+    db = wd.studies / "fashion.db"
+    if not db.exists() and LEGACY_DB.exists() and LEGACY_DB.resolve() != db.resolve():
+        raise StorageError(f"studies now live in the working folder ({db}), but an older version left a study "
+                           f"database at {LEGACY_DB}. Move it there to continue those studies:\n"
+                           f"  mkdir -p {db.parent} && mv {LEGACY_DB} {db}\n"
+                           f"(or pass --storage sqlite:///{LEGACY_DB} to use it where it is)")
+    return f"sqlite:///{db}"
+
+
+def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None = None):
+    """Storage from a URL (None: the working folder's default, $FASHION_BENCH_HOME or the current directory); SQL
+    storages get a heartbeat and retry of trials whose worker died."""
+    url = url or default_url(resolve())
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
+    with warnings.catch_warnings():  # heartbeats are marked experimental in optuna; they are what we need
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                          grace_period=grace or 4 * heartbeat,
+                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+
+
+def pick_best(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    """The best trial; for a multi-objective study, the Pareto-front trial with the highest overall accuracy."""
+    if len(study.directions) == 1:
+        return study.best_trial
+    return max(study.best_trials, key=lambda t: t.values[0])
+
+
+def study_base(study_name: str, storage: str | None = None) -> tuple[str | None, str | None]:
+    """(base recipe, model) a study tuned, None where it did not record them."""
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    return study.user_attrs.get("recipe"), study.user_attrs.get("model")
+
+
+def best_params(study_name: str, storage: str | None = None) -> dict:
+    """Recipe overrides from a study's best trial, its budget included (for `bench.run --from-study`)."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    except KeyError as e:
+        raise KeyError(f"no study {study_name!r} in {storage or default_url(resolve())}; run python -m bench.tune "
+                       f"first (or pass the study's --storage / --workdir)") from e
+    try:
+        best = pick_best(study)
+    except ValueError as e:
+        raise ValueError(f"study {study_name!r} has no completed trial yet") from e
+    # a learning rate tuned for 10 epochs is not the one for 30: the trial's budget goes with its parameters
+    budget = best.user_attrs.get("budget") or study.user_attrs.get("budget") or {}
+    print(f"[study {study_name}] best trial #{best.number} ({best.values}): {best.params}; trial budget {budget} "
+          f"(flags given explicitly win)")
+    return {**best.params, **budget}
