@@ -23,6 +23,7 @@ from pathlib import Path
 from bench import workdir
 from bench.ensembling.combiners import COMBINERS
 from bench.ensembling.decisions import DECISIONS
+from bench.ensembling.views import VIEWS
 from bench.ensembling.weightings import WEIGHTINGS
 
 
@@ -33,8 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--runs", help="comma-separated run names (or run/model labels); default all")
     p.add_argument("--models", help="comma-separated model names; default all")
     p.add_argument("--tta", default="plain,flip",
-                   help="views averaged per member, comma-separated; a view is transforms joined by + "
-                        "(bench/ensembling/views.py), e.g. plain,flip,crop0.9+flip")
+                   help="views averaged per member, comma-separated; a view is transforms joined by +, e.g. "
+                        "plain,flip,crop0.9+flip. Transforms (bench/ensembling/views.py): " + VIEWS.describe())
     p.add_argument("--combine", default="mean", choices=COMBINERS.names(), help=COMBINERS.describe())
     p.add_argument("--weights", default="caruana", choices=WEIGHTINGS.names(), help=WEIGHTINGS.describe())
     p.add_argument("--decision", default="argmax", choices=DECISIONS.names(), help=DECISIONS.describe())

@@ -11,9 +11,10 @@ A trial whose loss goes non-finite is recorded as failed (its reason in the tria
 a worker stops after --trials such failures. Every trial trains with the same --seed, so trials compare recipes,
 not seeds; the sampler gets a fresh seed per worker and per resume (printed, and kept as the trial attribute
 `sampler_seed`) so that workers and resumes propose new parameters; --sampler-seed fixes it.
-Trial folders live under WORKDIR/studies/trials/<study>/ and keep run.json and history.csv (no weights); the default
-storage is WORKDIR/studies/fashion.db. Writes WORKDIR/reports/tune-<study>.md; `python -m bench.run --from-study NAME` trains with the best parameters and the
-study's trial budget (epochs, size, batch size, init), flags given there still winning.
+Trial folders live under WORKDIR/studies/trials/<study>/ and keep run.json and history.csv (no weights); the
+default storage is WORKDIR/studies/fashion.db. Writes WORKDIR/reports/tune-<study>.md; `python -m bench.run
+--from-study NAME` trains with the best parameters and the study's trial budget (epochs, size, batch size, init),
+flags given there still winning. The library is bench/tuning/, the search spaces studies/.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
     p.add_argument("--study", help="study name (default: <model>-<objective>)")
     p.add_argument("--storage", help="SQLAlchemy URL or journal:PATH (default: SQLite file WORKDIR/studies/fashion.db)")
-    p.add_argument("--space", default="default", choices=SPACES.names(), help="search space (studies/): " + SPACES.describe())
+    p.add_argument("--space", default="default", choices=SPACES.names(),
+                   help="search space (studies/): " + SPACES.describe())
     p.add_argument("--heartbeat", type=int, default=30, help="seconds between worker heartbeats (SQL storages)")
     p.add_argument("--grace", type=int, help="seconds without heartbeat before a trial counts as dead (default 4x)")
     p.add_argument("--wait-timeout", type=float, default=600,

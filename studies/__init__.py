@@ -16,7 +16,7 @@ SPACES = Registry("search space")
 
 @SPACES.register
 def default(trial, base) -> dict:
-    """lr (base/10 .. base x 10), weight decay, dropout, label smoothing, loss scheme (+ its parameter), task weighting"""
+    """lr (base/10 .. base x 10), weight decay, dropout, label smoothing, loss scheme (+ parameter), task weighting"""
     params = {
         "lr": trial.suggest_float("lr", base.lr / 10, base.lr * 10, log=True),
         "weight_decay": trial.suggest_float("weight_decay", 1e-5, 1e-1, log=True),

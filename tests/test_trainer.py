@@ -234,7 +234,7 @@ def test_last_epoch_selection_ignores_early_stopping(tiny_root, tmp_path):
 def test_tta_recomputation_normalises_as_the_checkpoint_was_trained():
     """Runs recorded before models normalised themselves were trained with ImageNet's mean/std, whatever the
     backbone; newer runs record theirs in run.json `input`."""
-    from bench.ensembling.views import restore_input_config
+    from bench.ensembling.tta import restore_input_config
     model, _ = create_model("tf_efficientnet_lite0", (7, 3, 3, 4, 6, 3), pretrained="none")
     assert model.input_config["mean"] == [0.5, 0.5, 0.5]  # the backbone's own
     restore_input_config(model, {})  # an old run.json: no `input`

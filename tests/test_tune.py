@@ -44,7 +44,7 @@ def fake_training(monkeypatch, diverge=()):
 
     def train(name, ds, store, recipe, size, model_dir, seed=0, progress=True, on_epoch=None, force=False,
               extra_meta=None, **_):
-        calls.append({"trial": extra_meta["trial"], "seed": seed})
+        calls.append({"trial": extra_meta["trial"], "seed": seed, "dir": model_dir})
         if len(calls) in diverge:
             raise NonFiniteLoss("loss became nan at epoch 1, step 1")
         acc = 1 / (1 + abs(math.log10(recipe.lr) + 3))

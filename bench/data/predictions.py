@@ -10,7 +10,8 @@ from bench.data.dataset import DEFAULT_CLASS_NAMES, DatasetError, parse_label_li
 DEFAULT_NUM_CLASSES = tuple(len(c) for c in DEFAULT_CLASS_NAMES)
 
 
-def read_predictions(path: str | Path, num_classes=DEFAULT_NUM_CLASSES, expected_lines: int | None = None) -> np.ndarray:
+def read_predictions(path: str | Path, num_classes=DEFAULT_NUM_CLASSES,
+                     expected_lines: int | None = None) -> np.ndarray:
     """A prediction file as (N, 6) ints; DatasetError naming every bad line (or a file that is not UTF-8 text)."""
     problems: list[str] = []
     rows = parse_label_lines(Path(path), tuple(num_classes), problems, expected_lines)

@@ -30,6 +30,7 @@ from bench.data import DatasetError, format_predictions, read_predictions
 from bench.data.folds import stratified_folds
 from bench.ensembling.combiners import COMBINERS, combine
 from bench.ensembling.decisions import DECISIONS
+from bench.ensembling.views import parse_view
 from bench.ensembling.weightings import WEIGHTINGS
 from bench.metrics import format_score, score
 
@@ -76,7 +77,7 @@ def member_views(member: RunArtifacts, views: list[str], data_root, device,
     missing = {s: v for s, v in missing.items() if v}
     if missing:
         print(f"  {member.label}: computing TTA views {missing} from best.pt")
-        from bench.ensembling.views import compute_views  # torch loads only when a view must be computed
+        from bench.ensembling.tta import compute_views  # torch loads only when a view must be computed
         for split, computed in compute_views(member, missing, data_root, device).items():
             have[split].update(computed)
             extra = {k: v for k, v in have[split].items() if k not in (*STORED_VIEWS, "labels")}
@@ -180,6 +181,8 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     not fit."""
     views = list(a.views)
     weighting, _, decision = WEIGHTINGS[a.weights], COMBINERS[a.combine], DECISIONS[a.decision]  # names fail first
+    for v in views:
+        parse_view(v)
     check_out(Path(a.out), a.force)  # before loading anything: a refusal at the end would waste the work
     members = [m for m in find_runs(a.runs_dir, a.runs, a.models, done_only=True)
                if m.meta.get("kind", "model") == "model"]

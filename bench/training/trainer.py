@@ -1,7 +1,7 @@
 """The one trainer every backbone goes through.
 
 Fast path (CUDA): the decoded dataset sits on the GPU as uint8, batches are gathered and augmented there
-(bench/augment.py), the model normalises its own input (zoo/multihead.py) and runs in bf16 autocast and
+(augment.py), the model normalises its own input (zoo/multihead.py) and runs in bf16 autocast and
 channels_last, optionally through torch.compile. Nothing in a training step waits for the host: the loss is checked
 for NaN/inf once per epoch. The same code runs on the CPU in fp32.
 

@@ -1,0 +1,52 @@
+"""TTA probabilities computed from a member's checkpoint (the only part of ensembling that needs torch)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from bench.artifacts import RunArtifacts
+from bench.data import open_dataset
+from bench.data.images import load_images
+from bench.ensembling.views import view_images
+from bench.training.trainer import predict
+
+
+def restore_input_config(model, meta: dict) -> None:
+    """Normalise as the checkpoint was trained: run.json's `input`, or ImageNet's mean/std for runs recorded before
+    models normalised with their backbone's own constants (those were all trained with ImageNet's)."""
+    from zoo.multihead import IMAGENET_MEAN, IMAGENET_STD
+    cfg = meta.get("input") or {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    model.set_input_config(cfg["mean"], cfg["std"])
+
+
+class ViewError(ValueError):
+    """A view cannot be computed: no checkpoint, or the dataset moved or changed."""
+
+
+@torch.no_grad()
+def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root: Path | None, device) -> dict:
+    """TTA probabilities from the member's best.pt for the views each split lacks (the model is built once)."""
+    from zoo import create_model
+    device = torch.device(device)
+    meta, ckpt = member.meta, member.dir / "best.pt"
+    if not ckpt.exists():
+        raise ViewError(f"{member.label}: probabilities for views {missing} are missing and there is no "
+                            f"checkpoint {ckpt} to recompute them")
+    cfg, recipe = meta["config"], meta["config"]["recipe"]
+    root = Path(data_root or meta["data_root"])
+    ds = open_dataset(root, check_images=False)
+    if ds.fingerprint() != cfg["dataset"]:
+        raise ViewError(f"{member.label}: dataset at {root} differs from the one it was trained on; pass --data")
+    model, _ = create_model(cfg["model"], tuple(meta["num_classes"]), recipe["dropout"], recipe["hidden"], "none")
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    restore_input_config(model, meta)
+    model.to(device).eval()
+    out = {}
+    for split, views in missing.items():
+        images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
+        out[split] = {}
+        for name in views:  # the trainer's predict: same autocast, and halves its batch on out-of-memory
+            out[split][name] = predict(model, x, 128, view=lambda xb: view_images(xb, name)).cpu().numpy()
+    return out

@@ -1,0 +1,76 @@
+"""One working folder holds all state: runs/, studies/, reports/, submission/ (--workdir, $FASHION_BENCH_HOME, else
+the current directory); nothing lands in the current directory when it is moved, nor in the installed package."""
+import json
+from pathlib import Path
+
+import pytest
+
+from test_tune import fake_training
+
+TINY = ["--size", "32", "--epochs", "1", "--batch-size", "16", "--pretrained", "none", "--no-progress"]
+
+
+def files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def test_every_stage_writes_into_the_working_folder(tiny_root, tmp_path, monkeypatch, capsys):
+    from bench.ensemble import main as ensemble_main
+    from bench.report import main as report_main
+    from bench.run import main as run_main
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("FASHION_BENCH_HOME", str(home))
+    run_main(["--models", "resnet18", "--data", str(tiny_root), *TINY])
+    assert f"artifacts in {home / 'runs' / 'default'}" in capsys.readouterr().out
+    assert json.loads((home / "runs/default/resnet18/run.json").read_text())["status"] == "done"
+    assert (home / "reports/leaderboard.md").exists()
+    monkeypatch.delenv("FASHION_BENCH_HOME")
+    other = tmp_path / "other"  # --workdir wins over the variable; here the variable is unset and --workdir names home
+    ensemble_main(["--workdir", str(home), "--no-report"])
+    assert f"submission to {home / 'submission'}" in capsys.readouterr().out
+    assert (home / "submission/prediction.txt").exists() and (home / "runs/_ensembles/ensemble/run.json").exists()
+    monkeypatch.setenv("FASHION_BENCH_HOME", str(other))
+    assert report_main(["--workdir", str(home)]) == home / "reports/leaderboard.md"
+    assert files_under(cwd) == [] and not other.exists()
+
+
+def test_tune_keeps_its_study_and_trials_in_the_working_folder(tiny_root, tmp_path, monkeypatch, capsys):
+    from bench.tune import main as tune_main
+    calls = fake_training(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    home = tmp_path / "w"
+    tune_main(["--workdir", str(home), "--data", str(tiny_root), "--study", "s", "--trials", "2", "--epochs", "1",
+               *TINY[:2], "--no-progress"])
+    out = capsys.readouterr().out
+    assert f"storage sqlite:///{home / 'studies/fashion.db'}" in out
+    assert (home / "studies/fashion.db").exists() and (home / "reports/tune-s.md").exists()
+    assert f"trials in {home / 'studies/trials/s'}" in out
+    assert [c["dir"] for c in calls] == [home / "studies/trials/s/trial-0000", home / "studies/trials/s/trial-0001"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # nothing beside it
+
+
+def test_a_study_database_left_in_the_package_folder_is_not_forked(tiny_root, tmp_path, monkeypatch, capsys):
+    """Before the working folder, studies/fashion.db was written inside the installed package: a new default must
+    not silently start an empty study beside it, but say how to move it."""
+    from bench.run import main as run_main
+    from bench.tune import main as tune_main
+    legacy = tmp_path / "site-packages/studies/fashion.db"
+    legacy.parent.mkdir(parents=True)
+    legacy.write_bytes(b"")
+    monkeypatch.setattr("bench.tuning.storage.LEGACY_DB", legacy)
+    home = tmp_path / "w"
+    for main, argv in ((tune_main, ["--study", "s", "--trials", "1"]),
+                       (run_main, ["--models", "resnet18", "--from-study", "s"])):
+        with pytest.raises(SystemExit) as e:
+            main(["--workdir", str(home), "--data", str(tiny_root), *argv])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert f"mv {legacy} {home / 'studies/fashion.db'}" in err and "--storage" in err
+    assert not (home / "studies").exists()
+    (home / "studies").mkdir(parents=True)  # once moved (here: a new one exists), the old file is ignored
+    (home / "studies/fashion.db").write_bytes(b"")
+    from bench.tuning.storage import default_url
+    from bench.workdir import resolve
+    assert default_url(resolve(home)) == f"sqlite:///{home / 'studies/fashion.db'}"
