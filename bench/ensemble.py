@@ -5,12 +5,15 @@
 
 Members are the finished runs of the runs folder. Each member's probabilities are averaged over TTA views (plain and
 flip are stored by training; others, e.g. crop0.9 or crop0.9+flip, are computed from the member's best.pt once and
-cached beside it). Members are combined per attribute (--combine) with weights (--weights) fitted on val; fitted
-weights are also scored by k-fold cross-validation over val images (folds stratified over all 6 attributes), and the
-leaderboard entry then holds those out-of-fold val probabilities. Only the weights are cross-fitted: the members'
-epochs (and any tuned parameters) may have been chosen on the same val images. Without CV (uniform weights, or
-fewer than 2 x folds val images) the entry is in-sample; run.json's `val_scoring` says which, and the leaderboard
-shows it. Refuses an existing prediction file before doing any work (--force overwrites); writes
+cached beside it). Members are combined per attribute (--combine) with weights (--weights) fitted on val, and
+turned into predictions by a decision rule (--decision) fitted on val for the target metric (--metric): argmax, or
+post-hoc logit adjustment, argmax_y p(y|x) / pi_y^tau with pi the training class frequencies and tau per attribute
+(the default for --metric class). Whatever is fitted is also scored by k-fold cross-validation over val images
+(folds stratified over all 6 attributes; weights and rule refitted on each k-1 folds), for each member alone and for
+the ensemble, and the leaderboard entry holds those out-of-fold val predictions. Only weights and rule are
+cross-fitted: the members' epochs (and any tuned parameters) may have been chosen on the same val images. Without
+CV (nothing fitted, or fewer than 2 x folds val images) the entry is in-sample; run.json's `val_scoring` says which,
+and the leaderboard shows it. Refuses an existing prediction file before doing any work (--force overwrites); writes
 OUT/prediction.txt (test.txt order, validated) and OUT/prediction.zip atomically, and an entry
 RUNS/_ensembles/NAME/ for the leaderboard. The library is bench/ensembling/; this module parses arguments.
 """
@@ -25,6 +28,7 @@ from bench.ensembling.combiners import COMBINERS
 from bench.ensembling.decisions import DECISIONS
 from bench.ensembling.views import VIEWS
 from bench.ensembling.weightings import WEIGHTINGS
+from bench.metrics import TARGET_HELP, TARGETS
 
 
 def parse_args(argv=None):
@@ -38,7 +42,12 @@ def parse_args(argv=None):
                         "plain,flip,crop0.9+flip. Transforms (bench/ensembling/views.py): " + VIEWS.describe())
     p.add_argument("--combine", default="mean", choices=COMBINERS.names(), help=COMBINERS.describe())
     p.add_argument("--weights", default="caruana", choices=WEIGHTINGS.names(), help=WEIGHTINGS.describe())
-    p.add_argument("--decision", default="argmax", choices=DECISIONS.names(), help=DECISIONS.describe())
+    p.add_argument("--metric", default="overall", choices=list(TARGETS),
+                   help=TARGET_HELP + "; what weights, ensemble selection and the decision rule are fitted for "
+                        "(both metrics are always printed)")
+    p.add_argument("--decision", choices=DECISIONS.names(),
+                   help="decision rule (default: logit_adjusted for --metric class, argmax for overall): "
+                        + DECISIONS.describe())
     p.add_argument("--per-attribute", action="store_true", help="separate weights for each attribute")
     p.add_argument("--folds", type=int, default=5, help="stratified CV folds over val for fitted weights")
     p.add_argument("--data", help="dataset root, if it moved since training (for recomputing TTA views)")
@@ -60,7 +69,7 @@ def main(argv=None) -> dict:
     split_list = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     spec = EnsembleSpec(runs_dir=Path(a.runs_dir) if a.runs_dir else wd.runs, runs=split_list(a.runs),
                         models=split_list(a.models), views=split_list(a.tta) or ["plain"], combine=a.combine,
-                        weights=a.weights, decision=a.decision, per_attribute=a.per_attribute, folds=a.folds,
+                        weights=a.weights, metric=a.metric, decision=a.decision, per_attribute=a.per_attribute, folds=a.folds,
                         data=Path(a.data) if a.data else None, name=a.name,
                         out=Path(a.out) if a.out else wd.submission, force=a.force, seed=a.seed)
     print(f"[ensemble] members from {spec.runs_dir}; submission to {spec.out}")

@@ -18,6 +18,11 @@ from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
 from bench.data import ATTRIBUTES, class_counts
 
+# The target metric a user chooses once (--metric), by the name a challenge gives it -> its score key.
+TARGETS = {"overall": "overall_acc", "class": "class_avg_acc"}
+TARGET_HELP = ("target metric: overall = overall accuracy (2023 challenge), class = average per-class accuracy over "
+               "the 26 classes (2024 challenge)")
+
 
 def _check(y_true: np.ndarray, y_pred: np.ndarray) -> None:
     if y_true.shape != y_pred.shape or y_true.ndim != 2:
@@ -91,3 +96,36 @@ def format_score(s: dict, title: str = "") -> str:
     lines.append(f"macro-F1             {s['macro_f1']:.4f}")
     lines.append("per attribute        " + "  ".join(f"{k} {v:.3f}" for k, v in s["attr_acc"].items()))
     return "\n".join(lines)
+
+
+def image_parts(y_true: np.ndarray, correct: np.ndarray, num_classes, metric: str = "overall"):
+    """A metric as a ratio of per-image sums: (num, den), both (N, G), such that the metric is the mean over the
+    groups g with any image of sum_i num_ig / sum_i den_ig. Resampling or sign-flipping images then works for
+    both challenge metrics alike (bench/stats.py).
+      overall  G = 1: num_i = correct attributes of image i / 6, den_i = 1
+      class    G = the 26 classes: num_ig = 1 if image i is of class g and predicted right, den_ig = 1 if of class g
+    """
+    correct = np.asarray(correct, bool).reshape(len(correct), -1)
+    if TARGETS.get(metric, metric) == "overall_acc":
+        return correct.mean(1, keepdims=True), np.ones((len(correct), 1))
+    if TARGETS.get(metric, metric) != "class_avg_acc":
+        raise ValueError(f"no per-image form for metric {metric!r}; choose one of {', '.join(TARGETS)}")
+    offsets = np.cumsum([0, *num_classes])[:-1]
+    den = np.zeros((len(correct), int(sum(num_classes))))
+    rows = np.arange(len(correct))[:, None]
+    den[rows, y_true + offsets] = 1
+    num = np.zeros_like(den)
+    num[rows, y_true + offsets] = correct
+    return num, den
+
+
+def attribute_gain(y_true: np.ndarray, y_pred: np.ndarray, k: int, metric: str) -> float:
+    """One attribute's share of a target metric, up to a constant factor common to all attributes: its accuracy
+    (overall) or the sum of its present classes' recalls (class). Both metrics are sums of these over attributes,
+    so a per-attribute decision parameter can be fitted attribute by attribute."""
+    if TARGETS.get(metric, metric) == "overall_acc":
+        return float((y_true == y_pred).mean())
+    n = np.bincount(y_true, minlength=k)
+    hit = np.bincount(y_true[y_true == y_pred], minlength=k)
+    present = n > 0
+    return float((hit[present] / n[present]).sum())

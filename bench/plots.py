@@ -18,7 +18,9 @@ def plot_curves(history: pd.DataFrame, path: Path, title: str = "") -> Path:
     a.plot(history["epoch"], history["val_loss"], label="val")
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.legend()
     b.plot(history["epoch"], history["overall_acc"], label="overall")
-    b.plot(history["epoch"], history["mean_class_acc"], label="mean per-class")
+    if "class_avg_acc" in history:  # histories written before the class average was tracked lack it
+        b.plot(history["epoch"], history["class_avg_acc"], label="class-average")
+    b.plot(history["epoch"], history["mean_class_acc"], label="balanced", alpha=0.5)
     b.set_xlabel("epoch"), b.set_ylabel("val accuracy"), b.legend()
     fig.suptitle(title)
     fig.tight_layout()

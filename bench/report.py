@@ -1,6 +1,7 @@
 """Leaderboard report rebuilt from run artifacts alone (no retraining); same artifacts, same report.
 
-    python -m bench.report [--workdir PATH] [--runs-dir RUNS] [--out DIR] [--sort overall_acc] [--dataset FINGERPRINT]
+    python -m bench.report [--workdir PATH] [--runs-dir RUNS] [--out DIR] [--metric overall|class] [--sort KEY]
+                           [--dataset FINGERPRINT]
 
 A report belongs to its runs folder: by default a folder named `runs` reports to `reports/` beside it
 (WORKDIR/runs -> WORKDIR/reports), any other RUNS to RUNS/_report/, so training elsewhere never overwrites another
@@ -13,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from bench import workdir
+from bench.metrics import TARGET_HELP, TARGETS
 from bench.reporting.leaderboard import SORT_KEYS, build_report
 
 
@@ -21,11 +23,13 @@ def main(argv=None):
     workdir.add_argument(p)
     p.add_argument("--runs-dir", help="runs folder (default WORKDIR/runs)")
     p.add_argument("--out", help="report folder (default: reports/ beside a folder named runs, else RUNS_DIR/_report)")
-    p.add_argument("--sort", default="overall_acc", choices=SORT_KEYS)
+    p.add_argument("--metric", default="overall", choices=list(TARGETS),
+                   help=TARGET_HELP + "; the default sort, the leader and the comparisons with it")
+    p.add_argument("--sort", choices=SORT_KEYS, help="reorder rows by another column (default: the --metric)")
     p.add_argument("--dataset", help="dataset fingerprint to report (default: the one with most runs)")
     a = p.parse_args(argv)
     runs_dir = Path(a.runs_dir) if a.runs_dir else workdir.resolve(a.workdir).runs
-    path = build_report(runs_dir, a.out, a.sort, a.dataset)
+    path = build_report(runs_dir, a.out, a.sort, a.dataset, metric=a.metric)
     if path is None:  # build_report said why on stderr
         raise SystemExit(1)
     return path

@@ -3,6 +3,7 @@
     python -m bench.run --models resnet18,effb3                 # built-in demo data unless --data / $FASHION_DATA
     python -m bench.run --models resnet50 --recipe fashionnet --data ROOT
     python -m bench.run --list
+    torchrun --nproc-per-node 4 -m bench.run --models resnet50   # one model, data parallel over 4 GPUs
 
 Re-running the same command resumes an interrupted model from its last saved epoch and skips finished ones.
 Artifacts go to WORKDIR/runs/ (--workdir, $FASHION_BENCH_HOME, else the current directory). The training library is
@@ -11,10 +12,13 @@ bench/training/; this module only parses arguments (torch loads after --help).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from bench import workdir
+from bench.fanout import follow_parent, parse_devices, run_children, to_argv
+from bench.metrics import TARGET_HELP, TARGETS
 from bench.training.schemes import LOSSES
 from zoo.recipes import RECIPE_NAMES, RECIPES
 
@@ -23,7 +27,7 @@ RECIPE_FLAGS = {"epochs": int, "size": int, "batch_size": int, "lr": float, "wei
                 "label_smoothing": float, "loss": str}
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet18,effb3", help="comma-separated zoo names or timm model names")
     p.add_argument("--list", action="store_true", help="print the zoo and exit")
@@ -31,13 +35,30 @@ def parse_args(argv=None):
     p.add_argument("--recipe", choices=RECIPE_NAMES,
                    help="recipe preset (zoo/recipes.py); default: finetune when the backbone starts from pretrained "
                         "weights, scratch when it starts from random init")
+    p.add_argument("--metric", default="overall", choices=list(TARGETS),
+                   help=TARGET_HELP + "; recipes that pick their epoch on val pick it by this metric (the finetune "
+                        "and scratch recipes keep their last epoch); both metrics are always printed")
     p.add_argument("--run", help="run name: artifacts go to OUT/RUN/MODEL (default: the recipe name)")
+    p.add_argument("--folds", type=int, metavar="K",
+                   help="k-fold cross-fitting over train + val: K models per member, each predicting the fold it did "
+                        "not see (out-of-fold scores on every labelled image), test = their mean "
+                        "(bench/training/kfold.py)")
+    p.add_argument("--fold-seed", type=int, default=0, help="seed of the stratified fold assignment (recorded)")
+    p.add_argument("--refit", action="store_true",
+                   help="after the normal run, train again on train + val for the epochs it used; the refit model "
+                        "writes the test probabilities, the val statistics stay the val run's")
     p.add_argument("--out", help="runs folder (default WORKDIR/runs)")
     workdir.add_argument(p)
     p.add_argument("--pretrained", help="auto | none | PATH to a weights file (default: the recipe's, auto)")
     p.add_argument("--from-study", help="train with the best parameters and trial budget of this Optuna study")
     p.add_argument("--storage", help="study storage URL for --from-study (default: WORKDIR/studies/fashion.db)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--devices", metavar="LIST",
+                   help="e.g. cuda:0,cuda:1: one process per device, sharing the models (each trained once, the "
+                        "leaderboard written once at the end); cpu,cpu works too. Children print lines, no bars")
+    p.add_argument("--skip-claimed", action="store_true",
+                   help="move on to the next model when another process or host holds one's claim, instead of "
+                        "stopping (what --devices children do; start the same command per host sharing OUT)")
     p.add_argument("--compile", default="off", choices=["auto", "on", "off"],
                    help="torch.compile the training step: on, off, or auto (on for CUDA) (default off)")
     p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
@@ -55,7 +76,11 @@ def parse_args(argv=None):
             continue
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"override the recipe's {field}")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="weight EMA on/off")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def fail(message: str, code: int = 2):
@@ -64,13 +89,16 @@ def fail(message: str, code: int = 2):
 
 
 def main(argv=None) -> list[dict]:
-    a = parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
     import pandas as pd
 
     from bench.artifacts import ClaimError
     from bench.errors import StorageError
     from bench.data import DatasetError, open_dataset, resolve_root
     from bench.training.trainer import ConfigMismatch, NonFiniteLoss, OutOfMemory, pick_device
+    from bench.training.distributed import check_batch
+    from bench.training.kfold import refit, train_kfold
     from bench.training.train import ImageStore, demo_settings, resolve_recipe, train_model
     from zoo import UnknownModel, zoo_table
     if a.list:
@@ -82,12 +110,23 @@ def main(argv=None) -> list[dict]:
         fail("--models names no model; e.g. --models resnet18,effb3 (python -m bench.run --list shows the zoo)")
     if a.checkpoint_every is not None and not a.checkpoint_every >= 0:
         fail(f"--checkpoint-every {a.checkpoint_every}: must be a number of seconds >= 0")
+    if a.folds is not None and a.refit:
+        fail("--folds and --refit: give one (a k-fold member's test probabilities already average its K models; "
+             "--refit follows a normal train/val run)")
+    if a.folds is not None and a.folds < 2:
+        fail(f"--folds {a.folds}: k-fold needs at least 2 folds")
     overrides = {k: getattr(a, k) for k in (*RECIPE_FLAGS, "ema", "pretrained")}
     recipe_name = a.recipe
     wd = workdir.resolve(a.workdir)
     try:
         RECIPES[a.recipe if a.recipe in RECIPES else "scratch"].updated(**overrides)  # bad flags fail before data
-        device = pick_device(a.device)
+        dist = start_distributed(a)
+        if a.devices is not None and a.device != "auto":
+            raise ValueError(f"--device {a.device} and --devices {a.devices}: give one of them (--devices runs one "
+                             f"process per device)")
+        devices = parse_devices(a.devices) if a.devices is not None else [a.device]
+        device = [pick_device(d) for d in devices][0]  # every device is checked before any work starts
+        device = dist.device if dist.enabled else device
         root = resolve_root(a.data)
         ds = open_dataset(root)
         if a.from_study:  # the study's parameters, trial budget and base recipe, where no flag set them
@@ -103,26 +142,100 @@ def main(argv=None) -> list[dict]:
                 print(f"warning: study {a.from_study} tuned {tuned_model}; applying its parameters to "
                       f"{', '.join(names)}", file=sys.stderr)
         overrides = demo_settings(a.data, overrides, root)
-        plans = [(n, *resolve_recipe(n, recipe_name, overrides)) for n in names]
+        plans = [(n, *resolve_recipe(n, recipe_name, overrides, a.metric)) for n in names]
+        for _, recipe, _ in plans:  # torchrun: N processes share each recipe's global batch equally
+            check_batch(recipe.batch_size, dist.world)
+        if dist.enabled and (a.folds or a.refit):
+            raise ValueError("--folds and --refit run in one process: start them without torchrun (--devices "
+                             "trains several models at once)")
     except (DatasetError, UnknownModel, KeyError, ValueError, FileNotFoundError, StorageError) as e:
         fail(str(e).strip("'\""))
     run = a.run or a.recipe or "default"
     out = Path(a.out) if a.out else wd.runs
     print(f"[run] artifacts in {out / run}/<model>/")
-    store = ImageStore(ds, device, progress=not a.no_progress)
+    if len(devices) > 1:
+        return fan_out(parser, a, names, devices, out / run, out)
+    store = ImageStore(ds, device, progress=not a.no_progress, dist=dist)
     results = []
     for name, recipe, size in plans:
         model_dir = out / run / name
         try:
-            results.append(train_model(name, ds, store, recipe, size, model_dir, a.seed, progress=not a.no_progress,
-                                       force=a.force, compile=a.compile, checkpoint_every=a.checkpoint_every,
-                                       extra_meta={"from_study": a.from_study} if a.from_study else None))
+            kw = dict(progress=not a.no_progress, force=a.force, compile=a.compile,
+                      checkpoint_every=a.checkpoint_every,
+                      extra_meta={"from_study": a.from_study} if a.from_study else None)
+            if a.folds:
+                results.append(train_kfold(name, ds, store, recipe, size, model_dir, a.folds, a.seed, a.fold_seed,
+                                           **kw))
+                continue
+            meta = train_model(name, ds, store, recipe, size, model_dir, a.seed, **kw)
+            if a.refit:
+                meta = refit(name, ds, store, recipe, size, model_dir, a.seed,
+                             **{k: v for k, v in kw.items() if k != "extra_meta"})
+            results.append(meta)
         except KeyboardInterrupt:
             print(f"\ninterrupted: {name}'s last saved state is in {model_dir / 'last.pt'}; "
                   f"run the same command again to resume", file=sys.stderr)
             raise SystemExit(130)
-        except (ConfigMismatch, NonFiniteLoss, OutOfMemory, DatasetError, ClaimError) as e:
+        except ClaimError as e:
+            if not a.skip_claimed:
+                fail(str(e), 1)
+            print(f"[{name}] skipped: {str(e).split('; ')[0]}; moving on (--skip-claimed)")
+        except (ConfigMismatch, NonFiniteLoss, OutOfMemory, DatasetError, ValueError) as e:
             fail(str(e), 1)
+    if not a.no_report and dist.main:
+        from bench.reporting.leaderboard import build_report
+        build_report(out)
+    dist.close()
+    return results
+
+
+def start_distributed(a):
+    """Under torchrun (WORLD_SIZE > 1): join the process group and return this process's Dist; otherwise the
+    single-process Dist(). Every rank runs this same command, so ranks other than 0 print nothing to stdout (their
+    lines would repeat N times); errors still reach stderr from every rank."""
+    from bench.training.distributed import from_env
+    dist = from_env(a.device)
+    if dist.enabled:
+        if a.devices is not None:
+            raise ValueError(f"--devices {a.devices} under torchrun: torchrun already started one process per device "
+                             f"(cuda:LOCAL_RANK); drop --devices, or run without torchrun to train several models "
+                             f"one per device")
+        if not dist.main:
+            sys.stdout = open(os.devnull, "w")
+    return dist
+
+
+def fan_out(parser, a, names: list[str], devices: list[str], run_dir: Path, out: Path) -> list[dict]:
+    """One child `bench.run` per device over all the models, each starting at another one and skipping models a
+    process already holds (--skip-claimed), so each model is trained once, also with other hosts sharing OUT;
+    the leaderboard is built here, once, after every child has finished. Returns the finished models' run.json."""
+    from bench.artifacts import ArtifactError, read_run
+    if len(devices) > len(names):
+        print(f"[run] {len(names)} model(s): using the first {len(names)} of --devices {','.join(devices)}")
+        devices = devices[:len(names)]
+    args = [to_argv(parser, a, models=",".join(names[i:] + names[:i]), device=d, devices=None, skip_claimed=True,
+                    no_progress=True, no_report=True) for i, d in enumerate(devices)]
+    done = run_children("bench.run", devices, args)
+    if done.interrupted:
+        print(f"\ninterrupted: each model's last saved state is in {run_dir}/<model>/last.pt; run the same command "
+              f"again to resume", file=sys.stderr)
+        raise SystemExit(130)
+    if done.failed:
+        for child in done.failed:
+            print(f"error: {child.describe()}", file=sys.stderr)
+        fail(f"{len(done.failed)} of {len(devices)} processes failed (above); the other models are in {run_dir}; "
+             f"fix the cause and run the same command again (finished models are skipped)", 1)
+    results = []
+    for name in names:
+        try:
+            meta = read_run(run_dir / name).meta
+        except ArtifactError:
+            meta = {}
+        if meta.get("status") == "done":
+            results.append(meta)
+        else:  # --skip-claimed left it to a process outside this command (another host): it is not ours to wait for
+            print(f"note: {name} is not finished: another process holds {run_dir / name / '.claim'}; its row "
+                  f"appears when the leaderboard is rebuilt after it finishes (python -m bench.report)")
     if not a.no_report:
         from bench.reporting.leaderboard import build_report
         build_report(out)
@@ -130,4 +243,5 @@ def main(argv=None) -> list[dict]:
 
 
 if __name__ == "__main__":
+    follow_parent()  # a --devices child stops when its parent dies
     main()

@@ -3,39 +3,67 @@
 Resampling is over images: each image's 6 attribute predictions stay together, since errors on one image are
 correlated (a hard image is often wrong on several attributes); tests that count the N x 6 predictions as
 independent trials (e.g. a flattened McNemar test) reject equal models far more often than their nominal level.
+
+A metric enters as per-image parts (num, den), each (N, G), with the metric = mean over groups g that have any image
+of sum_i num_ig / sum_i den_ig (bench.metrics.image_parts): overall accuracy is one group, the 2024 challenge's
+class average one group per class. Without `den`, `num` is the (N, 6) correct-attribute array of overall accuracy.
 """
 from __future__ import annotations
 
 import numpy as np
 
 
-def bootstrap_ci(correct: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of overall accuracy; `correct` is (N, 6) bool (or (N,) fractions per image)."""
-    per_image = correct.reshape(len(correct), -1).mean(1)
+def _parts(num: np.ndarray, den: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    num = np.asarray(num, float)
+    if den is None:  # overall accuracy from (N, 6) correct attributes
+        num = num.reshape(len(num), -1).mean(1, keepdims=True)
+        return num, np.ones_like(num)
+    return num, np.asarray(den, float)
+
+
+def _resampled(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The metric on each row of resampled image indices (n_boot, N); groups absent from a resample are skipped."""
+    w = np.zeros((len(idx), len(num)))
+    np.add.at(w, (np.arange(len(idx))[:, None], idx), 1)  # how often each image was drawn
+    n, d = w @ num, w @ den
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nanmean(np.where(d > 0, n / d, np.nan), 1)
+
+
+def bootstrap_ci(correct: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
+                 den: np.ndarray | None = None) -> tuple[float, float]:
+    """Percentile interval of the metric over images resampled with replacement (`correct` is num when `den`
+    is given)."""
+    num, den = _parts(correct, den)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(per_image), size=(n_boot, len(per_image)))
-    means = per_image[idx].mean(1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+    vals = _resampled(num, den, rng.integers(0, len(num), size=(n_boot, len(num))))
+    return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
 
 
 def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int = 2000, alpha: float = 0.05,
-                     seed: int = 0) -> dict:
-    """Accuracy difference a - b with its percentile interval and a two-sided bootstrap p-value."""
-    a = correct_a.reshape(len(correct_a), -1).mean(1)
-    b = correct_b.reshape(len(correct_b), -1).mean(1)
-    d = a - b
+                     seed: int = 0, den: np.ndarray | None = None) -> dict:
+    """Metric difference a - b on the same images, with its percentile interval (both resampled together)."""
+    a, d_ = _parts(correct_a, den)
+    b, _ = _parts(correct_b, den)
     rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    boots = _resampled(a, d_, idx) - _resampled(b, d_, idx)
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
-    tail = min((boots <= 0).sum(), (boots >= 0).sum())
-    p = min(1.0, 2 * (tail + 1) / (n_boot + 1)) if d.any() else 1.0  # never exactly 0 from a finite resample
-    return {"delta": float(d.mean()), "lo": float(lo), "hi": float(hi), "p": float(p)}
+    full = np.arange(len(a))[None]
+    delta = _resampled(a, d_, full)[0] - _resampled(b, d_, full)[0]
+    return {"delta": float(delta), "lo": float(lo), "hi": float(hi)}
 
 
-def image_diff(correct_a: np.ndarray, correct_b: np.ndarray) -> np.ndarray:
-    """Per image: correct attributes of a minus those of b (integers, so sums below are exact)."""
-    n = len(correct_a)
-    return correct_a.reshape(n, -1).astype(np.int64).sum(1) - correct_b.reshape(n, -1).astype(np.int64).sum(1)
+def image_diff(correct_a: np.ndarray, correct_b: np.ndarray, den: np.ndarray | None = None) -> np.ndarray:
+    """Per image: its share of metric(a) - metric(b), so the shares sum to the difference. Without `den`: correct
+    attributes of a minus those of b (integers, so sums below are exact)."""
+    if den is None:
+        n = len(correct_a)
+        return correct_a.reshape(n, -1).astype(np.int64).sum(1) - correct_b.reshape(n, -1).astype(np.int64).sum(1)
+    totals = np.asarray(den, float).sum(0)
+    present = totals > 0
+    scale = np.where(present, 1 / np.where(present, totals, 1), 0) / present.sum()
+    return (np.asarray(correct_a, float) - np.asarray(correct_b, float)) @ scale
 
 
 def sign_flip_p(diff: np.ndarray, n_perm: int = 10000, seed: int = 0, chunk: int = 512) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Optuna study over the recipe: learning rate, regularisation, loss scheme; pruned, resumable, shareable.
 
-    python -m bench.tune --model resnet18 --trials 50 [--objective overall|mean_class|both] [--pruner median]
+    python -m bench.tune --model resnet18 --trials 50 [--metric overall|class|both] [--pruner median]
                          [--study NAME] [--storage URL] [--space NAME] [--data ROOT] [--epochs N]
                          [--sampler-seed N] [--workdir PATH]
 
@@ -26,19 +26,24 @@ from pathlib import Path
 import optuna
 
 from bench import workdir
+from bench.fanout import follow_parent, parse_devices, run_children, to_argv
 from bench.data import DatasetError, open_dataset, resolve_root
 from bench.tuning.study import (FINISHED, OBJECTIVES, StudyStopped, budget_of, counted, make_objective, make_pruner,
                                 run_study)
+from bench.metrics import TARGET_HELP
 from studies import SPACES
 
 
-def parse_args(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="resnet18")
     p.add_argument("--trials", type=int, default=50, help="finished trials the study should hold in total")
-    p.add_argument("--objective", default="overall", choices=list(OBJECTIVES))
+    p.add_argument("--metric", choices=["overall", "class", "both"],
+                   help=TARGET_HELP + "; both: the Pareto front of the two (no pruning) (default overall)")
+    p.add_argument("--objective", choices=list(OBJECTIVES),
+                   help="older name of --metric; mean_class tunes balanced accuracy (not a challenge metric)")
     p.add_argument("--pruner", default="median", choices=["median", "hyperband", "none"])
-    p.add_argument("--study", help="study name (default: <model>-<objective>)")
+    p.add_argument("--study", help="study name (default: <model>-<metric>)")
     p.add_argument("--storage", help="SQLAlchemy URL or journal:PATH (default: SQLite file WORKDIR/studies/fashion.db)")
     p.add_argument("--space", default="default", choices=SPACES.names(),
                    help="search space (studies/): " + SPACES.describe())
@@ -57,38 +62,61 @@ def parse_args(argv=None):
                    help="seed of the parameter sampler (default: a fresh random one per worker and resume; a fixed "
                         "one repeats the same proposals when given to two workers or resumes)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int,
+                   help="worker processes on this machine sharing the study (default: one per --devices entry, else "
+                        "1); with --sampler-seed S, worker i samples with seed S+i")
+    p.add_argument("--devices", metavar="LIST",
+                   help="e.g. cuda:0,cuda:1: the devices the --workers take in turn (cpu,cpu works too)")
     p.add_argument("--trials-dir", help="per-trial run.json/history.csv (default WORKDIR/studies/trials)")
     p.add_argument("--out", help="folder for tune-<study>.md (default WORKDIR/reports)")
     p.add_argument("--runs-dir", help="runs folder the leaderboard is rebuilt from (default WORKDIR/runs)")
     workdir.add_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None):
+    return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> optuna.Study:
-    a = parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
     from bench.training.trainer import pick_device  # torch loads after the arguments are parsed (fast --help)
     from bench.training.train import ImageStore, demo_settings, resolve_recipe
     from bench.errors import StorageError
-    from bench.tuning.storage import default_url, open_storage
+    from bench.tuning.storage import dashboard_command, default_url, open_storage, resolve_url, shown_url
     wd = workdir.resolve(a.workdir)
     trials_root = Path(a.trials_dir) if a.trials_dir else wd.studies / "trials"
     reports, runs_dir = Path(a.out) if a.out else wd.reports, Path(a.runs_dir) if a.runs_dir else wd.runs
-    metrics = OBJECTIVES[a.objective]
-    name = a.study or f"{a.model}-{a.objective}"
+    if a.metric and a.objective and a.metric != a.objective:
+        print(f"error: --metric {a.metric} and --objective {a.objective} disagree; give one", file=sys.stderr)
+        raise SystemExit(2)
+    target = a.metric or a.objective or "overall"
+    metrics = OBJECTIVES[target]
+    name = a.study or f"{a.model}-{target}"
     overrides = {"epochs": a.epochs, "size": a.size, "batch_size": a.batch_size, "pretrained": a.pretrained}
     try:
         root = resolve_root(a.data)
         ds = open_dataset(root)
         overrides = demo_settings(a.data, overrides, root)
-        recipe, size = resolve_recipe(a.model, a.recipe, overrides)
-        url = a.storage or default_url(wd)
+        select_metric = target if target in ("overall", "class") else None  # which score picks a trial's epoch
+        recipe, size = resolve_recipe(a.model, a.recipe, overrides, select_metric)
+        url = resolve_url(a.storage or default_url(wd))
+        if a.devices is not None and a.device != "auto":
+            raise ValueError(f"--device {a.device} and --devices {a.devices}: give one of them")
+        devices = parse_devices(a.devices) if a.devices is not None else [a.device]
+        workers = len(devices) if a.workers is None else a.workers
+        if workers < 1:
+            raise ValueError(f"--workers {a.workers}: must be >= 1")
+        devices = [devices[i % len(devices)] for i in range(workers)]  # round-robin
+        device = [pick_device(d) for d in devices][0]  # every device is checked before any work starts
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(url, a.heartbeat, a.grace)
     except (DatasetError, LookupError, ValueError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(url, a.heartbeat, a.grace)
     # a fixed sampler seed would make every worker and every resume propose the same parameters again
     sampler_seed = secrets.randbits(31) if a.sampler_seed is None else a.sampler_seed
     study = optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
@@ -105,12 +133,16 @@ def main(argv=None) -> optuna.Study:
     study.set_user_attr("model", a.model)
     study.set_user_attr("recipe", recipe.name)  # the base the tuned values sit on: --from-study trains on it too
     study.set_user_attr("objective", metrics)
-    print(f"[tune] study {name}: sampler seed {sampler_seed}, training seed {a.seed}, trial budget {budget}, "
-          f"space {a.space}")
-    print(f"[tune] storage {url}; trials in {trials_root / name}; report in {reports}")
-    store = ImageStore(ds, pick_device(a.device), progress=not a.no_progress)
+    seeds = (f"sampler seed {sampler_seed}" if workers == 1 else "a fresh sampler seed per worker"
+             if a.sampler_seed is None else f"sampler seeds {a.sampler_seed}..{a.sampler_seed + workers - 1}")
+    print(f"[tune] study {name}: {seeds}, training seed {a.seed}, trial budget {budget}, space {a.space}")
+    print(f"[tune] storage {shown_url(url)}; trials in {trials_root / name}; report in {reports}")
+    print(f"[tune] watch it live (pip install optuna-dashboard): {dashboard_command(url)}")
+    if workers > 1:
+        return fan_out(parser, a, study, devices, shown_url(url), reports, runs_dir)
+    store = ImageStore(ds, device, progress=not a.no_progress)
     objective = make_objective(a.model, ds, store, overrides, a.recipe, metrics, trials_root / name, a.trials, a.seed,
-                               not a.no_progress, sampler_seed, a.space)
+                               not a.no_progress, sampler_seed, a.space, select_metric)
     stopped = None
     try:
         run_study(study, objective, a.trials, timeout=a.wait_timeout)
@@ -120,20 +152,46 @@ def main(argv=None) -> optuna.Study:
         raise SystemExit(130)
     except StudyStopped as e:
         stopped = e
-    done = counted(study, FINISHED)
-    failed = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
-    print(f"[tune] study {name}: {len(done)} finished trials "
-          f"({sum(t.state == optuna.trial.TrialState.PRUNED for t in done)} pruned, {len(failed)} failed)")
-    if not a.no_report:
-        from bench.reporting.leaderboard import build_report
-        from bench.tuning.report import write_tune_report
-        write_tune_report(study, reports)
-        build_report(runs_dir)
+    finish(study, a.no_report, reports, runs_dir)
     if stopped:
         print(f"error: {stopped}", file=sys.stderr)
         raise SystemExit(1)
     return study
 
 
+def finish(study: optuna.Study, no_report: bool, reports: Path, runs_dir: Path) -> None:
+    """The study's summary line, its report and the leaderboard (once per command, also with --workers)."""
+    done = counted(study, FINISHED)
+    failed = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
+    print(f"[tune] study {study.study_name}: {len(done)} finished trials "
+          f"({sum(t.state == optuna.trial.TrialState.PRUNED for t in done)} pruned, {len(failed)} failed)")
+    if not no_report:
+        from bench.reporting.leaderboard import build_report
+        from bench.tuning.report import write_tune_report
+        write_tune_report(study, reports)
+        build_report(runs_dir)
+
+
+def fan_out(parser, a, study: optuna.Study, devices: list[str], url: str, reports: Path,
+            runs_dir: Path) -> optuna.Study:
+    """--workers N: N child `bench.tune` workers on `devices`, sharing the study this process created (so they do
+    not race to create it); the report is written here, once, after all of them have finished."""
+    args = [to_argv(parser, a, workers=None, devices=None, device=d, no_report=True, no_progress=True,
+                    sampler_seed=None if a.sampler_seed is None else a.sampler_seed + i)  # else: fresh per worker
+            for i, d in enumerate(devices)]
+    done = run_children("bench.tune", devices, args)
+    if done.interrupted:
+        print(f"\ninterrupted: finished trials are stored in {url}; the same command continues the study",
+              file=sys.stderr)
+        raise SystemExit(130)
+    finish(study, a.no_report, reports, runs_dir)
+    if done.failed:
+        for child in done.failed:
+            print(f"error: {child.describe()}", file=sys.stderr)
+        raise SystemExit(1)
+    return study
+
+
 if __name__ == "__main__":
+    follow_parent()  # a --workers child stops when its parent dies
     main()

@@ -29,6 +29,8 @@ def default(trial, base) -> dict:
         params["loss_beta"] = trial.suggest_categorical("loss_beta", [0.9, 0.99, 0.999, 0.9999])
     if params["loss"] == "focal":
         params["focal_gamma"] = trial.suggest_float("focal_gamma", 0.5, 4.0)
+    if params["loss"] == "logit_adjusted":
+        params["logit_tau"] = trial.suggest_float("logit_tau", 0.25, 2.0)
     return params
 
 

@@ -109,8 +109,8 @@ def test_cross_validation_is_out_of_sample():
     w = caruana(members, labels, K, bags=1, iters=15, per_attribute=True)
     pred = np.stack([p.argmax(1) for p in np.split(combine(members, w, K), np.cumsum(K)[:-1], 1)], 1)
     in_sample = (pred == labels).mean()
-    cv_score, oof = cross_validate("caruana", members, labels, K, per_attribute=True, folds=5)
-    cv = cv_score["overall_acc"]
+    fit = cross_validate("caruana", members, labels, K, per_attribute=True, folds=5)
+    cv, oof = fit.score["overall_acc"], fit.probs
     oof_pred = np.stack([p.argmax(1) for p in np.split(oof, np.cumsum(K)[:-1], 1)], 1)
     assert (oof_pred == labels).mean() == pytest.approx(cv)
     chance = np.mean([1 / k for k in K])
@@ -175,7 +175,7 @@ def test_ensemble_cli_writes_valid_submission(demo_runs, tmp_path, capsys, tiny_
     assert result["demo_test"]["overall_acc"] == pytest.approx((np.loadtxt(out / "prediction.txt", dtype=int)
                                                                 == hidden).mean())
     entry = json.loads((runs / "_ensembles/ensemble/run.json").read_text())
-    assert entry["val_scoring"] == "5-fold CV (stratified)"
+    assert entry["val_scoring"] == "5-fold CV (stratified): weights fitted out-of-fold for overall"
     oof = np.load(runs / "_ensembles/ensemble/probs_val.npz")
     assert (argmax_per_attribute(oof["plain"]) == oof["labels"]).mean() == pytest.approx(entry["val_cv"]["overall_acc"])
     with zipfile.ZipFile(out / "prediction.zip") as z:
@@ -193,14 +193,14 @@ def test_ensemble_cli_writes_valid_submission(demo_runs, tmp_path, capsys, tiny_
 
     ensemble_main(["--runs-dir", str(runs), "--out", str(out), "--no-report", "--force", "--weights", "uniform"])
     entry = json.loads((runs / "_ensembles/ensemble/run.json").read_text())
-    assert entry["val_scoring"] == "in-sample (uniform weights, nothing fitted)" and entry["val_cv"] is None
+    assert entry["val_scoring"] == "in-sample (uniform weights, argmax: nothing fitted)" and entry["val_cv"] is None
     val = [np.load(runs / n / "probs_val.npz") for n in entry["members"]]
     in_sample = np.mean([(z["plain"] + z["flip"]) / 2 for z in val], 0)
     assert np.load(runs / "_ensembles/ensemble/probs_val.npz")["plain"] == pytest.approx(in_sample)
     from bench.reporting.leaderboard import build_report
     build_report(runs, tmp_path / "rep", quiet=True)
     md = (tmp_path / "rep/leaderboard.md").read_text()
-    assert "| in-sample (uniform weights, nothing fitted); members selected on val (optimistic) |" in md
+    assert "| in-sample (uniform weights, argmax: nothing fitted); members selected on val (optimistic) |" in md
     assert "5-fold CV" not in md
 
 

@@ -104,7 +104,7 @@ def test_new_ensemble_weighting_combiner_and_decision_are_used(demo_runs, tmp_pa
     from bench.ensembling.decisions import DECISIONS
     from bench.ensembling.weightings import WEIGHTINGS
 
-    def first_only(probs, labels, num_classes, method="mean", per_attribute=False, seed=0):
+    def first_only(probs, labels, num_classes, method="mean", per_attribute=False, seed=0, metric="overall"):
         """all weight on the first member"""
         return np.eye(len(probs))[0]
 
@@ -113,7 +113,7 @@ def test_new_ensemble_weighting_combiner_and_decision_are_used(demo_runs, tmp_pa
         m = (stack * (w[:, None, None] > 0)).max(0)
         return m / m.sum(1, keepdims=True)
 
-    def always_zero(probs, num_classes, **params):
+    def always_zero(probs, num_classes, prior=None, params=None):
         """class 0 for every attribute"""
         return np.zeros((len(probs), len(num_classes)), int)
 

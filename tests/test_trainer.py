@@ -131,7 +131,7 @@ def test_nan_loss_names_epoch_and_step(tiny_root, tmp_path):
 
 def test_early_stopping(tiny_root, tmp_path):
     tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=6, early_stop=2))
-    tr.validate = lambda: {"val_loss": 1.0, "overall_acc": 0.5, "mean_class_acc": 0.3}  # never improves
+    tr.validate = lambda: {"val_loss": 1.0, "overall_acc": 0.5, "class_avg_acc": 0.4, "mean_class_acc": 0.3}  # never improves
     hist = tr.fit()
     assert len(hist) == 3 and tr.best_epoch == 1
 

@@ -49,8 +49,9 @@ def fake_training(monkeypatch, diverge=()):
             raise NonFiniteLoss("loss became nan at epoch 1, step 1")
         acc = 1 / (1 + abs(math.log10(recipe.lr) + 3))
         for epoch in range(1, recipe.epochs + 1):
-            on_epoch(epoch, {"overall_acc": acc * epoch / recipe.epochs, "mean_class_acc": acc * epoch / recipe.epochs})
-        return {"train_time_s": 0.0, "val": {"overall_acc": acc, "mean_class_acc": acc}}
+            on_epoch(epoch, {"overall_acc": acc * epoch / recipe.epochs, "class_avg_acc": acc * epoch / recipe.epochs / 2,
+                             "mean_class_acc": acc * epoch / recipe.epochs})
+        return {"train_time_s": 0.0, "val": {"overall_acc": acc, "class_avg_acc": acc / 2, "mean_class_acc": acc}}
 
     monkeypatch.setattr("bench.training.train.train_model", train)  # bench.tuning.study imports it per study
     return calls
@@ -245,11 +246,11 @@ def test_history_and_parallel_plots_are_legible():
 
 def test_multi_objective_study_has_a_pareto_front(tiny_root, tmp_path):
     storage = f"sqlite:///{tmp_path / 'm.db'}"
-    study = tune_main(args(tiny_root, storage, "m", 3, 2, "--objective", "both"))
+    study = tune_main(args(tiny_root, storage, "m", 3, 2, "--metric", "both"))
     assert len(study.directions) == 2 and len(counted(study, FINISHED)) == 3
     assert all(len(t.values) == 2 for t in study.best_trials)
     md = write_tune_report(study, tmp_path / "rep").read_text()
-    assert "`overall_acc` and `mean_class_acc`" in md and "pareto-front.png" in md
+    assert "`overall_acc` and `class_avg_acc`" in md and "pareto-front.png" in md
     assert best_params("m", storage)  # --from-study picks the front's most accurate trial
 
 
@@ -263,3 +264,23 @@ def test_from_study_trains_on_the_base_recipe_it_tuned(tiny_root, tmp_path):
               "--storage", storage, "--no-progress", "--no-report"])
     recipe = json.loads((out / "default/resnet18/run.json").read_text())["config"]["recipe"]
     assert recipe["name"] == "v0" and recipe["optimizer"] == "adamw"  # not the default's scratch (nesterov)
+
+
+def test_metric_class_tunes_the_class_average(tiny_root, tmp_path, monkeypatch):
+    """--metric class: each trial's value is its val class-average accuracy (the 2024 challenge's metric), and a
+    base recipe that picks its epoch by a score picks it by that metric."""
+    calls = []
+    fake_training(monkeypatch)
+    import bench.training.train as train_lib
+    fake = train_lib.train_model
+
+    def spy(name, ds, store, recipe, *a, **k):
+        calls.append(recipe.select)
+        return fake(name, ds, store, recipe, *a, **k)
+
+    monkeypatch.setattr("bench.training.train.train_model", spy)
+    storage = f"sqlite:///{tmp_path / 'c.db'}"
+    study = tune_main(args(tiny_root, storage, "c", 2, 1, "--metric", "class", "--recipe", "v0"))
+    assert study.user_attrs["objective"] == ["class_avg_acc"] and calls == ["class_avg_acc"] * 2
+    for t in study.trials:  # the fake's class average is half its overall accuracy, 1 / (1 + |log10 lr + 3|) / 2
+        assert t.value == pytest.approx(1 / (1 + abs(math.log10(t.params["lr"]) + 3)) / 2)

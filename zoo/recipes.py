@@ -32,7 +32,7 @@ CHOICES = {
     "schedule": ("cosine", "plateau"),
     "loss": LOSSES,
     "task_weighting": ("uniform", "uncertainty"),
-    "select": ("overall_acc", "mean_class_acc", "val_loss", "last"),
+    "select": ("overall_acc", "class_avg_acc", "mean_class_acc", "val_loss", "last"),
 }
 
 
@@ -61,6 +61,7 @@ class Recipe:
     loss: str = "none"              # class-imbalance treatment: a scheme of bench/training/schemes.py
     loss_beta: float = 0.999        # effective-number scheme (Cui et al. 2019)
     focal_gamma: float = 2.0        # focal scheme
+    logit_tau: float = 1.0          # logit_adjusted scheme: 1 is balanced softmax (Ren et al. 2020)
     task_weighting: str = "uniform"  # uniform | uncertainty (Kendall et al. 2018, learned per attribute)
     dropout: float = 0.2            # before each head
     hidden: int = 0                 # 0: linear heads; >0: shared Linear+BatchNorm+ReLU of this width first
@@ -70,7 +71,8 @@ class Recipe:
     hflip: bool = True              # garments are left-right symmetric in every attribute
     rotate: float = 10.0            # degrees; photos are upright but not perfectly
     jitter: float = 0.2             # brightness/contrast/saturation strength; fabric needs colour, so keep it mild
-    select: str = "overall_acc"     # checkpoint selection on val: overall_acc | mean_class_acc | val_loss | last
+    select: str = "overall_acc"     # checkpoint selection on val: overall_acc | class_avg_acc | mean_class_acc |
+    #                                 val_loss | last (bench.run --metric class turns a metric selection into class_avg_acc)
     early_stop: int = 0             # epochs without improvement before stopping; 0 = never
     pretrained: str = "auto"        # auto (ImageNet if available) | none | PATH
     name: str = "custom"            # the preset this recipe came from (flags may have changed fields since)
@@ -109,6 +111,7 @@ class Recipe:
             ("early_stop", "must be an integer >= 0", lambda v: whole(v) and v >= 0),
             ("loss_beta", "must be in (0, 1)", lambda v: finite(v) and 0 < v < 1),
             ("focal_gamma", "must be a finite number >= 0", lambda v: finite(v) and v >= 0),
+            ("logit_tau", "must be a finite number >= 0", lambda v: finite(v) and v >= 0),
         ]
 
     def updated(self, **overrides) -> "Recipe":

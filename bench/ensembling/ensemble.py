@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs, write_json
-from bench.data import DatasetError, format_predictions, read_predictions
+from bench.data import ATTRIBUTES, DatasetError, format_predictions, read_predictions
 from bench.data.folds import stratified_folds
 from bench.ensembling.combiners import COMBINERS, combine
-from bench.ensembling.decisions import DECISIONS
+from bench.ensembling.decisions import DECISIONS, decide, fit_rule, prior_from_counts
 from bench.ensembling.views import parse_view
 from bench.ensembling.weightings import WEIGHTINGS
-from bench.metrics import format_score, score
+from bench.metrics import TARGETS, format_score, score
 
 STORED_VIEWS = ("plain", "flip")
 
@@ -56,6 +56,19 @@ def check_members(members: list[RunArtifacts]) -> None:
     ncs = {tuple(m.meta["num_classes"]) for m in members}
     if len(ncs) > 1:
         raise EnsembleError(f"members disagree on class counts {sorted(ncs)}")
+    scored = {}
+    for m in members:
+        scored.setdefault(scored_on(m.meta), []).append(m.label)
+    if len(scored) > 1:
+        groups = "; ".join(f"{k}: {', '.join(v)}" for k, v in scored.items())
+        raise EnsembleError(f"members were scored on different images ({groups}): k-fold members (out-of-fold over "
+                            f"train + val) combine only with k-fold members of the same folds (same --folds, "
+                            f"--fold-seed and data), others only with each other; choose with --runs/--models")
+
+
+def scored_on(meta: dict) -> str:
+    """The images a member's val probabilities cover: `val`, or a k-fold partition of train + val."""
+    return meta.get("scored_on", "val")
 
 
 def member_views(member: RunArtifacts, views: list[str], data_root, device,
@@ -75,6 +88,10 @@ def member_views(member: RunArtifacts, views: list[str], data_root, device,
         have[split] = {**cached, **stored}
     missing = {s: [v for v in views if v not in have[s]] for s in splits}
     missing = {s: v for s, v in missing.items() if v}
+    if missing and (member.meta.get("kfold") or member.meta.get("refit")):
+        raise EnsembleError(f"{member.label} is a {'k-fold' if member.meta.get('kfold') else 'refit'} member: its "
+                            f"probabilities come from several models, so only the stored views plain and flip "
+                            f"exist (asked for {missing})")
     if missing:
         print(f"  {member.label}: computing TTA views {missing} from best.pt")
         from bench.ensembling.tta import compute_views  # torch loads only when a view must be computed
@@ -103,21 +120,34 @@ def member_probs(member: RunArtifacts, split: str, views: list[str], data_root, 
     return tta_mean(member_views(member, views, data_root, device, (split,))[split], views)
 
 
+@dataclass
+class CrossFit:
+    """Out-of-fold results over val: every image scored by weights and decision parameters fitted without it."""
+    score: dict                 # of `pred`
+    probs: np.ndarray           # combined probabilities (weights fitted on the other folds)
+    pred: np.ndarray            # decided predictions (rule parameters fitted on the other folds)
+    argmax_score: dict          # of plain argmax on `probs`: what the fitted rule adds
+
+
 def cross_validate(scheme, probs, labels, num_classes, method="mean", per_attribute=False, folds: int = 5,
-                   seed: int = 0, decision: str = "argmax") -> tuple[dict, np.ndarray]:
-    """Weights fitted on k-1 stratified folds of val, applied to the held-out fold: score and out-of-fold
-    probabilities."""
-    oof = np.zeros_like(probs[0])
-    fold = stratified_folds(labels, folds, seed)
-    for f in range(folds):
-        train_idx, test_idx = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        w = WEIGHTINGS[scheme]([p[train_idx] for p in probs], labels[train_idx], num_classes, method,
-                               per_attribute, seed)
-        oof[test_idx] = combine([p[test_idx] for p in probs], w, num_classes, method)
-    return score(labels, DECISIONS[decision](oof, num_classes), num_classes), oof
+                   seed: int = 0, decision: str = "argmax", prior=None, metric: str = "overall",
+                   fold_ids: np.ndarray | None = None) -> CrossFit:
+    """Weights (then the decision rule's parameters, on the combined probabilities of the same training folds)
+    fitted on k-1 stratified folds of val and applied to the held-out fold. A single member with `uniform` weights
+    cross-fits the decision rule alone. `fold_ids` (k-fold members: their own folds) replaces the stratified
+    split."""
+    oof, pred = np.zeros_like(probs[0]), np.zeros((len(labels), len(num_classes)), np.int64)
+    fold = stratified_folds(labels, folds, seed) if fold_ids is None else np.asarray(fold_ids)
+    for f in np.unique(fold):
+        tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        w = WEIGHTINGS[scheme]([p[tr] for p in probs], labels[tr], num_classes, method, per_attribute, seed, metric)
+        params = fit_rule(decision, combine([p[tr] for p in probs], w, num_classes, method), labels[tr], num_classes,
+                          prior, metric)
+        oof[te] = combine([p[te] for p in probs], w, num_classes, method)
+        pred[te] = decide(decision, oof[te], num_classes, prior, params)
+    return CrossFit(score(labels, pred, num_classes), oof, pred,
+                    score(labels, decide("argmax", oof, num_classes, prior), num_classes))
 
-
-# --- output -----------------------------------------------------------------------------------------------------
 
 def check_out(out: Path, force: bool) -> None:
     """Refuse an existing submission unless --force (checked before any work, and again before writing)."""
@@ -164,7 +194,8 @@ class EnsembleSpec:
     views: list[str] = field(default_factory=lambda: ["plain", "flip"])
     combine: str = "mean"                # combiners.py
     weights: str = "caruana"             # weightings.py
-    decision: str = "argmax"             # decisions.py
+    metric: str = "overall"              # bench.metrics.TARGETS: what weights and decision parameters are fitted for
+    decision: str | None = None          # decisions.py; None: logit_adjusted for metric class, else argmax
     per_attribute: bool = False
     folds: int = 5
     data: Path | None = None             # dataset root, if it moved since training
@@ -174,13 +205,20 @@ class EnsembleSpec:
     seed: int = 0
 
 
+def _fmt_scores(s: dict | None) -> str:
+    return "     -        -   " if s is None else f"  {s['overall_acc']:.4f}   {s['class_avg_acc']:.4f}"
+
+
 def make_ensemble(a: EnsembleSpec, device) -> dict:
-    """Prints the members and the ensemble side by side, writes the submission (OUT/prediction.txt and .zip) and the
-    leaderboard entry RUNS/_ensembles/NAME/, returns the entry's run.json. Raises EnsembleError, ArtifactError,
-    DatasetError or ValueError (an unknown registered name) before writing anything when members or options do
-    not fit."""
+    """Prints the members and the ensemble side by side (both challenge metrics, plain argmax vs the fitted decision
+    rule, out-of-fold), writes the submission (OUT/prediction.txt and .zip) and the leaderboard entry
+    RUNS/_ensembles/NAME/, returns the entry's run.json. Raises EnsembleError, ArtifactError, DatasetError or
+    ValueError (an unknown registered name) before writing anything when members or options do not fit."""
     views = list(a.views)
-    weighting, _, decision = WEIGHTINGS[a.weights], COMBINERS[a.combine], DECISIONS[a.decision]  # names fail first
+    if a.metric not in TARGETS:
+        raise ValueError(f"unknown metric {a.metric!r}; choose one of {', '.join(TARGETS)}")
+    rule = a.decision or ("logit_adjusted" if a.metric == "class" else "argmax")
+    weighting, _, _ = WEIGHTINGS[a.weights], COMBINERS[a.combine], DECISIONS[rule]  # unknown names fail first
     for v in views:
         parse_view(v)
     check_out(Path(a.out), a.force)  # before loading anything: a refusal at the end would waste the work
@@ -188,6 +226,11 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
                if m.meta.get("kind", "model") == "model"]
     check_members(members)
     nc = tuple(members[0].meta["num_classes"])
+    counts = members[0].meta.get("train_class_counts")
+    if counts is None and getattr(DECISIONS[rule], "grid", None):
+        raise EnsembleError(f"decision rule {rule} needs the training class frequencies, which "
+                            f"{members[0].label}'s run.json does not record (retrain it)")
+    prior = prior_from_counts(counts) if counts is not None else None
     loaded = {m.label: member_views(m, views, a.data, device) for m in members}
     labels = loaded[members[0].label]["val"].get("labels")
     if labels is None:
@@ -195,48 +238,78 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     val = {n: tta_mean(h["val"], views) for n, h in loaded.items()}
     plain = {n: h["val"]["plain"] for n, h in loaded.items()}
     test = {n: tta_mean(h["test"], views) for n, h in loaded.items()}
-
-    def decide(p):
-        return decision(p, nc)
     names, probs = list(val), list(val.values())
-    rows = []
+    fitting = a.weights != "uniform" or bool(getattr(DECISIONS[rule], "grid", None))
+    member_folds = loaded[members[0].label]["val"].get("fold")  # k-fold members: CV over their own folds
+    n_folds = len(np.unique(member_folds)) if member_folds is not None else a.folds
+    cv_ok = fitting and len(labels) >= 2 * n_folds
+
+    def argmax_score(p):
+        return score(labels, decide("argmax", p, nc, prior), nc)
+
+    def oof(ps, weights=a.weights):
+        return cross_validate(weights, ps, labels, nc, a.combine, a.per_attribute, n_folds, a.seed, rule, prior,
+                              a.metric, member_folds) if cv_ok else None
+
+    member_rows = []
     for name in names:
-        rows.append((name, score(labels, decide(plain[name]), nc)["overall_acc"],
-                     score(labels, decide(val[name]), nc)["overall_acc"]))
-    weights = weighting(probs, labels, nc, a.combine, a.per_attribute, a.seed)
-    uniform = score(labels, decide(combine(probs, np.ones(len(probs)), nc, a.combine)), nc)
+        cv = oof([val[name]], "uniform") if rule != "argmax" else None
+        member_rows.append((name, argmax_score(plain[name]), argmax_score(val[name]), cv))
+    weights = weighting(probs, labels, nc, a.combine, a.per_attribute, a.seed, a.metric)
+    uniform = argmax_score(combine(probs, np.ones(len(probs)), nc, a.combine))
     in_sample = combine(probs, weights, nc, a.combine)
-    fitted = score(labels, decide(in_sample), nc)
-    if a.weights != "uniform" and len(labels) >= 2 * a.folds:
-        cv, honest = cross_validate(a.weights, probs, labels, nc, a.combine, a.per_attribute, a.folds, a.seed,
-                                    a.decision)
-        scoring = f"{a.folds}-fold CV (stratified)"
-    else:  # what the leaderboard shows is then in-sample, and says so
-        cv, honest = None, in_sample
-        scoring = "in-sample (uniform weights, nothing fitted)" if a.weights == "uniform" else \
-            f"in-sample (too few val images for {a.folds}-fold CV; optimistic)"
-    print(f"\nmembers ({len(names)}), val overall accuracy:      plain    TTA({'+'.join(views)})")
-    for name, p_acc, t_acc in rows:
-        print(f"  {name:<40} {p_acc:.4f}   {t_acc:.4f}")
-    print(f"  {'ensemble, uniform weights':<40}          {uniform['overall_acc']:.4f}")
-    print(f"  {'ensemble, ' + a.weights + ' weights (in-sample)':<40}          {fitted['overall_acc']:.4f}")
+    params = fit_rule(rule, in_sample, labels, nc, prior, a.metric)
+    fitted = score(labels, decide(rule, in_sample, nc, prior, params), nc)
+    cv = oof(probs)
     if cv is not None:
-        print(f"  {'ensemble, ' + a.weights + f' weights ({scoring})':<40}          {cv['overall_acc']:.4f}")
+        honest_probs, honest_pred, honest = cv.probs, cv.pred, cv.score
+        what = [x for x, fit in (("weights", a.weights != "uniform"),
+                                 (f"{rule} rule", bool(getattr(DECISIONS[rule], "grid", None)))) if fit]
+        how = "the members' own folds over train + val" if member_folds is not None else "stratified"
+        scoring = f"{n_folds}-fold CV ({how}): {' and '.join(what)} fitted out-of-fold for {a.metric}"
+    else:  # what the leaderboard shows is then in-sample, and says so
+        honest_probs, honest_pred, honest = in_sample, decide(rule, in_sample, nc, prior, params), fitted
+        scoring = "in-sample (uniform weights, argmax: nothing fitted)" if not fitting else \
+            f"in-sample (too few val images for {n_folds}-fold CV; optimistic)"
+    adjusted = rule != "argmax"
+    where = "val" if member_folds is None else "out-of-fold over train + val (k-fold members)"
+    print(f"\nscores on {where} (n={len(labels)}), overall / class-average accuracy; target: {a.metric} "
+          f"({TARGETS[a.metric]}); decision rule: {rule}")
+    print(f"  {'':<44} {'plain (argmax)':>17}  {'TTA ' + '+'.join(views) + ' (argmax)':>22}"
+          + (f"  {rule + ' (out-of-fold)':>24}" if adjusted else ""))
+    for name, p_s, t_s, m_cv in member_rows:
+        print(f"  {name:<44} {_fmt_scores(p_s)}  {_fmt_scores(t_s):>22}" + (f"  {_fmt_scores(m_cv and m_cv.score):>24}"
+                                                                          if adjusted else ""))
+    print(f"  {'ensemble, uniform weights':<44} {'':17}  {_fmt_scores(uniform):>22}")
+    print(f"  {'ensemble, ' + a.weights + ' weights (in-sample)':<44} {'':17}  {_fmt_scores(argmax_score(in_sample)):>22}"
+          + (f"  {_fmt_scores(fitted) + ' in-sample':>24}" if adjusted else ""))
+    if cv is not None:
+        print(f"  {'ensemble, ' + a.weights + ' weights (out-of-fold)':<44} {'':17}  "
+              f"{_fmt_scores(cv.argmax_score):>22}" + (f"  {_fmt_scores(cv.score):>24}" if adjusted else ""))
     print(f"leaderboard entry scored: {scoring}")
     w_show = weights if weights.ndim == 1 else weights.mean(1)
     print("weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, w_show)))
+    if params:
+        print(f"{rule} parameters (fitted on all val, used for the submission): "
+              + "; ".join(f"{k} " + " ".join(f"{at} {v:g}" for at, v in zip(ATTRIBUTES, vals))
+                          for k, vals in params.items()))
     test_comb = combine(list(test.values()), weights, nc, a.combine)
-    pred = decide(test_comb)
+    pred = decide(rule, test_comb, nc, prior, params)
     txt, zpath = write_submission(pred, Path(a.out), nc, a.force)
-    print(f"wrote {txt} ({len(pred)} lines) and {zpath}")
+    print(f"wrote {txt} ({len(pred)} lines, {rule}) and {zpath}")
     result = {"kind": "ensemble", "status": "done", "name": a.name, "members": names, "views": views,
-              "combine": a.combine, "weighting": a.weights, "decision": a.decision, "per_attribute": a.per_attribute,
-              "weights": weights.tolist(), "val": fitted, "val_uniform": uniform, "val_cv": cv,
-              "val_scoring": scoring,
-              "members_val": {n: {"plain": p, "tta": t} for n, p, t in rows},
-              "config": {"dataset": members[0].meta["config"]["dataset"]}, "dataset": members[0].meta["config"]["dataset"],
+              "scored_on": scored_on(members[0].meta),
+              "combine": a.combine, "weighting": a.weights, "metric": a.metric, "decision": rule,
+              "decision_params": params, "per_attribute": a.per_attribute,
+              "weights": weights.tolist(), "val": honest, "val_in_sample": fitted, "val_uniform": uniform,
+              "val_cv": cv.score if cv is not None else None,
+              "val_cv_argmax": cv.argmax_score if cv is not None else None, "val_scoring": scoring,
+              "members_val": {n: {"plain": p_s, "tta": t_s, "decided_oof": m_cv.score if m_cv else None}
+                              for n, p_s, t_s, m_cv in member_rows},
+              "config": {"dataset": members[0].meta["config"]["dataset"]},
+              "dataset": members[0].meta["config"]["dataset"],
               "num_classes": list(nc), "class_names": members[0].meta["class_names"],
-              "train_class_counts": members[0].meta.get("train_class_counts"),
+              "train_class_counts": counts,
               "params": sum(m.meta.get("params", 0) for m in members),
               "gflops": round(sum(m.meta.get("gflops", 0) for m in members) * len(views), 3),
               "train_time_s": round(sum(m.meta.get("train_time_s", 0) for m in members), 2),
@@ -248,7 +321,8 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
         print(format_score(result["demo_test"], "demo test split (hidden labels)"))
     edir = Path(a.runs_dir) / "_ensembles" / a.name
     edir.mkdir(parents=True, exist_ok=True)
-    save_probs(edir / "probs_val.npz", plain=honest, labels=labels)  # out-of-fold when CV ran (val_scoring)
-    save_probs(edir / "probs_test.npz", plain=test_comb)
+    # out-of-fold when CV ran (val_scoring); `pred` holds the decided predictions the leaderboard scores
+    save_probs(edir / "probs_val.npz", plain=honest_probs, labels=labels, pred=honest_pred)
+    save_probs(edir / "probs_test.npz", plain=test_comb, pred=pred)
     write_json(result, edir / "run.json")
     return result

@@ -1,8 +1,8 @@
 """Ensemble weightings: how much each member counts, fitted on labelled probabilities.
 
 A weighting receives the members' (N, sum k) probabilities, the labels (N, attributes), the class counts, the
-combiner's name (combiners.py), whether to fit per attribute, and a seed; it returns weights (M,), or (M, attributes)
-per attribute. `bench.ensemble --weights NAME` picks one; the ensembler cross-validates any fitted weighting.
+combiner's name (combiners.py), whether to fit per attribute, a seed and the target metric (bench.metrics.TARGETS);
+it returns weights (M,), or (M, attributes) per attribute. `bench.ensemble --weights NAME` picks one; the ensembler cross-validates any fitted weighting.
 """
 from __future__ import annotations
 
@@ -10,21 +10,26 @@ import numpy as np
 from scipy.optimize import minimize
 
 from bench.ensembling.combiners import COMBINERS, combine
-from bench.metrics import split_probs
+from bench.metrics import attribute_gain, split_probs
 from bench.registry import Registry
 
 WEIGHTINGS = Registry("ensemble weighting")
 
 
 @WEIGHTINGS.register
-def uniform(probs, labels, num_classes, method="mean", per_attribute: bool = False, seed: int = 0) -> np.ndarray:
+def uniform(probs, labels, num_classes, method="mean", per_attribute: bool = False, seed: int = 0,
+            metric: str = "overall") -> np.ndarray:
     """every member counts the same (nothing fitted)"""
     return np.ones(len(probs)) / len(probs)
 
 
 @WEIGHTINGS.register
-def fitted(probs, labels, num_classes, method="mean", per_attribute: bool = False, seed: int = 0) -> np.ndarray:
-    """weights minimising the log-loss on the fitting images (softmax-parameterised, so on the simplex)"""
+def fitted(probs, labels, num_classes, method="mean", per_attribute: bool = False, seed: int = 0,
+           metric: str = "overall") -> np.ndarray:
+    """weights minimising the log-loss on the fitting images (softmax-parameterised, so on the simplex)
+
+    Log-loss whatever the target metric: a proper score is smooth to optimise, and the decision rule (decisions.py)
+    then turns the probabilities into the metric's best decisions."""
     m, n_attr = len(probs), len(num_classes)
 
     def weights_for(z):
@@ -45,14 +50,14 @@ def fitted(probs, labels, num_classes, method="mean", per_attribute: bool = Fals
 
 
 @WEIGHTINGS.register
-def caruana(probs, labels, num_classes, method="mean", per_attribute: bool = False, seed: int = 0, iters: int = 25,
-            init: int = 2, bags: int = 20, bag_frac: float = 0.6) -> np.ndarray:
+def caruana(probs, labels, num_classes, method="mean", per_attribute: bool = False, seed: int = 0,
+            metric: str = "overall", iters: int = 25, init: int = 2, bags: int = 20, bag_frac: float = 0.6) -> np.ndarray:
     """Caruana et al.'s ensemble selection (ICML 2004), bagged: weights = how often each member was picked
 
     Forward selection with replacement from a sorted initialisation, in bags of a fraction of the members; each bag
     returns the ensemble at its best-scoring size along the selection path (sizes init .. init + iters), not the
-    last one. Candidates are scored by accuracy (log-loss breaks ties) of the combination with them added, through
-    the chosen combiner; the weights are the pick counts averaged over bags.
+    last one. Candidates are scored by the target metric of the combination's argmax with them added (log-loss
+    breaks ties), through the chosen combiner; the weights are the pick counts averaged over bags.
     """
     m, n_attr = len(probs), len(num_classes)
     combiner = COMBINERS[method]
@@ -63,7 +68,7 @@ def caruana(probs, labels, num_classes, method="mean", per_attribute: bool = Fal
         acc, nll = [], []
         for a in attrs:
             avg = combiner(blocks[a], counts / counts.sum())
-            acc.append((avg.argmax(1) == labels[:, a]).mean())
+            acc.append(attribute_gain(labels[:, a], avg.argmax(1), num_classes[a], metric))
             nll.append(-np.log(np.clip(avg[rows, labels[:, a]], 1e-8, 1)).mean())
         return float(np.mean(acc)), -float(np.mean(nll))
 

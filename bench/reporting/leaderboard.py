@@ -25,7 +25,7 @@ import pandas as pd
 
 from bench.artifacts import RunArtifacts, atomic_write, find_runs
 from bench.data import ATTRIBUTES
-from bench.metrics import majority_from_counts, probs_to_pred, score
+from bench.metrics import TARGETS, image_parts, majority_from_counts, probs_to_pred, score
 from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
 
 SORT_KEYS = ("overall_acc", "class_avg_acc", "mean_class_acc", "macro_f1")
@@ -74,6 +74,15 @@ def val_scoring(e: Entry) -> str:
     if e.kind == "ensemble":
         return f"{e.meta.get('val_scoring', 'not recorded (older entry)')}; members selected on val (optimistic)"
     last = e.meta.get("config", {}).get("recipe", {}).get("select") == "last"
+    if "kfold" in e.meta:
+        kf = e.meta["kfold"]
+        return (f"out-of-fold ({kf['k']} folds over train + val): " +
+                ("epoch selected on the predicted fold (optimistic)" if kf.get("oof_optimistic")
+                 else "last epoch, no image predicted by a model that saw or selected on it"))
+    if "refit" in e.meta:
+        return ("last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)") + \
+            f"; test predictions from a refit on train + val ({e.meta['refit']['epochs']} epochs)"
+    last = e.meta.get("config", {}).get("recipe", {}).get("select") == "last"
     if e.meta.get("from_study"):
         return f"{'last epoch; ' if last else 'epoch and '}tuned params selected on val (optimistic)"
     return "last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)"
@@ -106,21 +115,41 @@ def collect(runs_dir: Path, dataset: str | None = None):
         if fp != chosen:
             notes.append(f"{n} run(s) trained on another dataset (fingerprint `{fp}`): `--dataset {fp}` reports them")
     entries = [make_entry(a, p) for a, p in usable if fingerprint(a) == chosen]
-    base = entries[0]
-    labels = base.extra["labels"]
-    counts = next((e.meta["train_class_counts"] for e in entries if "train_class_counts" in e.meta), None)
-    if counts is not None:
-        nc = tuple(base.meta["num_classes"])
-        pred = majority_from_counts(counts, len(labels))
-        entries.append(Entry("majority baseline", "baseline", {"num_classes": list(nc)}, pred, pred == labels,
-                             score(labels, pred, nc)))
+    for group in groups(entries).values():  # a majority baseline on each set of scored images
+        base = group[0]
+        labels = base.extra["labels"]
+        counts = next((e.meta["train_class_counts"] for e in group if "train_class_counts" in e.meta), None)
+        if counts is not None:
+            nc = tuple(base.meta["num_classes"])
+            pred = majority_from_counts(counts, len(labels))
+            entries.append(Entry("majority baseline", "baseline",
+                                 {"num_classes": list(nc), "scored_on": base.meta.get("scored_on", "val")},
+                                 pred, pred == labels, score(labels, pred, nc)))
     return entries, notes, chosen
+
+
+def groups(entries: list[Entry]) -> dict[str, list[Entry]]:
+    """Entries by the images they are scored on: `val` first, then each k-fold partition of train + val. Only
+    entries scored on the same images are ranked and compared together."""
+    out: dict[str, list[Entry]] = {}
+    for e in sorted(entries, key=lambda e: e.meta.get("scored_on", "val") != "val"):
+        out.setdefault(e.meta.get("scored_on", "val"), []).append(e)
+    return out
+
+
+def describe_group(key: str, entries: list[Entry]) -> str:
+    n = len(next(e for e in entries if "labels" in e.extra).extra["labels"])
+    if key == "val":
+        return f"validation split (n = {n} images)"
+    k = next((e.meta["kfold"]["k"] for e in entries if "kfold" in e.meta), "?")
+    return f"out-of-fold over train + val, {k} folds `{key}` (n = {n} images)"
 
 
 def make_entry(art: RunArtifacts, probs: dict) -> Entry:
     nc = tuple(art.meta["num_classes"])
     labels = probs["labels"]
-    pred = probs_to_pred(probs["plain"], nc)
+    # an ensemble stores the predictions of its decision rule (e.g. logit adjustment), which argmax would lose
+    pred = probs["pred"] if "pred" in probs else probs_to_pred(probs["plain"], nc)
     tta = None
     if "flip" in probs:
         tta = score(labels, probs_to_pred((probs["plain"] + probs["flip"]) / 2, nc), nc)["overall_acc"]
@@ -131,31 +160,51 @@ def make_entry(art: RunArtifacts, probs: dict) -> Entry:
                  {"labels": labels, "dir": art.dir})
 
 
-def leaderboard_frame(entries: list[Entry], sort: str) -> pd.DataFrame:
+def leaderboard_frame(entries: list[Entry], sort: str = "overall_acc", metric: str = "overall") -> pd.DataFrame:
+    """One row per entry, sorted by `sort`; intervals for both challenge metrics; every entry compared with the
+    leader on the target `metric` (the leader is the best entry on it)."""
+    target = TARGETS[metric]
     entries = sorted(entries, key=lambda e: (-e.score[sort], e.label))
-    leader, others = entries[0], entries[1:]
+    leader = min(entries, key=lambda e: (-e.score[target], e.label))
+    others = [e for e in entries if e is not leader]
+    base = next(e for e in entries if "labels" in e.extra)  # the baseline carries none; all share the val labels
+    labels, nc = base.extra["labels"], tuple(base.meta["num_classes"])
+    parts = {m: {e.label: image_parts(labels, e.correct, nc, m) for e in entries} for m in TARGETS}
+    num = {e.label: parts[metric][e.label][0] for e in entries}
+    den = parts[metric][leader.label][1]
     # one family of tests, every entry against the leader: Holm keeps the chance of any false "yes" at 5%
-    p = sign_flip_p(np.stack([image_diff(e.correct, leader.correct) for e in others]), N_PERM) if others else []
+    p = sign_flip_p(np.stack([image_diff(num[e.label], num[leader.label], den) for e in others]), N_PERM) \
+        if others else []
     tests = dict(zip((e.label for e in others), zip(p, holm(p))))
     rows = []
     for rank, e in enumerate(entries, 1):
         m, s = e.meta, e.score
-        lo, hi = bootstrap_ci(e.correct)
+        lo, hi = bootstrap_ci(*parts["overall"][e.label][:1], den=parts["overall"][e.label][1])
+        clo, chi = bootstrap_ci(*parts["class"][e.label][:1], den=parts["class"][e.label][1])
         row = {"rank": rank, "entry": e.label, "kind": e.kind, "init": init_label(m) if e.kind == "model" else "-",
-               "val_scoring": val_scoring(e),
+               "val_scoring": val_scoring(e), "decision": decision_label(e),
                "overall_acc": s["overall_acc"], "ci_lo": lo, "ci_hi": hi, "tta_overall_acc": e.tta_acc,
-               "class_avg_acc": s["class_avg_acc"], "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
+               "class_avg_acc": s["class_avg_acc"], "class_ci_lo": clo, "class_ci_hi": chi,
+               "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
                **{a: s["attr_acc"][a] for a in ATTRIBUTES},
                "params_M": round(m["params"] / 1e6, 2) if "params" in m else None, "gflops": m.get("gflops"),
-               "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device")}
+               "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device"),
+               "leader": e is leader, "n": len(labels), "scored_on": e.meta.get("scored_on", "val")}
         if e is leader:
             row.update(delta=0.0, delta_lo=None, delta_hi=None, p_sign_flip=None, p_holm=None)
         else:
-            pb = paired_bootstrap(e.correct, leader.correct)
+            pb = paired_bootstrap(num[e.label], num[leader.label], den=den)
             row.update(delta=pb["delta"], delta_lo=pb["lo"], delta_hi=pb["hi"], p_sign_flip=float(tests[e.label][0]),
                        p_holm=float(tests[e.label][1]))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def decision_label(e: Entry) -> str:
+    """How an entry's probabilities became predictions: argmax, or a fitted rule with its per-attribute values."""
+    rule = e.meta.get("decision", "argmax") if e.kind == "ensemble" else ("-" if e.kind == "baseline" else "argmax")
+    params = e.meta.get("decision_params") or {}
+    return rule + "".join(f" ({k} {' '.join(f'{v:g}' for v in vals)})" for k, vals in params.items())
 
 
 def _fmt(v, spec=".4f", empty="-"):
@@ -174,9 +223,12 @@ def markdown_table(df: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
 def render_leaderboard(df: pd.DataFrame) -> str:
     view = pd.DataFrame({
         "rank": df["rank"], "entry": "`" + df["entry"] + "`", "init": df["init"], "scoring": df["val_scoring"],
+        "n": df["n"],
         "overall": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
                     zip(df["overall_acc"], df["ci_lo"], df["ci_hi"])],
-        "tta": df["tta_overall_acc"].map(_fmt), "cavg": df["class_avg_acc"].map(_fmt),
+        "tta": df["tta_overall_acc"].map(_fmt), "decision": df["decision"],
+        "cavg": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
+                 zip(df["class_avg_acc"], df["class_ci_lo"], df["class_ci_hi"])],
         "mca": df["mean_class_acc"].map(_fmt),
         "f1": df["macro_f1"].map(_fmt), **{a: df[a].map(lambda v: _fmt(v, ".3f")) for a in ATTRIBUTES},
         "params": df["params_M"].map(lambda v: _fmt(v, ".1f")), "gflops": df["gflops"].map(lambda v: _fmt(v, ".2f")),
@@ -184,15 +236,16 @@ def render_leaderboard(df: pd.DataFrame) -> str:
         "device": df["device"].map(lambda v: _fmt(v, "")),
     })
     cols = [("rank", "#"), ("entry", "entry"), ("init", "init"), ("scoring", "val score is"),
-            ("overall", "overall acc [95% CI]"),
-            ("tta", "+flip TTA"), ("cavg", "class-average (2024)"), ("mca", "balanced acc."), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
+            ("n", "n"), ("overall", "overall acc [95% CI]"),
+            ("cavg", "class-average acc (2024) [95% CI]"), ("tta", "+flip TTA overall"), ("decision", "decision"),
+            ("mca", "balanced acc."), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
             ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s (sum of epochs)"),
             ("ips", "img/s (median epoch)"), ("device", "device")]
     return markdown_table(view, cols)
 
 
-def render_significance(df: pd.DataFrame) -> str:
-    rest = df[df["rank"] > 1]
+def render_significance(df: pd.DataFrame, metric: str = "overall") -> str:
+    rest = df[~df["leader"]]
     if rest.empty:
         return "_Only one entry._"
     view = pd.DataFrame({
@@ -201,7 +254,7 @@ def render_significance(df: pd.DataFrame) -> str:
         "p": rest["p_sign_flip"].map(lambda v: _fmt(v, ".3g")), "holm": rest["p_holm"].map(lambda v: _fmt(v, ".3g")),
         "sig": ["yes" if p < 0.05 else "no" for p in rest["p_holm"]],
     })
-    return markdown_table(view, [("entry", "entry"), ("delta", "Δ overall vs leader [95% CI]"),
+    return markdown_table(view, [("entry", "entry"), ("delta", f"Δ {TARGETS[metric]} vs leader [95% CI]"),
                                  ("p", "sign-flip p"), ("holm", "Holm-adjusted p"),
                                  ("sig", "different at 5%? (adjusted p)")])
 
@@ -231,10 +284,12 @@ def _write(out: Path, md: list[str]) -> Path:
     return path
 
 
-def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, sort: str = "overall_acc",
-                 dataset: str | None = None, quiet: bool = False) -> Path | None:
+def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, sort: str | None = None,
+                 dataset: str | None = None, quiet: bool = False, metric: str = "overall") -> Path | None:
     """Write the leaderboard of `runs_dir` to `out` (default report_dir(runs_dir)); its path, or None when nothing
-    is ranked (a report listing the runs left out, and why, is still written when there are any)."""
+    is ranked (a report listing the runs left out, and why, is still written when there are any). `metric` is the
+    target (bench.metrics.TARGETS): the default sort, the leader and the comparisons; `sort` reorders rows only."""
+    sort = sort or TARGETS[metric]
     from bench.reporting import plots as rp
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else report_dir(runs_dir)
@@ -247,11 +302,15 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     files.mkdir(parents=True, exist_ok=True)
     md = ["# fashion-bench leaderboard", "",
           f"Built by `python -m bench.report` from the artifacts in `{runs_dir}/`. Overall accuracy = correct "
-          "attribute predictions / (N x 6); 95% intervals bootstrap over images.", "",
+          "attribute predictions / (N x 6) (2023 challenge); class-average accuracy = accuracy of each of the 26 "
+          "classes, then their plain mean (2024 challenge); 95% intervals bootstrap over images. Target metric: "
+          f"`{TARGETS[metric]}` (`--metric {metric}`): the leader and the comparisons are on it.", "",
           "**What the scores are.** All are on the validation split, which also chose each model's best epoch "
           "(checkpoint selection) and any tuned parameters: single-model scores are in-sample for that selection, "
-          "so optimistic. Of an ensemble only the weights are cross-fitted (out-of-fold over val), and only when "
-          "k-fold CV ran; its members were still selected on val. The column *val score is* says this per entry. "
+          "so optimistic. Of an ensemble only the weights and the decision rule are cross-fitted (out-of-fold over "
+          "val), and only when k-fold CV ran; its members were still selected on val. The column *val score is* "
+          "says this per entry; *decision* says how probabilities became predictions (argmax, or a rule fitted "
+          "on val, e.g. logit adjustment with its tau per attribute). "
           "*train s (sum of epochs)* adds up per-epoch wall times (over all members for an ensemble); *img/s "
           "(median epoch)* is the median of per-epoch training throughput, so on a shared machine the two need "
           "not agree."]
@@ -263,23 +322,36 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
         if not quiet:
             print(f"report: nothing to rank under {runs_dir}/ ({path} lists why)", file=sys.stderr)
         return None
-    df = leaderboard_frame(entries, sort)
-    atomic_write(out / "leaderboard.csv", lambda tmp: df.to_csv(tmp, index=False, float_format="%.6g"))
+    by_set = groups(entries)
+    first, *rest = by_set
+    frames = {key: leaderboard_frame(group, sort, metric) for key, group in by_set.items()}
+    df = frames[first]
+    everything = pd.concat(frames.values(), ignore_index=True)
+    atomic_write(out / "leaderboard.csv", lambda tmp: everything.to_csv(tmp, index=False, float_format="%.6g"))
+    entries = [e for group in by_set.values() for e in group]
     base = next(e for e in entries if e.kind != "baseline")
     class_names = base.meta["class_names"]
-    n_val = len(base.extra["labels"])
     models = [e for e in entries if e.kind != "baseline"]
-    ordered = sorted(entries, key=lambda e: (-e.score[sort], e.label))
-    md += ["", f"Dataset fingerprint `{fp}`, {n_val} validation images, sorted by `{sort}`.", "",
-           "## Leaderboard", "", render_leaderboard(df), "",
+    ordered = [e for group in by_set.values() for e in sorted(group, key=lambda e: (-e.score[sort], e.label))]
+    md += ["", f"Dataset fingerprint `{fp}`, sorted by `{sort}`, target metric `{TARGETS[metric]}`. Entries are "
+           "ranked and compared only with entries scored on the same images (the column *n*).", "",
+           f"## Leaderboard: {describe_group(first, by_set[first])}", "", render_leaderboard(df), "",
            "## Is the difference real?", "",
-           "Each entry against the leader on the same validation images. Images are the independent units (errors "
-           "on one image's 6 attributes are correlated): Δ has a paired bootstrap interval over images (per "
-           "comparison, not adjusted); p is a paired sign-flip permutation test of the per-image difference in "
-           f"correct attributes ({N_PERM:,} seeded random flips). The {len(df) - 1} comparisons with the leader are "
-           "one family: their p-values are Holm-Bonferroni adjusted, and *different at 5%?* uses the adjusted p "
-           "(chance of any false \"yes\" <= 5%). The leader was itself picked on these images, which favours it.", "",
-           render_significance(df), "",
+           f"Each entry against the leader on `{TARGETS[metric]}` (leader: `{df[df['leader']]['entry'].iloc[0]}`), "
+           "on the same images. Images are the independent units (errors on one image's 6 attributes are "
+           "correlated): Δ has a paired bootstrap interval over images (per comparison, not adjusted); p is a "
+           "paired sign-flip permutation test of each image's share of the difference (correct attributes for "
+           "overall accuracy; for the class average, each right attribute weighted by 1 / (26 x images of its "
+           f"class)) ({N_PERM:,} seeded random flips). The {len(df) - 1} comparisons with the leader are one "
+           "family: their p-values are Holm-Bonferroni adjusted, and *different at 5%?* uses the adjusted p "
+           "(chance of any false \"yes\" <= 5%). The leader was itself picked on these images, which favours it.",
+           "", render_significance(df, metric), ""]
+    for key in rest:
+        md += [f"## Leaderboard: {describe_group(key, by_set[key])}", "",
+               "k-fold members and ensembles of them: every image scored by a model that did not train on it.", "",
+               render_leaderboard(frames[key]), "", f"Against this table's leader on `{TARGETS[metric]}`, as above:",
+               "", render_significance(frames[key], metric), ""]
+    md += [
            "## Accuracy vs cost", ""]
     if rp.pareto(models, files / "pareto.png"):
         md += ["![accuracy vs cost](leaderboard_files/pareto.png)", ""]

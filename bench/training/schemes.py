@@ -8,7 +8,8 @@ treatment per sample i of class y as
 with e the label smoothing, so the weight scales the whole sample and the smoothing target stays uniform. Offsets
 act in training only: predictions use the plain logits z.
 Weights are normalised so that the average weight per training sample is 1 (sum_c w_c n_c = N), which keeps loss
-scales comparable across schemes.
+scales comparable across schemes. Logit offsets (logit_adjusted) teach the model p(y|x) / pi_y^tau directly, where
+class weights would fight label smoothing; its post-hoc twin is the ensembler's logit_adjusted decision rule.
 """
 from __future__ import annotations
 
@@ -74,3 +75,9 @@ def class_weights(counts, scheme: str = "none", beta: float = 0.999) -> np.ndarr
     """Normalised class weights of a scheme for one attribute (beta: the effective scheme's parameter)."""
     from zoo.recipes import Recipe
     return treatment(counts, scheme, Recipe(loss_beta=beta)).weights
+
+
+@LOSSES.register
+def logit_adjusted(n: np.ndarray, recipe) -> Treatment:
+    """cross-entropy on logits + tau log pi_c (logit_tau; 1 = balanced softmax; Menon et al. 2021, Ren et al. 2020)"""
+    return Treatment(np.ones_like(n), offsets=recipe.logit_tau * np.log(n / n.sum()))

@@ -4,6 +4,7 @@ Used by `python -m bench.run` (bench/run.py, the thin command line) and the tune
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import warnings
@@ -18,45 +19,68 @@ from bench.data import FashionDataset, class_counts
 from bench.data.images import load_images
 from bench.metrics import probs_to_pred, score
 from bench.plots import plot_curves
-from bench.training.trainer import ConfigMismatch, NonFiniteLoss, Split, Trainer, device_name, predict, seed_everything
+from bench.training.distributed import SINGLE, Dist
+from bench.training.trainer import ConfigMismatch, NonFiniteLoss, Split, Trainer, device_name, seed_everything
 from zoo import RECIPES, Recipe, create_model, get_entry, get_recipe
 from zoo.pretrained import expects_weights
 from zoo.recipes import recipe_name_for
+from bench.metrics import TARGETS
 
 # On the built-in demo data (no --data) the README command must finish in ~3 CPU minutes.
 DEMO_QUICK = {"size": 64, "epochs": 8, "batch_size": 32, "pretrained": "none"}
 
 
-def resolve_recipe(model: str, recipe_name: str | None, overrides: dict) -> tuple[Recipe, int]:
-    """The recipe and input size for a model; `default` becomes finetune or scratch by the init it will get."""
+METRIC_SELECTIONS = ("overall_acc", "class_avg_acc", "mean_class_acc")  # select values that pick an epoch by a score
+
+
+def resolve_recipe(model: str, recipe_name: str | None, overrides: dict,
+                   metric: str | None = None) -> tuple[Recipe, int]:
+    """The recipe and input size for a model; `default` becomes finetune or scratch by the init it will get.
+    `metric` (bench.metrics.TARGETS) makes a recipe that selects its epoch by a score select by that metric; a
+    recipe that keeps its last epoch (or selects by val loss) keeps doing so, and an explicit `select` override
+    wins."""
     entry = get_entry(model)
     name = recipe_name or entry.recipe
     pretrained = overrides.get("pretrained") or RECIPES[recipe_name_for(name, False)].pretrained
     recipe = get_recipe(name, name == "default" and expects_weights(entry.timm_name, pretrained))
     recipe = recipe.updated(**overrides)
+    if metric and recipe.select in METRIC_SELECTIONS and not overrides.get("select"):
+        recipe = recipe.updated(select=TARGETS[metric])
     return recipe, entry.size if recipe.size is None else recipe.size
 
 
 class ImageStore:
     """Decoded splits per (size, policy), loaded once per process and kept resident on the training device, so
-    every model and every tuning trial that needs them shares one copy."""
+    every model and every tuning trial that needs them shares one copy. In data-parallel training (`dist`) a process
+    decodes and keeps only its shard of each split (distributed.py), never the whole split, not even on the host."""
 
-    def __init__(self, ds: FashionDataset, device: torch.device, progress: bool = True):
-        self.ds, self.device, self.progress = ds, torch.device(device), progress
+    def __init__(self, ds: FashionDataset, device: torch.device, progress: bool = True, dist: Dist = SINGLE):
+        self.ds, self.device, self.dist = ds, torch.device(device), dist
+        self.progress = progress and dist.main
         self._arrays, self._splits = {}, {}
+
+    def rows(self, name: str) -> np.ndarray:
+        """Positions of this process's rows in split `name` (all of them in a single process)."""
+        return self.dist.shard(len(self.ds.splits[name].paths))
 
     def arrays(self, size: int, policy: str) -> dict[str, np.ndarray]:
         key = (size, policy)
         if key not in self._arrays:
-            self._arrays[key] = {s: load_images(self.ds.files(s), size, policy, progress=self.progress)
-                                 for s in ("train", "val", "test")}
+            self._arrays[key] = {}
+            for s in ("train", "val", "test"):
+                files = self.ds.files(s)
+                self._arrays[key][s] = load_images([files[i] for i in self.rows(s)], size, policy,
+                                                   progress=self.progress)
         return self._arrays[key]
 
     def split(self, name: str, size: int, policy: str) -> Split:
         key = (name, size, policy)
         if key not in self._splits:
-            self._splits[key] = Split.from_numpy(self.arrays(size, policy)[name], self.ds.splits[name].labels,
-                                                 self.device)
+            rows, labels = self.rows(name), self.ds.splits[name].labels
+            self._splits[key] = Split.from_numpy(self.arrays(size, policy)[name],
+                                                 labels[rows] if labels is not None else None, self.device,
+                                                 index=rows if self.dist.enabled else None,
+                                                 total=len(self.ds.splits[name].paths))
         return self._splits[key]
 
 
@@ -80,8 +104,13 @@ def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe
 
     persist=False (tune trials): no resumable state and no weight files are written, only run.json, history.csv
     and the probabilities. The folder is claimed while this runs (bench/artifacts.py `claim`): a second process or
-    host on the same folder stops with ClaimError naming the holder."""
-    with claim(model_dir):
+    host on the same folder stops with ClaimError naming the holder. Data parallel (store.dist): every rank calls
+    this; rank 0 alone claims and writes, and its ClaimError is raised on every rank."""
+    with contextlib.ExitStack() as stack:
+        def take_claim() -> None:
+            stack.enter_context(claim(model_dir))
+
+        store.dist.on_main(take_claim)
         return _train_model(name, ds, store, recipe, size, Path(model_dir), seed, progress, on_epoch, force,
                             extra_meta, persist, compile, checkpoint_every)
 
@@ -91,6 +120,51 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
     entry = get_entry(name)
     config = {"model": name, "timm_name": entry.timm_name, "size": size, "seed": seed,
               "dataset": ds.fingerprint(), "recipe": recipe.to_dict()}
+    meta_path = model_dir / "run.json"
+    dist = store.dist
+    old = dist.on_main(lambda: _prepare_folder(name, model_dir, config, force))  # rank 0 reads; all ranks agree
+    if old is not None:
+        return old
+    device = store.device
+    labels = {s: ds.splits[s].labels for s in ("train", "val", "test")}
+    train, val = store.split("train", size, recipe.resize), store.split("val", size, recipe.resize)
+    seed_everything(seed)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, init = create_model(name, ds.num_classes, recipe.dropout, recipe.hidden, recipe.pretrained)
+    for w in caught:
+        print(f"[{name}] WARNING: {w.message}")
+    trainer = Trainer(model, recipe, train, val, model_dir, class_counts(labels["train"], ds.num_classes),
+                      seed=seed, size=size, progress=progress, on_epoch=on_epoch, persist=persist, compile=compile,
+                      checkpoint_every=checkpoint_every, dist=dist)
+    meta = {"name": name, "config": config, "status": "training", "init": init, **trainer.info(),
+            "input": model.input_config, "compiled": trainer.compiled,
+            "device": device_name(device) + (f" x {dist.world} (DDP, {dist.backend})" if dist.enabled else ""),
+            "torch": torch.__version__, "data_root": str(ds.root),
+            "num_classes": list(ds.num_classes), "class_names": [list(c) for c in ds.class_names],
+            "train_class_counts": [c.tolist() for c in class_counts(labels["train"], ds.num_classes)],
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra_meta or {})}
+    if dist.enabled:
+        meta["distributed"] = {"world_size": dist.world, "backend": dist.backend,
+                               "batch_per_process": trainer.local_batch}
+    if dist.main:
+        write_json(meta, meta_path)
+    print(f"[{name}] {entry.timm_name} @{size}px, init {init['init']}, {meta['params'] / 1e6:.1f} M params, "
+          f"{meta['gflops']:.2f} GFLOPs, recipe {recipe.optimizer} lr {recipe.lr} x {recipe.epochs} epochs "
+          f"on {meta['device']}{' (compiled)' if trainer.compiled else ''}")
+    try:
+        history = trainer.fit()
+    except NonFiniteLoss as e:
+        if dist.main:
+            write_json({**meta, "status": "failed", "error": str(e)}, meta_path)
+        raise
+    return finalize(meta, trainer, {s: store.split(s, size, recipe.resize) for s in ("val", "test")}, labels,
+                    history, model_dir)
+
+
+def _prepare_folder(name: str, model_dir: Path, config: dict, force: bool) -> dict | None:
+    """The finished run's run.json when there is nothing to do; ConfigMismatch when the folder holds another run;
+    else None, with the folder ready (emptied of old artifacts under `force`)."""
     meta_path = model_dir / "run.json"
     if meta_path.exists() and not force:
         old = read_run(model_dir).meta
@@ -106,55 +180,30 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
         for f in (*ARTIFACTS, *(p.name for p in model_dir.glob("tta_*.npz"))):
             (model_dir / f).unlink(missing_ok=True)
     model_dir.mkdir(parents=True, exist_ok=True)
-    device = store.device
-    labels = {s: ds.splits[s].labels for s in ("train", "val", "test")}
-    train, val = store.split("train", size, recipe.resize), store.split("val", size, recipe.resize)
-    seed_everything(seed)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model, init = create_model(name, ds.num_classes, recipe.dropout, recipe.hidden, recipe.pretrained)
-    for w in caught:
-        print(f"[{name}] WARNING: {w.message}")
-    trainer = Trainer(model, recipe, train, val, model_dir, class_counts(labels["train"], ds.num_classes),
-                      seed=seed, size=size, progress=progress, on_epoch=on_epoch, persist=persist, compile=compile,
-                      checkpoint_every=checkpoint_every)
-    meta = {"name": name, "config": config, "status": "training", "init": init, **trainer.info(),
-            "input": model.input_config, "compiled": trainer.compiled,
-            "device": device_name(device), "torch": torch.__version__, "data_root": str(ds.root),
-            "num_classes": list(ds.num_classes), "class_names": [list(c) for c in ds.class_names],
-            "train_class_counts": [c.tolist() for c in class_counts(labels["train"], ds.num_classes)],
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra_meta or {})}
-    write_json(meta, meta_path)
-    print(f"[{name}] {entry.timm_name} @{size}px, init {init['init']}, {meta['params'] / 1e6:.1f} M params, "
-          f"{meta['gflops']:.2f} GFLOPs, recipe {recipe.optimizer} lr {recipe.lr} x {recipe.epochs} epochs "
-          f"on {meta['device']}{' (compiled)' if trainer.compiled else ''}")
-    try:
-        history = trainer.fit()
-    except NonFiniteLoss as e:
-        write_json({**meta, "status": "failed", "error": str(e)}, meta_path)
-        raise
-    return finalize(meta, trainer, {s: store.split(s, size, recipe.resize).x for s in ("val", "test")}, labels,
-                    history, model_dir)
+    return None
 
 
-def finalize(meta: dict, trainer: Trainer, images: dict, labels: dict, history: list[dict], model_dir: Path) -> dict:
-    """Best weights -> val/test probabilities (plain and h-flip), scores, curves, run.json."""
+def finalize(meta: dict, trainer: Trainer, splits: dict[str, Split], labels: dict, history: list[dict],
+             model_dir: Path) -> dict:
+    """Best weights -> val/test probabilities (plain and h-flip), scores, curves, run.json. Data parallel: every
+    rank predicts its shard, the rows are gathered in the split's order, and rank 0 writes."""
     best = trainer.best_state()
-    model = trainer.eval_model
-    model.load_state_dict(best["model"])
+    trainer.eval_model.load_state_dict(best["model"])
+    main = trainer.dist.main
     probs = {}
     for split in ("val", "test"):
-        x = images[split]
-        plain = predict(model, x, trainer.micro_batch * 2).cpu().numpy()
-        flip = predict(model, x, trainer.micro_batch * 2, flip=True).cpu().numpy()
+        plain = trainer.predict_split(splits[split]).cpu().numpy()
+        flip = trainer.predict_split(splits[split], flip=True).cpu().numpy()
         extra = {"labels": labels[split]} if labels[split] is not None else {}
-        save_probs(model_dir / f"probs_{split}.npz", plain=plain, flip=flip, **extra)
+        if main:
+            save_probs(model_dir / f"probs_{split}.npz", plain=plain, flip=flip, **extra)
         probs[split] = (plain, flip)
     nc = tuple(meta["num_classes"])
     plain, flip = probs["val"]
     hist = pd.DataFrame(history)
-    atomic_write(model_dir / "history.csv", lambda tmp: hist.to_csv(tmp, index=False))
-    atomic_write(model_dir / "curves.png", lambda tmp: plot_curves(hist, tmp, meta["name"]))
+    if main:
+        atomic_write(model_dir / "history.csv", lambda tmp: hist.to_csv(tmp, index=False))
+        atomic_write(model_dir / "curves.png", lambda tmp: plot_curves(hist, tmp, meta["name"]))
     meta.update({
         "status": "done", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         "epochs_run": len(history), "best_epoch": int(best["epoch"]), "batch_size_final": trainer.batch_size,
@@ -164,7 +213,8 @@ def finalize(meta: dict, trainer: Trainer, images: dict, labels: dict, history: 
         "val": score(labels["val"], probs_to_pred(plain, nc), nc),
         "val_tta": score(labels["val"], probs_to_pred((plain + flip) / 2, nc), nc),
     })
-    write_json(meta, model_dir / "run.json")
+    if main:
+        write_json(meta, model_dir / "run.json")
     v, t = meta["val"], meta["val_tta"]
     print(f"[{meta['name']}] done: val overall {v['overall_acc']:.4f} (flip-TTA {t['overall_acc']:.4f}), "
           f"class-average {v['class_avg_acc']:.4f}, balanced {v['mean_class_acc']:.4f}, best epoch {meta['best_epoch']}, "

@@ -15,6 +15,11 @@ no state at all: a killed trial is re-run from scratch by the tuner, and the bes
 Out of memory: a CUDA OOM in a training step splits that step into micro-batches (half the size each time) with
 gradient accumulation, so the effective batch, the learning rate and the schedule stay the recipe's; below
 `min_micro_batch` images it stops with a clear message. A non-finite loss stops with its epoch and step.
+
+Data parallel (`dist`, see distributed.py): the model is wrapped in DistributedDataParallel, each process trains on
+batch_size / N images of its own resident shard per step, micro-batches after an OOM accumulate locally and
+all-reduce once per step (`no_sync`), validation and test probabilities are gathered into the split's order, and
+only rank 0 writes files. With `dist` left at its default nothing of this runs.
 """
 from __future__ import annotations
 
@@ -37,11 +42,13 @@ from tqdm import tqdm
 
 from bench.artifacts import atomic_write
 from bench.training.augment import augment, to_input
+from bench.training.distributed import SINGLE, Dist, check_batch
 from bench.training.losses import MultiAttributeLoss
 from bench.metrics import score
 from zoo import Recipe, count_params
 
-SELECT_MODES = {"overall_acc": "max", "mean_class_acc": "max", "val_loss": "min", "last": "max"}
+SELECT_MODES = {"overall_acc": "max", "class_avg_acc": "max", "mean_class_acc": "max", "val_loss": "min",
+                "last": "max"}
 
 
 from bench.errors import ConfigMismatch, NonFiniteLoss, OutOfMemory  # noqa: E402,F401  (re-exported)
@@ -49,15 +56,26 @@ from bench.errors import ConfigMismatch, NonFiniteLoss, OutOfMemory  # noqa: E40
 
 @dataclass
 class Split:
-    """One split's decoded images (N, 3, S, S) uint8 and labels (N, 6), resident on the training device."""
+    """One split's decoded images (N, 3, S, S) uint8 and labels (N, 6), resident on the training device.
+
+    In data-parallel training a Split is one rank's shard: `index` holds the positions of its rows in the whole
+    split and `total` the whole split's length (None and len(x) in a single process)."""
     x: torch.Tensor
     y: torch.Tensor | None
+    index: torch.Tensor | None = None
+    total: int | None = None
+
+    def __post_init__(self):
+        if self.total is None:
+            self.total = len(self.x)
 
     @classmethod
-    def from_numpy(cls, images: np.ndarray, labels: np.ndarray | None, device) -> "Split":
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray | None, device, index: np.ndarray | None = None,
+                   total: int | None = None) -> "Split":
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
         y = torch.from_numpy(labels).to(device) if labels is not None else None
-        return cls(x, y)
+        pos = torch.from_numpy(np.asarray(index, dtype=np.int64)).to(device) if index is not None else None
+        return cls(x, y, pos, total)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -177,9 +195,10 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, recipe: Recipe, train: Split, val: Split, run_dir: Path,
                  class_counts: list, seed: int = 0, size: int = 224, progress: bool = True,
                  on_epoch: Callable[[int, dict], None] | None = None, checkpoint_every: float | None = None,
-                 persist: bool = True, compile: str = "off", min_micro_batch: int = 8):
-        if len(train.x) == 0:
+                 persist: bool = True, compile: str = "off", min_micro_batch: int = 8, dist: Dist = SINGLE):
+        if train.total == 0:
             raise ValueError("the training split is empty")
+        self.dist = dist
         self.device = train.x.device
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # batch shapes are constant (ragged tail dropped): autotune once
@@ -187,13 +206,24 @@ class Trainer:
             torch.set_flush_denormal(True)  # tiny gradients/moments of fine-tuned weights slow CPU math many-fold
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         self.recipe, self.train, self.val, self.size = recipe, train, val, size
-        self.run_dir, self.seed, self.progress, self.on_epoch = Path(run_dir), seed, progress, on_epoch
+        self.run_dir, self.seed, self.on_epoch = Path(run_dir), seed, on_epoch
+        self.progress = progress and dist.main
         self.num_classes = model.num_classes
-        self.batch_size = min(recipe.batch_size, len(train.x))
-        self.micro_batch = self.batch_size  # < batch_size after an out-of-memory split
+        check_batch(recipe.batch_size, dist.world)
+        if train.total < dist.world:
+            raise ValueError(f"the training split has {train.total} images, fewer than the {dist.world} processes")
+        # global batch = the recipe's (or the whole split, rounded down to equal shares); each rank takes its share
+        self.local_batch = min(recipe.batch_size, train.total) // dist.world
+        self.batch_size = self.local_batch * dist.world
+        self.micro_batch = self.local_batch  # < local_batch after an out-of-memory split
         self.min_micro_batch = min_micro_batch
         self.checkpoint_every, self.persist = checkpoint_every, persist
-        self.step_model, self.compiled = maybe_compile(self.model, compile, self.device)
+        self.ddp = None
+        if dist.enabled:  # after .to(device); wrapping broadcasts rank 0's initial weights and buffers to all ranks
+            from torch.nn.parallel import DistributedDataParallel
+            self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index]
+                                               if self.device.type == "cuda" else None)
+        self.step_model, self.compiled = maybe_compile(self.ddp or self.model, compile, self.device)
         self.criterion = MultiAttributeLoss(class_counts, recipe.loss, recipe.loss_beta, recipe.focal_gamma,
                                             recipe.label_smoothing, recipe.task_weighting, recipe).to(self.device)
         opt = {"sgd": "momentum", "nesterov": "nesterov", "adamw": "adamw"}[recipe.optimizer]
@@ -222,6 +252,7 @@ class Trainer:
     def state(self) -> dict:
         return {
             "epoch": self.epoch, "batch_size": self.batch_size, "micro_batch": self.micro_batch,
+            "world_size": self.dist.world,
             "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "criterion": self.criterion.state_dict(),
@@ -233,7 +264,12 @@ class Trainer:
 
     def load_state(self, st: dict) -> None:
         self.epoch, self.batch_size, self.history = st["epoch"], st["batch_size"], st["history"]
-        self.micro_batch = st.get("micro_batch", self.batch_size)
+        check_batch(self.batch_size, self.dist.world)
+        self.local_batch = self.batch_size // self.dist.world
+        self.micro_batch = min(st.get("micro_batch", self.local_batch), self.local_batch)
+        if st.get("world_size", 1) != self.dist.world and self.dist.main:
+            print(f"  note: this state was saved by {st.get('world_size', 1)} process(es), resumed by "
+                  f"{self.dist.world}: same global batch and schedule, another data order from here on")
         self.best, self.best_epoch = st["best"], st["best_epoch"]
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])  # moves the moments to the parameters' device
@@ -261,9 +297,14 @@ class Trainer:
         self.last_save, self.saved_epoch = time.perf_counter(), self.epoch
 
     def restore_last(self) -> bool:
-        if not self.persist or not self.last_path.exists():
+        """Rank 0 reads the state and every rank gets it: all ranks resume from the same epoch, and only rank 0
+        needs the run folder."""
+        if not self.persist:
             return False
-        self.load_state(read_state(self.last_path))
+        st = self.dist.on_main(lambda: read_state(self.last_path) if self.last_path.exists() else None)
+        if st is None:
+            return False
+        self.load_state(st)
         return True
 
     def checkpoint_interval(self) -> float:
@@ -273,7 +314,7 @@ class Trainer:
         return 50 * (self.save_s or 0.0)
 
     def maybe_save(self, final: bool = False) -> None:
-        if not self.persist or self.saved_epoch == self.epoch:
+        if not self.persist or not self.dist.main or self.saved_epoch == self.epoch:
             return
         first = self.save_s is None
         if final or first or time.perf_counter() - self.last_save >= self.checkpoint_interval():
@@ -285,25 +326,45 @@ class Trainer:
                       f"a kill loses at most that")
 
     # --- one epoch -------------------------------------------------------------------------------------------
+    @property
+    def steps_per_epoch(self) -> int:
+        """Full global batches per epoch (ragged tail dropped: constant shapes); the same on every rank, since a
+        collective per step hangs if one rank takes a step more. floor(floor(N / W) / b) = floor(N / (W b))."""
+        return (self.train.total // self.dist.world) // self.local_batch
+
     def _batches(self):
         n = len(self.train.x)
         perm = torch.randperm(n, generator=self.gen, device=self.device)
-        for i in range(0, n - self.batch_size + 1, self.batch_size):  # drop the ragged tail: constant shapes
-            yield perm[i:i + self.batch_size]
+        for i in range(0, n - self.local_batch + 1, self.local_batch):
+            yield perm[i:i + self.local_batch]
+
+    def _seed_epoch(self) -> None:
+        """Data parallel: this rank's permutation, augmentation and dropout streams for this epoch, from (seed,
+        epoch, rank). Ranks never repeat each other's draws, and a resumed run needs no per-rank RNG state (rank 0
+        alone saves, and it has only its own)."""
+        g, t = np.random.SeedSequence([self.seed, self.epoch, self.dist.rank]).generate_state(2)
+        self.gen.manual_seed(int(g))
+        torch.manual_seed(int(t))
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimizer step on batch (x, y), as micro-batches with gradient accumulation after an OOM."""
         self.optimizer.zero_grad(set_to_none=True)
         chunks = list(zip(x.split(self.micro_batch), y.split(self.micro_batch)))
         total = None
-        for xs, ys in chunks:
-            with autocast(self.device):
-                logits = self.step_model(xs)
-            loss = self.criterion(logits, ys)
-            if len(chunks) > 1:
-                loss = loss * (len(xs) / len(x))  # the accumulated gradient is the full batch's mean
-            loss.backward()
+        for k, (xs, ys) in enumerate(chunks):
+            # DDP: one gradient all-reduce per step, after the last micro-batch, however many micro-batches this
+            # rank needed (ranks split independently after an OOM, and every rank must all-reduce equally often)
+            local = self.ddp.no_sync() if self.ddp is not None and k < len(chunks) - 1 else contextlib.nullcontext()
+            with local:
+                with autocast(self.device):
+                    logits = self.step_model(xs)
+                loss = self.criterion(logits, ys)
+                if len(chunks) > 1:
+                    loss = loss * (len(xs) / len(x))  # the accumulated gradient is the full batch's mean
+                loss.backward()
             total = loss.detach() if total is None else total + loss.detach()
+        if self.criterion.log_vars is not None and self.criterion.log_vars.grad is not None:
+            self.dist.average_(self.criterion.log_vars.grad)  # the loss's own parameters are outside DDP
         self.optimizer.step()
         if self.ema:
             self.ema.update(self.model)
@@ -327,8 +388,10 @@ class Trainer:
         """One pass over the training split; returns mean loss and throughput."""
         r = self.recipe
         self.model.train()
+        if self.dist.enabled:
+            self._seed_epoch()
         losses, seen = [], 0
-        steps = len(self.train.x) // self.batch_size
+        steps = self.steps_per_epoch
         if max_steps:
             steps = min(steps, max_steps)
         bar = tqdm(total=steps * self.batch_size, unit="img", unit_scale=True, leave=False,
@@ -348,13 +411,14 @@ class Trainer:
                 except torch.cuda.OutOfMemoryError:
                     pass
                 self._shrink_micro_batch()  # outside the handler: the traceback no longer pins the activations
-            seen += len(idx)
-            bar.update(len(idx))
+            seen += len(idx) * self.dist.world
+            bar.update(len(idx) * self.dist.world)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
         bar.close()
-        stacked = torch.stack(losses) if losses else torch.zeros(1)
+        stacked = torch.stack(losses) if losses else torch.zeros(1, device=self.device)
+        self.dist.average_(stacked)  # each step's global-batch loss, identical on every rank (so is the check below)
         finite = torch.isfinite(stacked)
         if not bool(finite.all()):
             bad = int((~finite).nonzero()[0])
@@ -368,14 +432,27 @@ class Trainer:
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema else self.model
 
+    def predict_split(self, split: Split, flip: bool = False) -> torch.Tensor:
+        """(split.total, sum(classes)) probabilities of the eval model for a whole split, in the split's order on
+        every rank (each rank predicts its shard; the rows are gathered)."""
+        if split.x.shape[0]:
+            probs = predict(self.eval_model, split.x, self.micro_batch * 2, flip=flip)
+        else:
+            probs = torch.zeros((0, sum(self.num_classes)), device=self.device)
+        return self.dist.gather_rows(probs, split.index, split.total)
+
     def validate(self) -> dict:
-        probs = predict(self.eval_model, self.val.x, self.micro_batch * 2)
-        y = self.val.y
+        # ranks' BatchNorm running statistics drift apart within an epoch (each sees its own batches): all use rank
+        # 0's, the ones it saves
+        self.dist.broadcast_buffers(self.eval_model)
+        probs = self.predict_split(self.val)
+        y = self.dist.gather_rows(self.val.y, self.val.index, self.val.total)
         parts = torch.split(probs, list(self.num_classes), dim=1)
         val_loss = sum(F.nll_loss(torch.log(p.clamp_min(1e-8)), y[:, i]) for i, p in enumerate(parts))
         pred = torch.stack([p.argmax(1) for p in parts], 1)
         s = score(y.cpu().numpy(), pred.cpu().numpy(), self.num_classes)
-        return {"val_loss": float(val_loss), "overall_acc": s["overall_acc"], "mean_class_acc": s["mean_class_acc"]}
+        return {"val_loss": float(val_loss), "overall_acc": s["overall_acc"], "class_avg_acc": s["class_avg_acc"],
+                "mean_class_acc": s["mean_class_acc"]}
 
     def _improved(self, value: float) -> bool:
         if self.best is None:
@@ -395,7 +472,9 @@ class Trainer:
             self.best, self.best_epoch = metric, self.epoch + 1
             weights = self.eval_model.state_dict()
             if self.persist:
-                _atomic_save({"model": weights, "epoch": self.epoch + 1, "metric": metric}, self.run_dir / "best.pt")
+                if self.dist.main:
+                    _atomic_save({"model": weights, "epoch": self.epoch + 1, "metric": metric},
+                                 self.run_dir / "best.pt")
             else:
                 self.best_weights = {"model": {k: v.detach().clone() for k, v in weights.items()},
                                      "epoch": self.epoch + 1, "metric": metric}
@@ -408,12 +487,13 @@ class Trainer:
         """{"model": weights, "epoch": ...} of the selected epoch."""
         if self.best_weights is not None:
             return self.best_weights
-        return read_state(self.run_dir / "best.pt")
+        return self.dist.on_main(lambda: read_state(self.run_dir / "best.pt"))
 
     # --- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if self.restore_last():
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.restore_last() and self.dist.main:
             print(f"  resuming {self.run_dir} after epoch {self.epoch}/{self.recipe.epochs}")
         else:
             seed_everything(self.seed)
@@ -424,11 +504,12 @@ class Trainer:
                 row = self.run_epoch()
                 boundary = True
                 self.maybe_save()
-                frame = pd.DataFrame(self.history)
-                atomic_write(self.run_dir / "history.csv", lambda tmp: frame.to_csv(tmp, index=False))
-                print(f"  epoch {row['epoch']:3d}/{self.recipe.epochs}  loss {row['train_loss']:.3f}  "  # also in logs
-                      f"val loss {row['val_loss']:.3f}  acc {row['overall_acc']:.4f}  "
-                      f"mean-class {row['mean_class_acc']:.4f}  {row['img_per_s']:.0f} img/s")
+                if self.dist.main:
+                    frame = pd.DataFrame(self.history)
+                    atomic_write(self.run_dir / "history.csv", lambda tmp: frame.to_csv(tmp, index=False))
+                    print(f"  epoch {row['epoch']:3d}/{self.recipe.epochs}  loss {row['train_loss']:.3f}  "
+                          f"val loss {row['val_loss']:.3f}  acc {row['overall_acc']:.4f}  "
+                          f"class-avg {row['class_avg_acc']:.4f}  {row['img_per_s']:.0f} img/s")
                 if self.on_epoch:
                     self.on_epoch(self.epoch, row)
         except KeyboardInterrupt:

@@ -1,7 +1,8 @@
 """Study storage from a URL: the only thing that changes between a laptop and a cluster.
 
   default                    WORKDIR/studies/fashion.db, an embedded SQLite file (several processes on one machine)
-  postgresql://user@host/db  any SQLAlchemy URL: workers on many machines
+  postgresql://user@host/db  any SQLAlchemy URL: workers on many machines (PostgreSQL needs the driver of the
+                             `postgres` extra: pip install -e '.[postgres]')
   journal:PATH               an append-only journal file (no server; no heartbeats, so no killed-trial retry: a
                              killed worker's trial stays RUNNING and other workers stop waiting for it after
                              bench.tune's --wait-timeout)
@@ -12,6 +13,11 @@ first run's); best_params returns it with the tuned parameters, so a retrain tra
 """
 from __future__ import annotations
 
+import importlib.util
+import random
+import re
+import shlex
+import time
 import warnings
 from pathlib import Path
 
@@ -38,10 +44,40 @@ def default_url(wd: Workdir) -> str:
     return f"sqlite:///{db}"
 
 
+# PostgreSQL drivers SQLAlchemy can use, the one the `postgres` extra installs last. A bare postgresql:// URL means
+# SQLAlchemy's default driver, which changed from psycopg2 to psycopg (3) in SQLAlchemy 2.1: naming the installed
+# one keeps the URL working under either version, in every worker and in optuna-dashboard.
+PG_DRIVERS = (("psycopg", "psycopg"), ("psycopg2", "psycopg2"))
+
+
+def resolve_url(url: str) -> str:
+    """The URL workers connect with: a bare postgresql:// gets the installed driver's name (postgresql+psycopg2://);
+    StorageError when no driver is installed."""
+    if not url.startswith("postgresql://"):
+        return url
+    for module, driver in PG_DRIVERS:
+        if importlib.util.find_spec(module):
+            return url.replace("postgresql://", f"postgresql+{driver}://", 1)
+    raise StorageError(f"{url.split('://')[0]}:// storage needs a PostgreSQL driver, and none is installed: "
+                       f"pip install -e '.[postgres]' (psycopg2-binary)")
+
+
+def shown_url(url: str) -> str:
+    """The URL to print: a password in it becomes ***, so logs of many workers do not spread it."""
+    return re.sub(r"^([\w+.-]+://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def dashboard_command(url: str) -> str:
+    """The shell command that opens optuna-dashboard on this storage: it reads SQL URLs and journal files alike
+    (a journal by its path). A password is shown as ***: put it back, or keep it in ~/.pgpass or $PGPASSWORD."""
+    target = url.removeprefix("journal:") if url.startswith("journal:") else shown_url(url)
+    return f"optuna-dashboard {shlex.quote(target)}"
+
+
 def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None = None):
     """Storage from a URL (None: the working folder's default, $FASHION_BENCH_HOME or the current directory); SQL
     storages get a heartbeat and retry of trials whose worker died."""
-    url = url or default_url(resolve())
+    url = resolve_url(url or default_url(resolve()))
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,11 +85,20 @@ def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None 
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    with warnings.catch_warnings():  # heartbeats are marked experimental in optuna; they are what we need
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
-                          grace_period=grace or 4 * heartbeat,
-                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental in optuna; they are what we need
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
+                                  grace_period=grace or 4 * heartbeat,
+                                  heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
+        except (IntegrityError, ProgrammingError):
+            # workers started together on an empty PostgreSQL database race to create optuna's tables and types
+            # ("duplicate key ... pg_type_typname_nsp_index"): the loser tries again and finds them made
+            if attempt == 5:
+                raise
+            time.sleep(0.2 + random.random())
 
 
 def pick_best(study: optuna.Study) -> optuna.trial.FrozenTrial:

@@ -1,0 +1,117 @@
+"""k-fold cross-fitting over train + val, and refit on train + val (bench.run --folds / --refit)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bench.artifacts import save_probs, write_json
+from bench.data import open_dataset
+from bench.training import kfold
+
+K = (7, 3, 3, 4, 6, 3)
+TINY = ["--size", "32", "--epochs", "1", "--batch-size", "16", "--pretrained", "none", "--no-progress", "--no-report"]
+
+
+def test_folds_partition_the_pool_and_spread_every_class(tiny_root):
+    ds = open_dataset(tiny_root)
+    plan = kfold.plan_folds(ds, 4, seed=3)
+    paths, labels = kfold.pool(ds)
+    fold = np.array(plan["fold"])
+    assert plan["n"] == len(paths) == len(ds.splits["train"]) + len(ds.splits["val"]) == len(fold)
+    assert sorted(np.unique(fold)) == [0, 1, 2, 3]  # every image in exactly one fold
+    for a, k in enumerate(K):
+        for c in range(k):
+            if (labels[:, a] == c).sum() >= 4:
+                assert set(fold[labels[:, a] == c]) == {0, 1, 2, 3}, (a, c)
+    assert kfold.plan_folds(ds, 4, seed=3) == plan and kfold.plan_folds(ds, 4, seed=4)["fold"] != plan["fold"]
+
+
+def memorising_training(monkeypatch, calls):
+    """train_model replaced by a perfect memoriser: it predicts an image's label with probability 1 when it trained
+    on it, uniform otherwise; its test probabilities are the constant fold + 1."""
+    def train(name, ds, store, recipe, size, model_dir, seed=0, extra_meta=None, **kw):
+        calls.append(extra_meta["fold"])
+        seen = {p: y for p, y in zip(ds.splits["train"].paths, ds.splits["train"].labels)}
+        val = ds.splits["val"]
+        probs = np.concatenate([np.full((len(val), k), 1 / k) for k in K], 1)
+        for i, p in enumerate(val.paths):
+            if p in seen:
+                probs[i] = np.concatenate([np.eye(k)[seen[p][a]] for a, k in enumerate(K)])
+        model_dir.mkdir(parents=True, exist_ok=True)
+        save_probs(model_dir / "probs_val.npz", plain=probs, flip=probs, labels=val.labels)
+        test = np.full((len(ds.splits["test"]), sum(K)), extra_meta["fold"] + 1.0)
+        save_probs(model_dir / "probs_test.npz", plain=test, flip=test)
+        meta = {"name": name, "config": {"model": name}, "status": "done", "num_classes": list(K),
+                "class_names": [list(c) for c in ds.class_names], "train_time_s": 1.0, "img_per_s": 10.0,
+                "best_epoch": 1, "params": 1, "gflops": 0.0}
+        write_json(meta, model_dir / "run.json")
+        return meta
+    monkeypatch.setattr(kfold, "train_model", train)
+
+
+def test_out_of_fold_probabilities_never_come_from_a_model_that_saw_the_image(tiny_root, tmp_path, monkeypatch):
+    from bench.training.train import ImageStore
+    from zoo.recipes import RECIPES
+    calls = []
+    memorising_training(monkeypatch, calls)
+    ds = open_dataset(tiny_root)
+    store = ImageStore(ds, "cpu", progress=False)  # decodes nothing until a split is asked for (the fake never does)
+    meta = kfold.train_kfold("m", ds, store, RECIPES["scratch"], 32, tmp_path / "m", 4, fold_seed=0)
+    assert calls == [0, 1, 2, 3]
+    with np.load(tmp_path / "m/probs_val.npz") as z:
+        _, labels = kfold.pool(ds)
+        assert (z["labels"] == labels).all() and len(z["plain"]) == meta["kfold"]["n"]
+        uniform = np.concatenate([np.full(k, 1 / k) for k in K])
+        assert np.allclose(z["plain"], uniform)  # a memoriser scores chance out of fold: no image was seen
+    with np.load(tmp_path / "m/probs_test.npz") as z:
+        assert np.allclose(z["plain"], (1 + 2 + 3 + 4) / 4)  # the mean over the fold models
+    assert meta["scored_on"] == meta["kfold"]["signature"] and meta["kfold"]["oof_optimistic"] is False
+    selecting = RECIPES["v0"]  # selects its epoch on val, i.e. on the fold it predicts: flagged
+    assert kfold.train_kfold("m", ds, store, selecting, 32, tmp_path / "v", 4)["kfold"]["oof_optimistic"] is True
+
+
+def test_kfold_members_resume_ensemble_on_their_folds_and_refuse_mixing(tiny_root, tmp_path, capsys):
+    from bench.ensemble import main as ensemble_main
+    from bench.reporting.leaderboard import build_report
+    from bench.run import main as run_main
+    runs = tmp_path / "runs"
+    common = ["--data", str(tiny_root), "--out", str(runs), *TINY]
+    run_main(["--models", "resnet18", "--folds", "3", "--run", "k", *common])
+    member = json.loads((runs / "k/resnet18/run.json").read_text())
+    assert member["kfold"]["n"] == 160 and member["val"]["n"] == 160
+    meta1 = json.loads((runs / "k/resnet18/fold-1/run.json").read_text())
+    meta1["status"] = "training"  # as if killed during fold 1
+    (runs / "k/resnet18/fold-1/run.json").write_text(json.dumps(meta1))
+    capsys.readouterr()
+    run_main(["--models", "resnet18", "--folds", "3", "--run", "k", *common])
+    out = capsys.readouterr().out
+    assert out.count("already finished") == 2 and "fold 2/3" in out  # folds 0 and 2 skipped, fold 1 redone
+    run_main(["--models", "resnet18", "--folds", "3", "--run", "k2", "--seed", "1", *common])
+    run_main(["--models", "resnet18", "--run", "plain", *common])
+    with pytest.raises(SystemExit):  # a k-fold member and a val member score different images
+        ensemble_main(["--runs-dir", str(runs), "--out", str(tmp_path / "s0"), "--no-report"])
+    assert "scored on different images" in capsys.readouterr().err
+    entry = ensemble_main(["--runs-dir", str(runs), "--runs", "k,k2", "--out", str(tmp_path / "s"), "--no-report"])
+    assert entry["val_scoring"].startswith("3-fold CV (the members' own folds over train + val)")
+    assert entry["scored_on"] == member["scored_on"] and len(np.loadtxt(tmp_path / "s/prediction.txt")) == 30
+    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    assert "## Leaderboard: validation split (n = 40 images)" in md
+    assert f"out-of-fold over train + val, 3 folds `{member['scored_on']}` (n = 160 images)" in md
+    assert "| out-of-fold (3 folds over train + val): last epoch" in md
+
+
+def test_refit_trains_on_train_and_val_and_writes_the_test_probabilities(tiny_root, tmp_path):
+    from bench.run import main as run_main
+    runs = tmp_path / "runs"
+    run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(runs), "--refit", *TINY])
+    d = runs / "default/resnet18"
+    meta = json.loads((d / "run.json").read_text())
+    refit = json.loads((d / "refit/run.json").read_text())
+    assert meta["refit"]["epochs"] == 1 and meta["refit"]["train_images"] == 160
+    assert sum(refit["train_class_counts"][0]) == 160 and meta["val"]["n"] == 40  # val statistics: the val run's
+    with np.load(d / "probs_test.npz") as a, np.load(d / "refit/probs_test.npz") as b:
+        assert (a["plain"] == b["plain"]).all()
+    with np.load(d / "probs_test_valrun.npz") as a, np.load(d / "probs_val.npz") as v:
+        assert a["plain"].shape == (30, sum(K)) and v["labels"].shape == (40, 6)
+    shutil.rmtree(runs)
