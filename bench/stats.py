@@ -7,6 +7,11 @@ independent trials (e.g. a flattened McNemar test) reject equal models far more 
 A metric enters as per-image parts (num, den), each (N, G), with the metric = mean over groups g that have any image
 of sum_i num_ig / sum_i den_ig (bench.metrics.image_parts): overall accuracy is one group, the 2024 challenge's
 class average one group per class. Without `den`, `num` is the (N, 6) correct-attribute array of overall accuracy.
+
+A bootstrap resample must score the same groups as the sample: one that lost every image of a rare class (val has
+3 square-neckline images: about 5% of resamples lose them) would average over 25 classes instead of 26, a different
+metric that is biased (upwards for a model that misses the rare class), and the interval could then exclude the
+score itself. Such resamples are redrawn, so the intervals are conditional on every class being present.
 """
 from __future__ import annotations
 
@@ -21,22 +26,44 @@ def _parts(num: np.ndarray, den: np.ndarray | None) -> tuple[np.ndarray, np.ndar
     return num, np.asarray(den, float)
 
 
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """(rows, n): how often each image was drawn in each row of resampled indices."""
+    w = np.zeros((len(idx), n))
+    np.add.at(w, (np.arange(len(idx))[:, None], idx), 1)
+    return w
+
+
 def _resampled(num: np.ndarray, den: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """The metric on each row of resampled image indices (n_boot, N); groups absent from a resample are skipped."""
-    w = np.zeros((len(idx), len(num)))
-    np.add.at(w, (np.arange(len(idx))[:, None], idx), 1)  # how often each image was drawn
-    n, d = w @ num, w @ den
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nanmean(np.where(d > 0, n / d, np.nan), 1)
+    """The metric on each row of image indices (rows, N), over the groups present in the whole sample (every row
+    must hold an image of each: see `_resamples`)."""
+    present = den.sum(0) > 0
+    w = _counts(idx, len(num))
+    return ((w @ num[:, present]) / (w @ den[:, present])).mean(1)
+
+
+def _resamples(den: np.ndarray, n_boot: int, rng: np.random.Generator, max_rounds: int = 50) -> np.ndarray:
+    """`n_boot` bootstrap rows of image indices, each holding at least one image of every group present in the
+    sample (rows that lose a group are redrawn; module docstring)."""
+    present = den.sum(0) > 0
+    rows, kept = [], 0
+    for _ in range(max_rounds):
+        idx = rng.integers(0, len(den), size=(n_boot, len(den)))
+        ok = ((_counts(idx, len(den)) @ den[:, present]) > 0).all(1)
+        rows.append(idx[ok])
+        kept += int(ok.sum())
+        if kept >= n_boot:
+            return np.concatenate(rows)[:n_boot]
+    raise ValueError(f"bootstrap: fewer than {n_boot} of {max_rounds * n_boot} resamples hold every class; a class "
+                     f"with this few images has no meaningful interval")
 
 
 def bootstrap_ci(correct: np.ndarray, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0,
                  den: np.ndarray | None = None) -> tuple[float, float]:
     """Percentile interval of the metric over images resampled with replacement (`correct` is num when `den`
-    is given)."""
+    is given), conditional on every group of the sample being present."""
     num, den = _parts(correct, den)
     rng = np.random.default_rng(seed)
-    vals = _resampled(num, den, rng.integers(0, len(num), size=(n_boot, len(num))))
+    vals = _resampled(num, den, _resamples(den, n_boot, rng))
     return float(np.quantile(vals, alpha / 2)), float(np.quantile(vals, 1 - alpha / 2))
 
 
@@ -46,7 +73,7 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int =
     a, d_ = _parts(correct_a, den)
     b, _ = _parts(correct_b, den)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(a), size=(n_boot, len(a)))
+    idx = _resamples(d_, n_boot, rng)
     boots = _resampled(a, d_, idx) - _resampled(b, d_, idx)
     lo, hi = np.quantile(boots, [alpha / 2, 1 - alpha / 2])
     full = np.arange(len(a))[None]

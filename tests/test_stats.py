@@ -119,3 +119,19 @@ def test_class_average_in_per_image_parts_equals_the_metric():
     # overall accuracy in the same form: one group, the per-image mean
     num, den = image_parts(y, pa == y, K, "overall")
     assert num.sum() / den.sum() == pytest.approx((pa == y).mean())
+
+
+def test_class_average_intervals_never_drop_a_rare_class():
+    """A resample that loses the 3 images of a rare class used to average over the other classes only: for a
+    model that always predicts the common class (class average 1/2 on this sample, whatever the resample) the
+    interval's upper end was 1.0, excluding nothing and far from the score. Resamples must keep every class."""
+    from bench.metrics import class_average_accuracy, image_parts
+    y = np.zeros((100, 1), int)
+    y[:3] = 1  # rare class: 3 of 100 images (about 5% of resamples lose all three)
+    always_common = np.zeros_like(y)
+    num, den = image_parts(y, always_common == y, (3,), "class")
+    assert class_average_accuracy(y, always_common, (3,)) == 0.5
+    assert bootstrap_ci(num, den=den, n_boot=2000) == (0.5, 0.5)
+    perfect, _ = image_parts(y, y == y, (3,), "class")
+    diff = paired_bootstrap(num, perfect, den=den, n_boot=2000)
+    assert (diff["delta"], diff["lo"], diff["hi"]) == (-0.5, -0.5, -0.5)
