@@ -36,12 +36,14 @@ def point(a) -> None:
     from bench.training.train import ImageStore, resolve_recipe
     from bench.training.trainer import Trainer
     from zoo import create_model
-    dist = from_env("cpu")
+    dist = from_env(a.device)
+    device = dist.device if dist.enabled else torch.device(a.device)
+    cuda = device.type == "cuda"
     torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 1) // dist.world))
     ds = open_dataset(a.data)
     recipe, size = resolve_recipe(a.model, "scratch", {"size": a.size, "epochs": 1, "batch_size": a.batch_size,
                                                        "pretrained": "none"})
-    store = ImageStore(ds, "cpu", progress=False, dist=dist)
+    store = ImageStore(ds, device, progress=False, dist=dist)
     base = rss_mib()
     t0 = time.perf_counter()
     arrays = store.arrays(size, recipe.resize)
@@ -52,6 +54,7 @@ def point(a) -> None:
     train, val = (store.split(s, size, recipe.resize) for s in ("train", "val"))
     store.split("test", size, recipe.resize)
     after_splits = rss_mib()
+    gpu_data = torch.cuda.memory_allocated(device) / 2**20 if cuda else 0.0
     torch.manual_seed(0)
     model, _ = create_model(a.model, ds.num_classes, recipe.dropout, recipe.hidden, "none")
     tr = Trainer(model, recipe, train, val, Path(a.tmp), class_counts(ds.splits["train"].labels, ds.num_classes),
@@ -69,7 +72,10 @@ def point(a) -> None:
            "arrays_mib": round(after_arrays - base, 1), "trainer_mib": round(rss_mib() - after_splits, 1),
            "rss_mib": round(rss_mib(), 1), "peak_mib": round(rss_mib("VmHWM"), 1),
            "epoch_s": round(epoch_s, 2), "val_s": round(val_s, 2), "img_per_s": round(
-               tr.steps_per_epoch * tr.batch_size / epoch_s, 1), "numpy": np.__version__}
+               tr.steps_per_epoch * tr.batch_size / epoch_s, 1), "numpy": np.__version__, "device": str(device)}
+    if cuda:  # on the GPU: the resident data and the peak of training on top of it
+        row.update(gpu_data_mib=round(gpu_data, 1),
+                   gpu_peak_mib=round(torch.cuda.max_memory_allocated(device) / 2**20, 1))
     print("POINT " + json.dumps(row), flush=True)
     dist.close()
 
@@ -141,6 +147,7 @@ if __name__ == "__main__":
     q.add_argument("--batch-size", type=int, default=32)
     q.add_argument("--threads", type=int)
     q.add_argument("--tmp", default="/tmp/scaling-run")
+    q.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
     t = sub.add_parser("table")
     t.add_argument("--work", default="/tmp/scaling")
     t.add_argument("--base", type=int, default=400)
