@@ -161,3 +161,17 @@ def test_val_scoring_says_whether_val_chose_the_epoch():
     assert val_scoring(entry("overall_acc")) == "epoch selected on val (optimistic)"
     assert val_scoring(entry("last")) == "last epoch (val chose nothing)"
     assert val_scoring(entry("last", from_study="s")) == "last epoch; tuned params selected on val (optimistic)"
+
+
+def test_an_ensemble_of_last_epoch_members_is_not_called_selected_on_val():
+    """Every ensemble row used to say 'members selected on val (optimistic)', also when each member kept its last
+    epoch (the default recipes) or was a k-fold member: a false statement on the leaderboard."""
+    from bench.reporting.leaderboard import Entry, val_scoring
+    member = lambda label, select: Entry(label, "model", {"config": {"recipe": {"select": select}}},  # noqa
+                                         None, None, {})
+    ens = Entry("_ensembles/e", "ensemble", {"val_scoring": "5-fold CV", "members": ["r/a", "r/b"]}, None, None, {})
+    last = {"r/a": member("r/a", "last"), "r/b": member("r/b", "last")}
+    assert val_scoring(ens, last) == "5-fold CV; members kept their last epoch (chose nothing on these images)"
+    mixed = {**last, "r/b": member("r/b", "overall_acc")}
+    assert val_scoring(ens, mixed) == "5-fold CV; members selected on val (optimistic)"
+    assert val_scoring(ens, {"r/a": last["r/a"]}) == "5-fold CV; members selected on val (optimistic)"  # b unknown

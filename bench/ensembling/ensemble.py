@@ -290,7 +290,8 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     w_show = weights if weights.ndim == 1 else weights.mean(1)
     print("weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, w_show)))
     if params:
-        print(f"{rule} parameters (fitted on all val, used for the submission): "
+        print(f"{rule} parameters (fitted on all {'val' if member_folds is None else 'out-of-fold probabilities'} "
+              f"(n={len(labels)}), used for the submission): "
               + "; ".join(f"{k} " + " ".join(f"{at} {v:g}" for at, v in zip(ATTRIBUTES, vals))
                           for k, vals in params.items()))
     test_comb = combine(list(test.values()), weights, nc, a.combine)
