@@ -200,7 +200,10 @@ def test_ensemble_cli_writes_valid_submission(demo_runs, tmp_path, capsys, tiny_
     from bench.reporting.leaderboard import build_report
     build_report(runs, tmp_path / "rep", quiet=True)
     md = (tmp_path / "rep/leaderboard.md").read_text()
-    assert "| in-sample (uniform weights, argmax: nothing fitted); members selected on val (optimistic) |" in md
+    selects = {json.loads((runs / n / "run.json").read_text())["config"]["recipe"]["select"] for n in entry["members"]}
+    members = ("members kept their last epoch (chose nothing on these images)" if selects == {"last"}
+               else "members selected on val (optimistic)")
+    assert f"| in-sample (uniform weights, argmax: nothing fitted); {members} |" in md
     assert "5-fold CV" not in md
 
 
