@@ -175,3 +175,13 @@ def test_an_ensemble_of_last_epoch_members_is_not_called_selected_on_val():
     mixed = {**last, "r/b": member("r/b", "overall_acc")}
     assert val_scoring(ens, mixed) == "5-fold CV; members selected on val (optimistic)"
     assert val_scoring(ens, {"r/a": last["r/a"]}) == "5-fold CV; members selected on val (optimistic)"  # b unknown
+
+
+def test_summary_line_names_the_target_metric_and_its_value(demo_runs, tmp_path, capsys):
+    """The summary used to print the leader's overall accuracy beside a leader chosen on the class average."""
+    import pandas as pd
+    from bench.reporting.leaderboard import build_report
+    build_report(demo_runs, tmp_path / "rep", metric="class")
+    df = pd.read_csv(tmp_path / "rep/leaderboard.csv")
+    leader = df.loc[df["class_avg_acc"].idxmax()]
+    assert f"leader `{leader['entry']}` class_avg_acc {leader['class_avg_acc']:.4f})" in capsys.readouterr().out

@@ -87,7 +87,6 @@ def val_scoring(e: Entry, others: dict[str, Entry] | None = None) -> str:
     if "refit" in e.meta:
         return ("last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)") + \
             f"; test predictions from a refit on train + val ({e.meta['refit']['epochs']} epochs)"
-    last = e.meta.get("config", {}).get("recipe", {}).get("select") == "last"
     if e.meta.get("from_study"):
         return f"{'last epoch; ' if last else 'epoch and '}tuned params selected on val (optimistic)"
     return "last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)"
