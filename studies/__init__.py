@@ -38,3 +38,16 @@ def default(trial, base) -> dict:
 def lr_only(trial, base) -> dict:
     """learning rate alone (base/10 .. base x 10): the cheapest useful study"""
     return {"lr": trial.suggest_float("lr", base.lr / 10, base.lr * 10, log=True)}
+
+
+@SPACES.register
+def finetune(trial, base) -> dict:
+    """fine-tuning knobs: lr (base/3 .. base x 3), backbone lr scale (0.05 .. 1), weight decay, augmentation strength"""
+    return {
+        "lr": trial.suggest_float("lr", base.lr / 3, base.lr * 3, log=True),
+        "backbone_lr_scale": trial.suggest_float("backbone_lr_scale", 0.05, 1.0, log=True),
+        "weight_decay": trial.suggest_float("weight_decay", 1e-3, 0.2, log=True),
+        "crop_scale": trial.suggest_float("crop_scale", 0.2, 0.8),
+        "rotate": trial.suggest_categorical("rotate", [0.0, 10.0]),
+        "jitter": trial.suggest_categorical("jitter", [0.0, 0.2]),
+    }

@@ -8,6 +8,23 @@ from bench.data.demo import DemoSpec, write_demo
 TINY = DemoSpec(seed=0, train=120, val=40, test=30, width=48, height=64)
 
 
+def build_trainer(root, run_dir, recipe, device: str = "cpu", size: int = 32, **kw):
+    """A resnet18 Trainer on `root`'s train and val splits decoded at `size`, seeded (the tests' common setup)."""
+    import torch
+
+    from bench.data import class_counts, open_dataset
+    from bench.data.images import load_images
+    from bench.training.trainer import Split, Trainer
+    from zoo import create_model
+    ds = open_dataset(root)
+    splits = {s: Split.from_numpy(load_images(ds.files(s), size, progress=False), ds.splits[s].labels, device)
+              for s in ("train", "val")}
+    torch.manual_seed(0)
+    model, _ = create_model("resnet18", ds.num_classes, recipe.dropout, recipe.hidden, "none")
+    return Trainer(model, recipe, splits["train"], splits["val"], run_dir,
+                   class_counts(ds.splits["train"].labels, ds.num_classes), seed=0, size=size, progress=False, **kw)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("FASHION_BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

@@ -3,13 +3,12 @@
     python -m pytest -q -m cuda tests/test_cuda.py
 """
 import pytest
-from conftest import assert_resume_equals_uninterrupted
+from conftest import assert_resume_equals_uninterrupted, build_trainer
 import torch
 
 from bench.training.augment import augment
-from bench.data import class_counts, open_dataset
-from bench.data.images import load_images
-from bench.training.trainer import Split, Trainer, autocast, predict
+from bench.data import class_counts
+from bench.training.trainer import Split, Trainer, predict
 from zoo import Recipe, create_model
 
 pytestmark = [pytest.mark.cuda,
@@ -19,14 +18,7 @@ TINY = Recipe(size=64, epochs=4, batch_size=32, warmup_epochs=1, pretrained="non
 
 
 def make_trainer(root, run_dir, recipe=TINY, **kw):
-    ds = open_dataset(root)
-    splits = {s: Split.from_numpy(load_images(ds.files(s), 64, progress=False), ds.splits[s].labels, "cuda")
-              for s in ("train", "val")}
-    torch.manual_seed(0)
-    model, _ = create_model("resnet18", ds.num_classes, recipe.dropout, recipe.hidden, "none")
-    tr = Trainer(model, recipe, splits["train"], splits["val"], run_dir,
-                 class_counts(ds.splits["train"].labels, ds.num_classes), seed=0, size=64, progress=False,
-                 checkpoint_every=0, **kw)
+    tr = build_trainer(root, run_dir, recipe, "cuda", 64, checkpoint_every=0, **kw)
     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True  # comparable runs
     return tr
 

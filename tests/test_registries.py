@@ -165,3 +165,23 @@ def test_a_new_search_space_is_one_function(tiny_root, tmp_path, monkeypatch, ca
         assert "tiny_lr: lr between 1e-4 and 2e-4" in help_text(tune_main, capsys)
         study = tune_main(args(tiny_root, f"sqlite:///{tmp_path / 's.db'}", "t", 3, 1, "--space", "tiny_lr"))
     assert all(set(t.params) == {"lr"} and 1e-4 <= t.params["lr"] <= 2e-4 for t in study.trials)
+
+
+@pytest.mark.parametrize("base_name", ["finetune", "scratch"])
+def test_every_search_space_proposes_valid_recipes(base_name):
+    """Whatever a space proposes, from either init-dependent recipe, is a recipe the trainer accepts; the finetune
+    space keeps lr within base/3 .. base x 3 and the backbone's lr scale within 0.05 .. 1."""
+    import optuna
+    from studies import SPACES
+    from zoo.recipes import get_recipe
+
+    base = get_recipe(base_name)
+    for name in SPACES.names():
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+        for _ in range(40):
+            params = SPACES[name](study.ask(), base)
+            recipe = base.updated(**params)  # raises on any out-of-range or unknown field
+            assert set(params) <= set(recipe.to_dict())
+            if name == "finetune":
+                assert base.lr / 3 * (1 - 1e-9) <= recipe.lr <= base.lr * 3 * (1 + 1e-9)
+                assert 0.05 * (1 - 1e-9) <= recipe.backbone_lr_scale <= 1.0

@@ -3,32 +3,26 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_resume_equals_uninterrupted
+from conftest import assert_resume_equals_uninterrupted, build_trainer
 import torch
 
 from bench.training.augment import augment
-from bench.data import class_counts, open_dataset
-from bench.data.images import load_images
+from bench.data import open_dataset
 from bench.run import main as run_main
-from bench.training.trainer import NonFiniteLoss, Split, Trainer
+from bench.training.trainer import NonFiniteLoss, Split
 from zoo import Recipe, create_model
 
 TINY = Recipe(size=32, epochs=4, batch_size=16, warmup_epochs=1, pretrained="none", crop_scale=0.5)
 
 
 def make_trainer(root, run_dir, recipe=TINY, **kw):
-    ds = open_dataset(root)
-    splits = {s: Split.from_numpy(load_images(ds.files(s), 32, progress=False), ds.splits[s].labels, "cpu")
-              for s in ("train", "val")}
-    torch.manual_seed(0)
-    model, _ = create_model("resnet18", ds.num_classes, recipe.dropout, recipe.hidden, "none")
-    counts = class_counts(ds.splits["train"].labels, ds.num_classes)
-    return Trainer(model, recipe, splits["train"], splits["val"], run_dir, counts, seed=0, size=32,
-                   progress=False, **kw)
+    return build_trainer(root, run_dir, recipe, **kw)
 
 
-def test_resume_after_interrupt_gives_same_history(tiny_root, tmp_path):
-    assert_resume_equals_uninterrupted(lambda d, **kw: make_trainer(tiny_root, d, **kw), tmp_path, rtol=1e-5)
+@pytest.mark.parametrize("per_step", [False, True])
+def test_resume_after_interrupt_gives_same_history(tiny_root, tmp_path, per_step):
+    recipe = TINY.updated(lr_per_step=per_step)  # per step: the resumed run continues the schedule at its step
+    assert_resume_equals_uninterrupted(lambda d, **kw: make_trainer(tiny_root, d, recipe, **kw), tmp_path, rtol=1e-5)
 
 
 def test_out_of_memory_splits_the_step_and_keeps_the_recipe(tiny_root, tmp_path):
@@ -242,3 +236,59 @@ def test_tta_recomputation_normalises_as_the_checkpoint_was_trained():
     assert torch.allclose(model.pixel_std.flatten(), torch.tensor([0.229, 0.224, 0.225]) * 255)
     restore_input_config(model, {"input": {"mean": [0.5] * 3, "std": [0.25] * 3}})
     assert torch.allclose(model.pixel_std.flatten(), torch.full((3,), 63.75))
+
+
+def test_crop_ratio_bounds_the_aspect_and_one_gives_square_crops():
+    from bench.training.augment import crop_boxes
+    for ratio in (1.0, 2.0):
+        sx, sy, tx, ty = crop_boxes(20000, 0.36, torch.Generator().manual_seed(0), "cpu", crop_ratio=ratio)
+        r = sx / sy
+        assert float(r.min()) >= 1 / ratio - 1e-5 and float(r.max()) <= ratio + 1e-5
+        assert float((sx * sy).min()) >= 0.36 - 1e-6 and float(sx.max()) <= 1 + 1e-6 and float(sy.max()) <= 1 + 1e-6
+    # square: side fraction = sqrt(area), 0.6 .. 1 for an area of 0.36 .. 1
+    sx, sy, _, _ = crop_boxes(1000, 0.36, torch.Generator().manual_seed(0), "cpu", crop_ratio=1.0)
+    assert torch.allclose(sx, sy) and float(sx.min()) >= 0.6 - 1e-6
+
+
+def test_train_margin_decodes_only_train_larger_and_crops_to_the_eval_size(tiny_root, tmp_path):
+    """train_margin: train images decoded at size x margin, val/test at size; the trainer's crops come out at the
+    val side, so the model sees one input size."""
+    from bench.training.train import ImageStore, train_model, train_side
+    ds = open_dataset(tiny_root)
+    recipe = TINY.updated(epochs=1, resize="stretch", train_margin=1 / 0.88)
+    assert train_side(32, recipe) == 36 and train_side(96, recipe) == 109 and train_side(224, recipe) == 255
+    store = ImageStore(ds, "cpu", progress=False)
+    train_model("resnet18", ds, store, recipe, 32, tmp_path / "m", progress=False)
+    assert sorted(store._arrays) == [("test", 32, "stretch"), ("train", 36, "stretch"), ("val", 32, "stretch")]
+    tr = make_trainer(tiny_root, tmp_path / "t", recipe)
+    tr.train = Split.from_numpy(store.array("train", 36, "stretch"), ds.splits["train"].labels, "cpu")
+    assert tuple(tr.augment_batch(torch.arange(16)).shape) == (16, 3, 32, 32)
+
+
+def test_per_step_schedule_moves_within_the_epoch_and_meets_the_epoch_schedule_at_boundaries(tiny_root, tmp_path):
+    recipe = TINY.updated(lr=0.1, epochs=3, warmup_epochs=1, optimizer="nesterov")
+    step = make_trainer(tiny_root, tmp_path / "s", recipe.updated(lr_per_step=True))
+    epoch = make_trainer(tiny_root, tmp_path / "e", recipe)
+    n = step.steps_per_epoch
+    assert n >= 2
+    step.train_epoch(max_steps=1)
+    epoch.train_epoch(max_steps=1)
+    # warmup from lr x 0.01 to lr over the first epoch's n steps, linear per step (timm): after step 1
+    assert step.optimizer.param_groups[0]["lr"] == pytest.approx(0.001 + (0.1 - 0.001) / n)
+    assert epoch.optimizer.param_groups[0]["lr"] == pytest.approx(0.001)  # per epoch: still the warmup start
+    s_hist = make_trainer(tiny_root, tmp_path / "s2", recipe.updated(lr_per_step=True)).fit()
+    e_hist = make_trainer(tiny_root, tmp_path / "e2", recipe).fit()
+    # both follow one curve, cosine over 3 epochs (t counted from 0) with a floor of lr x 1e-3: history's lr is the
+    # lr the epoch trained at for the per-epoch schedule, the lr after the epoch's last step for the per-step one
+    cosine = [1e-4 + 0.5 * (0.1 - 1e-4) * (1 + np.cos(np.pi * t / 3)) for t in (1, 2)]
+    assert [h["lr"] for h in e_hist] == pytest.approx([0.001, *cosine], rel=1e-6)
+    assert [h["lr"] for h in s_hist] == pytest.approx([*cosine, 1e-4], rel=1e-6)
+
+
+def test_per_step_schedule_needs_the_cosine_schedule():
+    with pytest.raises(ValueError, match="lr_per_step"):
+        Recipe(lr_per_step=True, schedule="plateau")
+    with pytest.raises(ValueError, match="train_margin"):
+        Recipe(train_margin=0.9)
+    with pytest.raises(ValueError, match="crop_ratio"):
+        Recipe(crop_ratio=0.5)

@@ -5,8 +5,10 @@ exact mirror (`flip`), colour jitter is three per-image scalars. A whole batch i
 with no CPU workers. The output is float pixels in 0..255, channels_last: the model normalises them itself with its
 backbone's own mean/std (zoo/multihead.py).
 
-Crop geometry: the kept area fraction is uniform in [crop_scale, 1] and the aspect ratio log-uniform in [3/4, 4/3]
-narrowed so that the crop always fits inside the image (no clamping, so the area is exactly the one drawn). With
+Crop geometry: the kept area fraction is uniform in [crop_scale, 1] and the aspect ratio log-uniform in [1/crop_ratio,
+crop_ratio] (default [3/4, 4/3]; crop_ratio = 1: square crops) narrowed so that the crop always fits inside the image
+(no clamping, so the area is exactly the one drawn). The crop is resized to out_size (default: the input's side), so
+a batch decoded larger than the model's input (the recipe's train_margin) gives crops that are downscales. With
 crop_scale = 1 and no rotation there is no warp at all: the output is the image or its mirror, pixel for pixel.
 """
 from __future__ import annotations
@@ -26,12 +28,13 @@ def _uniform(n: int, lo, hi, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
 
-def crop_boxes(b: int, crop_scale: float, g: torch.Generator, device) -> tuple[torch.Tensor, ...]:
+def crop_boxes(b: int, crop_scale: float, g: torch.Generator, device,
+               crop_ratio: float = 4 / 3) -> tuple[torch.Tensor, ...]:
     """Per image: crop width and height as fractions of the image's (sx, sy; sx * sy = the drawn area) and the
     centre offset (tx, ty) in [-1, 1] units, chosen so the crop stays inside the image."""
     area = _uniform(b, crop_scale, 1.0, g, device)
-    lo = torch.clamp(torch.log(area), min=math.log(3 / 4))  # sx = sqrt(area * r) <= 1  <=>  r <= 1 / area
-    hi = torch.clamp(-torch.log(area), max=math.log(4 / 3))  # sy = sqrt(area / r) <= 1  <=>  r >= area
+    lo = torch.clamp(torch.log(area), min=-math.log(crop_ratio))  # sx = sqrt(area * r) <= 1  <=>  r <= 1 / area
+    hi = torch.clamp(-torch.log(area), max=math.log(crop_ratio))  # sy = sqrt(area / r) <= 1  <=>  r >= area
     r = torch.exp(lo + torch.rand(b, generator=g, device=device) * (hi - lo))
     sx, sy = torch.sqrt(area * r), torch.sqrt(area / r)
     tx = _uniform(b, -1.0, 1.0, g, device) * (1 - sx)
@@ -40,14 +43,16 @@ def crop_boxes(b: int, crop_scale: float, g: torch.Generator, device) -> tuple[t
 
 
 def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35, hflip: bool = True,
-            rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None) -> torch.Tensor:
-    """Random resized crop (area in [crop_scale, 1], aspect in [3/4, 4/3]), rotation, flip, colour jitter."""
+            rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None,
+            crop_ratio: float = 4 / 3) -> torch.Tensor:
+    """Random resized crop (area in [crop_scale, 1], aspect in [1/crop_ratio, crop_ratio]) resized to out_size,
+    rotation, flip, colour jitter."""
     b, _, h, w = x_uint8.shape
     dev = x_uint8.device
     x = x_uint8.float()
     size = out_size or h
     if crop_scale < 1.0 or rotate or size != h:
-        sx, sy, tx, ty = crop_boxes(b, min(crop_scale, 1.0), g, dev)
+        sx, sy, tx, ty = crop_boxes(b, min(crop_scale, 1.0), g, dev, crop_ratio)
         angle = _uniform(b, -rotate, rotate, g, dev) * (math.pi / 180)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([

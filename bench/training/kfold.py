@@ -45,12 +45,11 @@ class SubsetStore(ImageStore):
         super().__init__(ds, parent.device, parent.progress)
         self.parent, self.sources = parent, sources
 
-    def arrays(self, size: int, policy: str) -> dict[str, np.ndarray]:
-        key = (size, policy)
+    def array(self, name: str, size: int, policy: str) -> np.ndarray:
+        key = (name, size, policy)
         if key not in self._arrays:
-            base = self.parent.arrays(size, policy)
-            self._arrays[key] = {s: np.concatenate([base[src][rows] for src, rows in parts])
-                                 for s, parts in self.sources.items()}
+            self._arrays[key] = np.concatenate([self.parent.array(src, size, policy)[rows]
+                                                for src, rows in self.sources[name]])
         return self._arrays[key]
 
 

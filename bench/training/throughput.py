@@ -24,7 +24,6 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from bench.training.augment import augment
 from bench.data import class_counts, open_dataset, resolve_root
 from bench.data.images import load_images
 from bench.training.trainer import Split, Trainer, device_name, pick_device, seed_everything
@@ -97,7 +96,7 @@ def trainer_speed(tr: Trainer, steps, warmup) -> float:
 def model_only(tr: Trainer, steps, warmup) -> float:
     """The trainer's own step (model, loss, optimizer, EMA) on one fixed, already augmented batch."""
     idx = torch.arange(tr.batch_size, device=tr.device)
-    x, y = augment(tr.train.x[idx], tr.gen), tr.train.y[idx]
+    x, y = tr.augment_batch(idx), tr.train.y[idx]
     tr.model.train()
     for i in range(warmup + steps):
         if i == warmup:

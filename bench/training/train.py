@@ -63,25 +63,32 @@ class ImageStore:
         """Positions of this process's rows in split `name` (all of them in a single process)."""
         return self.dist.shard(len(self.ds.splits[name].paths))
 
-    def arrays(self, size: int, policy: str) -> dict[str, np.ndarray]:
-        key = (size, policy)
+    def array(self, name: str, size: int, policy: str) -> np.ndarray:
+        """Split `name` decoded at `size` x `size` by `policy` (uint8 NHWC), decoded once and kept."""
+        key = (name, size, policy)
         if key not in self._arrays:
-            self._arrays[key] = {}
-            for s in ("train", "val", "test"):
-                files = self.ds.files(s)
-                self._arrays[key][s] = load_images([files[i] for i in self.rows(s)], size, policy,
-                                                   progress=self.progress)
+            files = self.ds.files(name)
+            self._arrays[key] = load_images([files[i] for i in self.rows(name)], size, policy, progress=self.progress)
         return self._arrays[key]
+
+    def arrays(self, size: int, policy: str) -> dict[str, np.ndarray]:
+        return {s: self.array(s, size, policy) for s in ("train", "val", "test")}
 
     def split(self, name: str, size: int, policy: str) -> Split:
         key = (name, size, policy)
         if key not in self._splits:
             rows, labels = self.rows(name), self.ds.splits[name].labels
-            self._splits[key] = Split.from_numpy(self.arrays(size, policy)[name],
+            self._splits[key] = Split.from_numpy(self.array(name, size, policy),
                                                  labels[rows] if labels is not None else None, self.device,
                                                  index=rows if self.dist.enabled else None,
                                                  total=len(self.ds.splits[name].paths))
         return self._splits[key]
+
+
+def train_side(size: int, recipe: Recipe) -> int:
+    """Side at which training images are decoded: the input size x the recipe's train_margin (crops are resized
+    down to `size`); val and test are decoded at `size`."""
+    return round(size * recipe.train_margin)
 
 
 def demo_settings(data_arg: str | None, overrides: dict, root: Path) -> dict:
@@ -127,7 +134,8 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
         return old
     device = store.device
     labels = {s: ds.splits[s].labels for s in ("train", "val", "test")}
-    train, val = store.split("train", size, recipe.resize), store.split("val", size, recipe.resize)
+    train = store.split("train", train_side(size, recipe), recipe.resize)
+    val = store.split("val", size, recipe.resize)
     seed_everything(seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

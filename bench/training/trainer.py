@@ -235,7 +235,8 @@ class Trainer:
         self.scheduler, _ = timm.scheduler.create_scheduler_v2(
             self.optimizer, sched=recipe.schedule, num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
             warmup_lr=recipe.lr * 0.01, min_lr=recipe.lr * 1e-3, patience_epochs=recipe.plateau_patience,
-            decay_rate=recipe.plateau_factor, plateau_mode=SELECT_MODES[recipe.select])
+            decay_rate=recipe.plateau_factor, plateau_mode=SELECT_MODES[recipe.select],
+            step_on_epochs=not recipe.lr_per_step, updates_per_epoch=self.steps_per_epoch)
         self.ema = timm.utils.ModelEmaV3(self.model, decay=recipe.ema_decay) if recipe.ema else None
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
@@ -384,6 +385,13 @@ class Trainer:
         print(f"  CUDA out of memory at micro-batch {old}: epoch {self.epoch + 1} goes on with micro-batches of "
               f"{self.micro_batch} and gradient accumulation (effective batch {self.batch_size}, unchanged)")
 
+    def augment_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """The recipe's augmentation of these training rows, resized to the eval images' side (train images decoded
+        larger by the recipe's train_margin are cropped down to it)."""
+        r = self.recipe
+        return augment(self.train.x[idx], self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter,
+                       out_size=self.val.x.shape[-1], crop_ratio=r.crop_ratio)
+
     def train_epoch(self, max_steps: int | None = None) -> dict:
         """One pass over the training split; returns mean loss and throughput."""
         r = self.recipe
@@ -402,8 +410,7 @@ class Trainer:
         for step, idx in enumerate(self._batches()):
             if step == steps:
                 break
-            x = augment(self.train.x[idx], self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter)
-            y = self.train.y[idx]
+            x, y = self.augment_batch(idx), self.train.y[idx]
             while True:
                 try:
                     losses.append(self._step(x, y))
@@ -411,6 +418,8 @@ class Trainer:
                 except torch.cuda.OutOfMemoryError:
                     pass
                 self._shrink_micro_batch()  # outside the handler: the traceback no longer pins the activations
+            if r.lr_per_step:  # the schedule's position is the global step count (so a resumed run continues it)
+                self.scheduler.step_update(self.epoch * self.steps_per_epoch + step + 1)
             seen += len(idx) * self.dist.world
             bar.update(len(idx) * self.dist.world)
         if self.device.type == "cuda":
