@@ -21,8 +21,7 @@ p.add_argument("--seed", type=int, default=0)
 a = p.parse_args()
 root, out = Path(a.root).resolve(), Path(a.out)
 ds = open_dataset(root, check_images=False)
-names = (root / "split" / "train.txt").read_text().split()
-labels = ds.splits["train"].labels
+names, labels = ds.splits["train"].paths, ds.splits["train"].labels
 fold = stratified_folds(labels, a.folds, a.seed)
 (out / "split").mkdir(parents=True, exist_ok=True)
 for split, rows in (("train", np.flatnonzero(fold != 0)), ("val", np.flatnonzero(fold == 0))):

@@ -15,31 +15,27 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.data.predictions import DEFAULT_NUM_CLASSES as K  # noqa: E402
-from bench.metrics import image_parts, probs_to_pred  # noqa: E402
+from bench.metrics import TARGETS, image_parts, probs_to_pred, score  # noqa: E402
 from bench.stats import bootstrap_ci, paired_bootstrap  # noqa: E402
 
 METRICS = ("overall", "class")
 
 
 def load(path: str) -> dict:
+    """Per view (plain, flip-TTA) and metric: (score, per-image parts for the bootstrap)."""
     d = np.load(path)
     y = d["labels"]
     out = {}
     for view, probs in (("plain", d["plain"]), ("tta", (d["plain"] + d["flip"]) / 2)):
-        correct = probs_to_pred(probs, K) == y
-        out[view] = {m: image_parts(y, correct, K, m) for m in METRICS}
+        pred = probs_to_pred(probs, K)
+        s = score(y, pred, K)
+        out[view] = {m: (s[TARGETS[m]], image_parts(y, pred == y, K, m)) for m in METRICS}
     return out
 
 
-def value(parts) -> float:
-    num, den = parts
-    tot = den.sum(0)
-    return float(np.mean(num.sum(0)[tot > 0] / tot[tot > 0]))
-
-
-def fmt_ci(parts) -> str:
-    lo, hi = bootstrap_ci(parts[0], den=parts[1])
-    return f"{value(parts):.4f} [{lo:.3f}, {hi:.3f}]"
+def fmt_ci(cell) -> str:
+    lo, hi = bootstrap_ci(cell[1][0], den=cell[1][1])
+    return f"{cell[0]:.4f} [{lo:.3f}, {hi:.3f}]"
 
 
 def main() -> None:
@@ -57,11 +53,11 @@ def main() -> None:
         if len(runs) == 1:
             r = runs[0]
             cells = [fmt_ci(r["plain"]["overall"]), fmt_ci(r["plain"]["class"]),
-                     f"{value(r['tta']['overall']):.4f}", f"{value(r['tta']['class']):.4f}"]
+                     f"{r['tta']['overall'][0]:.4f}", f"{r['tta']['class'][0]:.4f}"]
         else:
             cells = []
             for view, m in (("plain", "overall"), ("plain", "class"), ("tta", "overall"), ("tta", "class")):
-                v = [value(r[view][m]) for r in runs]
+                v = [r[view][m][0] for r in runs]
                 cells.append(f"mean {np.mean(v):.4f} ({', '.join(f'{x:.4f}' for x in v)})")
         print(f"| {label} | {len(runs)} | " + " | ".join(cells) + " |")
     if a.pair:
@@ -75,7 +71,7 @@ def main() -> None:
             sides.append(rows[label][int(i or 0)])
         cells = []
         for view, m in (("plain", "overall"), ("plain", "class"), ("tta", "overall")):
-            (na, den), (nb, _) = sides[0][view][m], sides[1][view][m]
+            (na, den), (nb, _) = sides[0][view][m][1], sides[1][view][m][1]
             d = paired_bootstrap(na, nb, den=den)
             cells.append(f"{d['delta']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]")
         print(f"| {pair} | " + " | ".join(cells) + " |")

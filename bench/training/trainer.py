@@ -386,11 +386,11 @@ class Trainer:
               f"{self.micro_batch} and gradient accumulation (effective batch {self.batch_size}, unchanged)")
 
     def augment_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """The recipe's augmentation of these training rows, resized to the eval images' side (train images decoded
+        """The recipe's augmentation of these training rows, resized to the model's input size (train images decoded
         larger by the recipe's train_margin are cropped down to it)."""
         r = self.recipe
         return augment(self.train.x[idx], self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter,
-                       out_size=self.val.x.shape[-1], crop_ratio=r.crop_ratio)
+                       out_size=self.size, crop_ratio=r.crop_ratio)
 
     def train_epoch(self, max_steps: int | None = None) -> dict:
         """One pass over the training split; returns mean loss and throughput."""
@@ -399,7 +399,7 @@ class Trainer:
         if self.dist.enabled:
             self._seed_epoch()
         losses, seen = [], 0
-        steps = self.steps_per_epoch
+        steps = per_epoch = self.steps_per_epoch
         if max_steps:
             steps = min(steps, max_steps)
         bar = tqdm(total=steps * self.batch_size, unit="img", unit_scale=True, leave=False,
@@ -419,7 +419,7 @@ class Trainer:
                     pass
                 self._shrink_micro_batch()  # outside the handler: the traceback no longer pins the activations
             if r.lr_per_step:  # the schedule's position is the global step count (so a resumed run continues it)
-                self.scheduler.step_update(self.epoch * self.steps_per_epoch + step + 1)
+                self.scheduler.step_update(self.epoch * per_epoch + step + 1)
             seen += len(idx) * self.dist.world
             bar.update(len(idx) * self.dist.world)
         if self.device.type == "cuda":
