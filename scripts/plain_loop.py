@@ -100,5 +100,6 @@ np.savez(out.with_suffix(".npz"), plain=plain, flip=flip, labels=y)
 json.dump({"overall_acc": s_tta["overall_acc"], "mean_class_acc": s_tta["mean_class_acc"], "val_tta": s_tta,
            "val": s_plain, "train_s": round(train_s, 1), "args": vars(a), "torch": torch.__version__,
            "timm": timm.__version__}, open(out, "w"), indent=1)
-print(f"val (flip-TTA) overall {s_tta['overall_acc']:.4f}  mean per-class {s_tta['mean_class_acc']:.4f}   "
-      f"(no TTA: {s_plain['overall_acc']:.4f} / {s_plain['mean_class_acc']:.4f})  train {train_s:.0f} s -> {out}")
+print(f"val (flip-TTA) overall {s_tta['overall_acc']:.4f}  class-average {s_tta['class_avg_acc']:.4f}  balanced "
+      f"{s_tta['mean_class_acc']:.4f}   (no TTA: overall {s_plain['overall_acc']:.4f}, class-average "
+      f"{s_plain['class_avg_acc']:.4f}, balanced {s_plain['mean_class_acc']:.4f})  train {train_s:.0f} s -> {out}")
