@@ -56,6 +56,8 @@ def to_argv(parser: argparse.ArgumentParser, ns: argparse.Namespace, **changes) 
                 argv.append(long)
         elif type(action) is argparse._StoreAction and action.nargs is None:
             argv.append(f"{long}={value}")  # `=`: a value starting with '-' stays a value
+        elif type(action) is argparse._AppendAction and action.nargs is None:
+            argv.extend(f"{long}={v}" for v in value)
         else:
             raise NotImplementedError(f"to_argv: {long} ({type(action).__name__}) cannot be passed to a child yet")
     return argv

@@ -20,7 +20,7 @@ from bench import workdir
 from bench.fanout import follow_parent, parse_devices, run_children, to_argv
 from bench.metrics import TARGET_HELP, TARGETS
 from bench.training.schemes import LOSSES
-from zoo.recipes import RECIPE_NAMES, RECIPES
+from zoo.recipes import RECIPE_NAMES, RECIPES, parse_setting
 
 # Recipe fields settable from the command line (zoo/recipes.py says what each does).
 RECIPE_FLAGS = {"epochs": int, "size": int, "batch_size": int, "lr": float, "weight_decay": float, "dropout": float,
@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"override the recipe's {field}")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="weight EMA on/off")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override any recipe field (the rows of --list; reasons in zoo/recipes.py), e.g. --set "
+                        "crop_antialias=true --set lr_floor=0; repeatable; checked like the recipe itself")
     return p
 
 
@@ -103,7 +106,11 @@ def main(argv=None) -> list[dict]:
     from zoo import UnknownModel, zoo_table
     if a.list:
         print(pd.DataFrame(zoo_table()).to_string(index=False))
-        print(f"\nAny timm model name also works (timm.list_models()). Recipes: {', '.join(RECIPE_NAMES)}.")
+        print("\nAny timm model name also works (timm.list_models()).")
+        table = pd.DataFrame({name: r.to_dict() for name, r in RECIPES.items()}).drop(index="name")
+        print(f"\nRecipes (--recipe {'|'.join(RECIPE_NAMES)}; `default` is finetune when the backbone starts from "
+              f"pretrained weights, scratch from random init; zoo/recipes.py gives the reason for each value; "
+              f"size None = the model's own):\n{table.to_string()}")
         return []
     names = [m.strip() for m in a.models.split(",") if m.strip()]
     if not names:
@@ -116,6 +123,14 @@ def main(argv=None) -> list[dict]:
     if a.folds is not None and a.folds < 2:
         fail(f"--folds {a.folds}: k-fold needs at least 2 folds")
     overrides = {k: getattr(a, k) for k in (*RECIPE_FLAGS, "ema", "pretrained")}
+    for text in a.set:
+        try:
+            field, value = parse_setting(text)
+        except ValueError as e:
+            fail(str(e))
+        if overrides.get(field) is not None:
+            fail(f"--set {text} and --{field.replace('_', '-')}: the recipe field {field} is given twice")
+        overrides[field] = value
     recipe_name = a.recipe
     wd = workdir.resolve(a.workdir)
     try:

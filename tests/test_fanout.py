@@ -98,9 +98,12 @@ def test_ctrl_c_reaches_each_child_once_and_each_saves_its_state(tiny_root, tmp_
 
 def test_child_arguments_are_rebuilt_from_what_was_parsed():
     parser = build_parser()
-    a = parser.parse_args(["--model", "a,b", "--lr=-1e-3", "--no-ema", "--force", "--devices", "cpu,cpu"])
+    a = parser.parse_args(["--model", "a,b", "--lr=-1e-3", "--no-ema", "--force", "--devices", "cpu,cpu",
+                           "--set", "lr_floor=0", "--set=crop_antialias=true"])
     argv = to_argv(parser, a, models="b,a", device="cpu", devices=None, skip_claimed=True)
-    assert argv == ["--models=b,a", "--device=cpu", "--skip-claimed", "--force", "--lr=-0.001", "--no-ema"]
+    assert argv == ["--models=b,a", "--device=cpu", "--skip-claimed", "--force", "--lr=-0.001", "--no-ema",
+                    "--set=lr_floor=0", "--set=crop_antialias=true"]
     back = parser.parse_args(argv)
     assert (back.models, back.lr, back.ema, back.devices, back.force) == ("b,a", -1e-3, False, None, True)
+    assert back.set == ["lr_floor=0", "crop_antialias=true"]
     assert labels_for(["cuda:0", "cuda:1", "cuda:0"]) == ["cuda:0 #1", "cuda:1", "cuda:0 #2"]

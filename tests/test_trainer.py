@@ -292,3 +292,93 @@ def test_per_step_schedule_needs_the_cosine_schedule():
         Recipe(train_margin=0.9)
     with pytest.raises(ValueError, match="crop_ratio"):
         Recipe(crop_ratio=0.5)
+
+
+def test_side_sampling_draws_the_crop_side_uniformly():
+    """sampling="side": the side fraction is uniform in [sqrt(crop_scale), 1] (the plain loop's "square crop of
+    60-100% of the side"), so the mean area is E[U(0.6, 1)^2] = (1 - 0.6^3) / (3 x 0.4) = 0.6533, below the 0.68 of
+    an area uniform in [0.36, 1]."""
+    from bench.training.augment import crop_boxes
+    sx, sy, tx, ty = crop_boxes(20000, 0.36, torch.Generator().manual_seed(0), "cpu", 1.0, "side")
+    assert torch.allclose(sx, sy) and float(sx.min()) >= 0.6 - 1e-6 and float(sx.max()) <= 1 + 1e-6
+    assert float(sx.mean()) == pytest.approx(0.8, abs=0.005)
+    assert float((sx < 0.7).float().mean()) == pytest.approx(0.25, abs=0.01)  # uniform: a quarter of [0.6, 1]
+    assert float((sx * sy).mean()) == pytest.approx(0.6533, abs=0.005)
+    area = crop_boxes(20000, 0.36, torch.Generator().manual_seed(0), "cpu", 1.0, "area")
+    assert float((area[0] * area[1]).mean()) == pytest.approx(0.68, abs=0.005)
+    with pytest.raises(ValueError, match="crop sampling"):
+        crop_boxes(4, 0.36, torch.Generator(), "cpu", 1.0, "length")
+
+
+def test_pixel_boxes_round_to_whole_pixels_inside_the_image():
+    from bench.training.augment import pixel_boxes
+    t = lambda *v: torch.tensor(v, dtype=torch.float32)  # noqa: E731
+    # half the side, centred / pushed to the right and bottom edges / a 0.3 x 0.7 box at the top-left corner
+    boxes = pixel_boxes(t(0.5, 0.5, 0.3), t(0.5, 0.5, 0.7), t(0.0, 0.5, -0.7), t(0.0, 0.5, -0.3), 40, 40)
+    assert boxes.tolist() == [[10, 10, 20, 20], [20, 20, 20, 20], [0, 0, 28, 12]]
+
+
+def test_antialiased_crops_equal_torchvision_resized_crop_of_the_same_boxes():
+    """crop_antialias: each crop is torchvision's resized_crop(antialias=True) of its whole-pixel box (an independent
+    implementation), flipped where drawn; and a shrunk checkerboard comes out flat grey, where the bilinear warp
+    aliases it into stripes."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from bench.training.augment import crop_boxes, pixel_boxes
+    x = torch.randint(0, 256, (12, 3, 40, 40), dtype=torch.uint8)
+    out = augment(x, torch.Generator().manual_seed(3), crop_scale=0.36, hflip=True, rotate=0.0, jitter=0.0,
+                  out_size=32, crop_ratio=1.0, crop_sampling="side", antialias=True)
+    g = torch.Generator().manual_seed(3)  # the same draws, in the same order: boxes, then the flips
+    boxes = pixel_boxes(*crop_boxes(12, 0.36, g, "cpu", 1.0, "side"), 40, 40)
+    mirror = torch.rand(12, generator=g) < 0.5
+    assert 24 <= int(boxes[:, 2].min()) and int(boxes[:, 2].max()) <= 40 and bool((boxes[:, 2] == boxes[:, 3]).all())
+    for i, (top, left, h, w) in enumerate(boxes.tolist()):
+        ref = TF.resized_crop(x[i].float(), top, left, h, w, [32, 32], antialias=True)
+        assert torch.allclose(out[i], ref.flip(2) if mirror[i] else ref, atol=1e-3)
+    i = torch.arange(48)
+    board = (((i[:, None] + i[None, :]) % 2) * 255).to(torch.uint8).expand(2, 3, 48, 48)
+    flat = dict(crop_scale=1.0, hflip=False, rotate=0.0, jitter=0.0, out_size=32)
+    assert float(augment(board, torch.Generator(), antialias=True, **flat).std()) < 3  # ~127.5 everywhere
+    assert float(augment(board, torch.Generator(), antialias=False, **flat).std()) > 25
+
+
+def test_trainer_passes_the_recipe_crop_fields_and_lr_floor(tiny_root, tmp_path):
+    recipe = TINY.updated(crop_scale=0.36, crop_ratio=1.0, crop_sampling="side", crop_antialias=True, rotate=0.0,
+                          jitter=0.0, lr_floor=0.0, lr_per_step=True, epochs=2, optimizer="nesterov", lr=0.1)
+    tr = make_trainer(tiny_root, tmp_path / "t", recipe)
+    state = tr.gen.get_state()
+    got = tr.augment_batch(torch.arange(16))
+    want = augment(tr.train.x[:16], torch.Generator().set_state(state), 0.36, True, 0.0, 0.0, out_size=32,
+                   crop_ratio=1.0, crop_sampling="side", antialias=True)
+    assert torch.equal(got, want)
+    history = tr.fit()
+    assert history[-1]["lr"] == 0.0  # the cosine reached lr x lr_floor = 0 at the last step (default floor: 1e-4)
+
+
+def test_recipe_rejects_rotated_antialiased_crops_and_a_bad_floor():
+    with pytest.raises(ValueError, match="crop_antialias"):
+        Recipe(crop_antialias=True, rotate=10.0)
+    Recipe(crop_antialias=True, rotate=0.0)
+    with pytest.raises(ValueError, match="lr_floor"):
+        Recipe(lr_floor=1.0)
+    with pytest.raises(ValueError, match="crop_sampling"):
+        Recipe(crop_sampling="length")
+
+
+def test_a_run_recorded_before_new_recipe_fields_is_the_same_run(tiny_root, tmp_path, capsys):
+    """A run.json written before lr_floor / crop_sampling / crop_antialias existed (their defaults are the old
+    behaviour) is finished work for the same command, not a "different config"; a real change still mismatches."""
+    base = ["--models", "resnet18", "--data", str(tiny_root), "--out", str(tmp_path), "--size", "32", "--epochs", "1",
+            "--batch-size", "16", "--pretrained", "none", "--no-progress", "--no-report"]
+    run_main(base)
+    path = tmp_path / "default" / "resnet18" / "run.json"
+    meta = json.loads(path.read_text())
+    for field in ("lr_floor", "crop_sampling", "crop_antialias"):
+        del meta["config"]["recipe"][field]
+    path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    run_main(base)
+    assert "already finished" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        run_main([*base, "--set", "lr_floor=0"])
+    assert "differs in: recipe" in capsys.readouterr().err

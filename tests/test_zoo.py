@@ -1,3 +1,4 @@
+import json
 import time
 import warnings
 
@@ -88,6 +89,12 @@ def test_list_prints_the_zoo(capsys):
         line = next(ln for ln in out.splitlines() if ln.strip().startswith(name))
         assert params in line
     assert "effv2s" in out and "300" in out
+    # every recipe preset's values, one column each (issue #15: the init-dependent recipes are shown in --list)
+    rows = {ln.split()[0]: ln.split()[1:] for ln in out.split("\nRecipes")[1].splitlines()[1:] if ln.strip()}
+    assert rows["scratch"] == ["finetune", "v0", "fashionnet", "effb3-300"]  # the header line
+    assert rows["optimizer"] == ["nesterov", "adamw", "adamw", "sgd", "sgd"]
+    assert rows["lr"] == ["0.1", "0.001", "0.001", "0.0001", "0.1"]
+    assert rows["select"] == ["last", "last", "overall_acc", "overall_acc", "val_loss"]
 
 
 def test_default_recipe_follows_the_init(tmp_path, monkeypatch):
@@ -106,3 +113,32 @@ def test_default_recipe_follows_the_init(tmp_path, monkeypatch):
     recipe, size = resolve_recipe("resnet18", None, {"epochs": 3})
     assert (recipe.name, recipe.epochs, recipe.select, size) == ("finetune", 3, "last", 224)
     assert get_recipe("scratch").optimizer == "nesterov" and get_recipe("scratch").select == "last"
+
+
+def test_set_parses_any_recipe_field_by_its_type():
+    from zoo.recipes import parse_setting
+    assert parse_setting("lr=0.05") == ("lr", 0.05)
+    assert parse_setting("epochs=12") == ("epochs", 12)
+    assert parse_setting("crop-antialias=Yes") == ("crop_antialias", True)
+    assert parse_setting("hflip=0") == ("hflip", False)
+    assert parse_setting("crop_sampling=side") == ("crop_sampling", "side")
+    assert parse_setting("size=96") == ("size", 96)
+    for bad, says in (("bogus=1", "FIELD one of"), ("lr", "FIELD=VALUE"), ("epochs=2.5", "epochs takes int"),
+                      ("ema=maybe", "true or false"), ("name=x", "FIELD one of")):
+        with pytest.raises(ValueError, match=says):
+            parse_setting(bad)
+
+
+def test_run_set_overrides_recipe_fields_and_records_them(tiny_root, tmp_path, capsys):
+    from bench.run import main as run_main
+    base = ["--models", "resnet18", "--data", str(tiny_root), "--out", str(tmp_path / "r"), "--size", "32",
+            "--epochs", "1", "--batch-size", "16", "--pretrained", "none", "--no-progress", "--no-report"]
+    run_main([*base, "--set", "crop_antialias=true", "--set", "lr_floor=0", "--set", "crop_scale=0.5"])
+    recipe = json.loads((tmp_path / "r" / "default" / "resnet18" / "run.json").read_text())["config"]["recipe"]
+    assert (recipe["name"], recipe["crop_antialias"], recipe["lr_floor"], recipe["crop_scale"]) == \
+        ("scratch", True, 0.0, 0.5)
+    for extra, says in ((["--set", "lr=0.2", "--lr", "0.1"], "given twice"), (["--set", "lr=fast"], "lr takes float"),
+                        (["--recipe", "v0", "--set", "crop_antialias=true"], "cannot rotate")):
+        with pytest.raises(SystemExit):
+            run_main([*base, "--run", "bad", *extra])
+        assert says in capsys.readouterr().err

@@ -5,11 +5,19 @@ exact mirror (`flip`), colour jitter is three per-image scalars. A whole batch i
 with no CPU workers. The output is float pixels in 0..255, channels_last: the model normalises them itself with its
 backbone's own mean/std (zoo/multihead.py).
 
-Crop geometry: the kept area fraction is uniform in [crop_scale, 1] and the aspect ratio log-uniform in [1/crop_ratio,
-crop_ratio] (default [3/4, 4/3]; crop_ratio = 1: square crops) narrowed so that the crop always fits inside the image
-(no clamping, so the area is exactly the one drawn). The crop is resized to out_size (default: the input's side), so
-a batch decoded larger than the model's input (the recipe's train_margin) gives crops that are downscales. With
-crop_scale = 1 and no rotation there is no warp at all: the output is the image or its mirror, pixel for pixel.
+Crop geometry: the kept area fraction is uniform in [crop_scale, 1] (`crop_sampling = "area"`, torchvision's
+RandomResizedCrop) or its square root, the side fraction, is uniform in [sqrt(crop_scale), 1] (`"side"`, the plain
+loop of issue #15: "a square crop of 60-100% of the side"; smaller crops on average). The aspect ratio is log-uniform
+in [1/crop_ratio, crop_ratio] (default [3/4, 4/3]; crop_ratio = 1: square crops) narrowed so that the crop always fits
+inside the image (no clamping, so the area is exactly the one drawn). The crop is resized to out_size (default: the
+input's side), so a batch decoded larger than the model's input (the recipe's train_margin) gives crops that are
+downscales. With crop_scale = 1 and no rotation there is no warp at all: the output is the image or its mirror, pixel
+for pixel.
+
+Resampling: by default one bilinear `grid_sample` per batch (fast; it point-samples, so a crop that is shrunk is not
+low-pass filtered first). `antialias=True` instead cuts each crop on whole pixels and resizes it with torch's
+antialiased bilinear interpolation, one call per image (what torchvision's `resized_crop(antialias=True)` does, as
+the plain loop); it cannot rotate, and reading the boxes is one host sync per batch on a GPU.
 """
 from __future__ import annotations
 
@@ -28,11 +36,17 @@ def _uniform(n: int, lo, hi, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
 
-def crop_boxes(b: int, crop_scale: float, g: torch.Generator, device,
-               crop_ratio: float = 4 / 3) -> tuple[torch.Tensor, ...]:
+def crop_boxes(b: int, crop_scale: float, g: torch.Generator, device, crop_ratio: float = 4 / 3,
+               sampling: str = "area") -> tuple[torch.Tensor, ...]:
     """Per image: crop width and height as fractions of the image's (sx, sy; sx * sy = the drawn area) and the
-    centre offset (tx, ty) in [-1, 1] units, chosen so the crop stays inside the image."""
-    area = _uniform(b, crop_scale, 1.0, g, device)
+    centre offset (tx, ty) in [-1, 1] units, chosen so the crop stays inside the image. `sampling`: the area fraction
+    is uniform in [crop_scale, 1] ("area") or the side fraction sqrt(area) uniform in [sqrt(crop_scale), 1] ("side")."""
+    if sampling == "area":
+        area = _uniform(b, crop_scale, 1.0, g, device)
+    elif sampling == "side":
+        area = _uniform(b, math.sqrt(crop_scale), 1.0, g, device) ** 2
+    else:
+        raise ValueError(f"crop sampling {sampling!r} is not one of area, side")
     lo = torch.clamp(torch.log(area), min=-math.log(crop_ratio))  # sx = sqrt(area * r) <= 1  <=>  r <= 1 / area
     hi = torch.clamp(-torch.log(area), max=math.log(crop_ratio))  # sy = sqrt(area / r) <= 1  <=>  r >= area
     r = torch.exp(lo + torch.rand(b, generator=g, device=device) * (hi - lo))
@@ -42,17 +56,34 @@ def crop_boxes(b: int, crop_scale: float, g: torch.Generator, device,
     return sx, sy, tx, ty
 
 
+def pixel_boxes(sx, sy, tx, ty, h: int, w: int) -> torch.Tensor:
+    """Crop fractions and centres (crop_boxes) -> (B, 4) whole-pixel boxes (top, left, height, width) inside an h x w
+    image: the side rounded to the nearest pixel (at least 1), the corner rounded and kept inside."""
+    cw = torch.clamp(torch.round(sx * w), 1, w)
+    ch = torch.clamp(torch.round(sy * h), 1, h)
+    left = torch.minimum(torch.clamp(torch.round((tx + 1) * w / 2 - cw / 2), min=0), w - cw)
+    top = torch.minimum(torch.clamp(torch.round((ty + 1) * h / 2 - ch / 2), min=0), h - ch)
+    return torch.stack([top, left, ch, cw], 1).long()
+
+
 def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35, hflip: bool = True,
             rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None,
-            crop_ratio: float = 4 / 3) -> torch.Tensor:
+            crop_ratio: float = 4 / 3, crop_sampling: str = "area", antialias: bool = False) -> torch.Tensor:
     """Random resized crop (area in [crop_scale, 1], aspect in [1/crop_ratio, crop_ratio]) resized to out_size,
     rotation, flip, colour jitter."""
     b, _, h, w = x_uint8.shape
     dev = x_uint8.device
     x = x_uint8.float()
     size = out_size or h
-    if crop_scale < 1.0 or rotate or size != h:
-        sx, sy, tx, ty = crop_boxes(b, min(crop_scale, 1.0), g, dev, crop_ratio)
+    if antialias and rotate:
+        raise ValueError("antialiased crops cannot rotate (rotate must be 0)")
+    if antialias and (crop_scale < 1.0 or size != h):
+        boxes = pixel_boxes(*crop_boxes(b, min(crop_scale, 1.0), g, dev, crop_ratio, crop_sampling), h, w).tolist()
+        x = torch.cat([F.interpolate(x[i:i + 1, :, top:top + ch, left:left + cw], size=(size, size),
+                                     mode="bilinear", align_corners=False, antialias=True)
+                       for i, (top, left, ch, cw) in enumerate(boxes)])
+    elif crop_scale < 1.0 or rotate or size != h:
+        sx, sy, tx, ty = crop_boxes(b, min(crop_scale, 1.0), g, dev, crop_ratio, crop_sampling)
         angle = _uniform(b, -rotate, rotate, g, dev) * (math.pi / 180)
         cos, sin = torch.cos(angle), torch.sin(angle)
         theta = torch.stack([

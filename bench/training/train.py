@@ -170,15 +170,25 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
                     history, model_dir)
 
 
+def with_new_fields(config: dict) -> dict:
+    """A run config recorded by an older version, with the recipe fields added since then at their defaults. Each
+    new Recipe field's default reproduces the behaviour from before it (zoo/recipes.py), so that run is this run:
+    re-running its command resumes or skips it instead of stopping with "different config"."""
+    recipe = config.get("recipe")
+    if not isinstance(recipe, dict):
+        return config
+    return {**config, "recipe": {**Recipe().to_dict(), **recipe}}
+
+
 def _prepare_folder(name: str, model_dir: Path, config: dict, force: bool) -> dict | None:
     """The finished run's run.json when there is nothing to do; ConfigMismatch when the folder holds another run;
     else None, with the folder ready (emptied of old artifacts under `force`)."""
     meta_path = model_dir / "run.json"
     if meta_path.exists() and not force:
         old = read_run(model_dir).meta
-        if old.get("config") != config:
-            diff = sorted(k for k in set(config) | set(old.get("config", {}))
-                          if config.get(k) != old.get("config", {}).get(k))
+        before = with_new_fields(old.get("config", {}))
+        if before != config:
+            diff = sorted(k for k in set(config) | set(before) if config.get(k) != before.get(k))
             raise ConfigMismatch(f"{model_dir} holds a run with a different config (differs in: {', '.join(diff)}); "
                                  f"use another --run name, or --force to start it over")
         if old.get("status") == "done":

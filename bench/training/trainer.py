@@ -234,7 +234,7 @@ class Trainer:
             self.optimizer.add_param_group({"params": [self.criterion.log_vars], "weight_decay": 0.0})
         self.scheduler, _ = timm.scheduler.create_scheduler_v2(
             self.optimizer, sched=recipe.schedule, num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
-            warmup_lr=recipe.lr * 0.01, min_lr=recipe.lr * 1e-3, patience_epochs=recipe.plateau_patience,
+            warmup_lr=recipe.lr * 0.01, min_lr=recipe.lr * recipe.lr_floor, patience_epochs=recipe.plateau_patience,
             decay_rate=recipe.plateau_factor, plateau_mode=SELECT_MODES[recipe.select],
             step_on_epochs=not recipe.lr_per_step, updates_per_epoch=self.steps_per_epoch)
         self.ema = timm.utils.ModelEmaV3(self.model, decay=recipe.ema_decay) if recipe.ema else None
@@ -390,7 +390,8 @@ class Trainer:
         larger by the recipe's train_margin are cropped down to it)."""
         r = self.recipe
         return augment(self.train.x[idx], self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter,
-                       out_size=self.size, crop_ratio=r.crop_ratio)
+                       out_size=self.size, crop_ratio=r.crop_ratio, crop_sampling=r.crop_sampling,
+                       antialias=r.crop_antialias)
 
     def train_epoch(self, max_steps: int | None = None) -> dict:
         """One pass over the training split; returns mean loss and throughput."""
