@@ -13,9 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from bench.data import open_dataset  # noqa: E402
 from bench.data.images import load_images  # noqa: E402
 from bench.metrics import probs_to_pred, score  # noqa: E402
-from bench.ensembling.tta import restore_input_config  # noqa: E402
-from bench.training.trainer import predict, read_state  # noqa: E402
-from zoo import create_model  # noqa: E402
+from bench.ensembling.tta import load_trained  # noqa: E402
+from bench.training.trainer import predict  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 p.add_argument("run_dir", type=Path)
@@ -25,9 +24,7 @@ meta = json.loads((a.run_dir / "run.json").read_text())
 cfg, recipe = meta["config"], meta["config"]["recipe"]
 ds = open_dataset(a.data or meta["data_root"])
 size, policy, K = cfg["size"], recipe["resize"], tuple(meta["num_classes"])
-model, _ = create_model(cfg["model"], K, recipe["dropout"], recipe["hidden"], "none")
-model.load_state_dict(read_state(a.run_dir / "best.pt")["model"])
-restore_input_config(model, meta)  # normalise as the checkpoint was trained
+model = load_trained(meta, a.run_dir / "best.pt")
 as_nchw = lambda arr: torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # noqa: E731
 direct = as_nchw(load_images(ds.files("val"), size, policy, progress=False))
 big = as_nchw(load_images(ds.files("val"), round(size / 0.88), policy, progress=False)).float()

@@ -20,6 +20,17 @@ def restore_input_config(model, meta: dict) -> None:
     model.set_input_config(cfg["mean"], cfg["std"])
 
 
+def load_trained(meta: dict, ckpt: Path) -> torch.nn.Module:
+    """The model a run trained (its run.json `meta`), with the weights of checkpoint `ckpt` and the input
+    normalisation it was trained with, on the CPU in eval mode."""
+    from zoo import create_model
+    cfg, recipe = meta["config"], meta["config"]["recipe"]
+    model, _ = create_model(cfg["model"], tuple(meta["num_classes"]), recipe["dropout"], recipe["hidden"], "none")
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    restore_input_config(model, meta)
+    return model.eval()
+
+
 class ViewError(ValueError):
     """A view cannot be computed: no checkpoint, or the dataset moved or changed."""
 
@@ -27,7 +38,6 @@ class ViewError(ValueError):
 @torch.no_grad()
 def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root: Path | None, device) -> dict:
     """TTA probabilities from the member's best.pt for the views each split lacks (the model is built once)."""
-    from zoo import create_model
     device = torch.device(device)
     meta, ckpt = member.meta, member.dir / "best.pt"
     if not ckpt.exists():
@@ -38,10 +48,7 @@ def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root
     ds = open_dataset(root, check_images=False)
     if ds.fingerprint() != cfg["dataset"]:
         raise ViewError(f"{member.label}: dataset at {root} differs from the one it was trained on; pass --data")
-    model, _ = create_model(cfg["model"], tuple(meta["num_classes"]), recipe["dropout"], recipe["hidden"], "none")
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
-    restore_input_config(model, meta)
-    model.to(device).eval()
+    model = load_trained(meta, ckpt).to(device)
     out = {}
     for split, views in missing.items():
         images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
