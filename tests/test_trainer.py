@@ -285,6 +285,25 @@ def test_per_step_schedule_moves_within_the_epoch_and_meets_the_epoch_schedule_a
     assert [h["lr"] for h in s_hist] == pytest.approx([*cosine, 1e-4], rel=1e-6)
 
 
+def test_fractional_warmup_ends_within_the_first_epoch(tiny_root, tmp_path):
+    """warmup_epochs = 0.5 with lr_per_step: linear warmup over the first n/2 of the n steps of an epoch (the plain
+    loop warmed up over a fraction of its steps), then the cosine over all 3 epochs' steps, counted from step 0."""
+    recipe = TINY.updated(lr=0.1, epochs=3, warmup_epochs=0.5, optimizer="nesterov", lr_per_step=True)
+    n = make_trainer(tiny_root, tmp_path / "probe", recipe).steps_per_epoch
+    assert n >= 4
+    lr_after = {}
+    for k in (1, n // 2 + 1):
+        tr = make_trainer(tiny_root, tmp_path / f"k{k}", recipe)
+        tr.train_epoch(max_steps=k)
+        lr_after[k] = tr.optimizer.param_groups[0]["lr"]
+    assert lr_after[1] == pytest.approx(0.001 + (0.1 - 0.001) / (n / 2))  # twice the slope of a 1-epoch warmup
+    t = n // 2 + 1  # past the warmup: on the cosine, floor lr x 1e-3
+    assert lr_after[t] == pytest.approx(1e-4 + 0.5 * (0.1 - 1e-4) * (1 + np.cos(np.pi * t / (3 * n))))
+    with pytest.raises(ValueError, match="lr_per_step"):
+        Recipe(warmup_epochs=0.5)  # a per-epoch schedule cannot warm up for half an epoch
+    assert Recipe(warmup_epochs=1.0).warmup_epochs == 1  # a whole number of epochs is fine either way
+
+
 def test_per_step_schedule_needs_the_cosine_schedule():
     with pytest.raises(ValueError, match="lr_per_step"):
         Recipe(lr_per_step=True, schedule="plateau")

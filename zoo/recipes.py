@@ -57,7 +57,8 @@ class Recipe:
     momentum: float = 0.9           # sgd only
     weight_decay: float = 0.05      # adamw's decoupled decay; small data wants strong regularisation
     schedule: str = "cosine"        # cosine with warmup, or plateau (ReduceLROnPlateau on the selection metric)
-    warmup_epochs: int = 2          # avoid early divergence of freshly initialised heads
+    warmup_epochs: float = 2        # avoid early divergence of freshly initialised heads; a fraction of an epoch
+    #                                 (0.4 of 8 epochs = the first 5% of the steps) needs lr_per_step
     lr_per_step: bool = False       # cosine schedule (and warmup) updated every step instead of every epoch
     lr_floor: float = 1e-3          # the cosine schedule decays to lr x this (0: to zero)
     plateau_patience: int = 5       # plateau schedule only
@@ -98,6 +99,10 @@ class Recipe:
         if self.crop_antialias and self.rotate:
             problems.append(f"crop_antialias = True: antialiased crops cannot rotate (rotate = {self.rotate!r}; "
                             f"set it to 0)")
+        if (isinstance(self.warmup_epochs, (int, float)) and math.isfinite(self.warmup_epochs)
+                and self.warmup_epochs != int(self.warmup_epochs) and not self.lr_per_step):
+            problems.append(f"warmup_epochs = {self.warmup_epochs!r}: a fraction of an epoch needs lr_per_step = True "
+                            f"(a per-epoch schedule moves only at epoch ends)")
         if self.lr_per_step and self.schedule != "cosine":
             problems.append(f"lr_per_step = True: only the cosine schedule steps per update "
                             f"(schedule = {self.schedule!r} steps on the epoch's metric)")
@@ -118,7 +123,7 @@ class Recipe:
             ("backbone_lr_scale", "must be in [0, 1]", lambda v: finite(v) and 0 <= v <= 1),
             ("momentum", "must be in [0, 1)", lambda v: finite(v) and 0 <= v < 1),
             ("weight_decay", "must be a finite number >= 0", lambda v: finite(v) and v >= 0),
-            ("warmup_epochs", "must be an integer >= 0", lambda v: whole(v) and v >= 0),
+            ("warmup_epochs", "must be a finite number >= 0", lambda v: finite(v) and v >= 0),
             ("lr_floor", "must be in [0, 1)", lambda v: finite(v) and 0 <= v < 1),
             ("label_smoothing", "must be in [0, 0.5]", lambda v: finite(v) and 0 <= v <= 0.5),
             ("dropout", "must be in [0, 1)", lambda v: finite(v) and 0 <= v < 1),
