@@ -157,8 +157,8 @@ RECIPES: dict[str, Recipe] = {
     # (reports/reference/recipes.md): ResNet-18 at 96 px / 15 epochs on the CPU, this recipe 0.718 (flip-TTA 0.721),
     # the plain loop 0.709 (0.717), v0 0.692; at 224 px / 30 epochs on an H100 it ties the loop for ResNet-18
     # (0.760 vs 0.759, 2 seeds) and beats v0 by 2.4 points, but EfficientNet-Lite0 from scratch trails the loop by
-    # about 1 point (0.758 vs 0.768, 3 seeds each; open in issue #15); at 128 px / 8 epochs on the CPU it ties it
-    # (0.678 vs 0.680 overall, class-average 0.341 vs 0.330).
+    # about 1 point (0.758 vs 0.768, 3 seeds each; open in issue #15); at 128 px / 8 epochs on the CPU it beats it
+    # over 2 seeds each (0.677 vs 0.666 overall, class-average 0.335 vs 0.307; the loop's seeds: 0.680, 0.652).
     "scratch": Recipe(
         resize="stretch",           # the loop stretched to a square; letterbox wastes ~30% of the pixels on padding
         epochs=30,                  # random init needs long schedules; 30 fits a GPU budget of minutes per model
@@ -166,7 +166,8 @@ RECIPES: dict[str, Recipe] = {
         optimizer="nesterov",       # SGD + Nesterov momentum 0.9: the loop's optimizer
         lr=0.1,                     # the loop's lr at batch 64 (BatchNorm nets train stably at 0.1 with warmup)
         weight_decay=5e-4,          # the loop's; timm's factory exempts norms and biases, as the loop did
-        warmup_epochs=2,            # 7% of a 30-epoch run (13% of 15); the loop warmed up over 5% of its steps
+        warmup_epochs=2,            # 7% of a 30-epoch run (13% of 15); the loop warmed up over 5% of its steps, but
+        #                             here 5% (0.4 of 8 epochs) lost 2.5-3.2 points overall, 2 seeds (Lite0, 128 px, CPU)
         lr_per_step=True,           # the loop's warmup and cosine moved every step (with crop_ratio and train_margin:
         #                             ResNet-18 at 96 px +0.007 overall, +0.010 class-average; Lite0 at 128 px +0.009 /
         #                             +0.013 (CPU, 1 seed); Lite0 at 224 px: overall unchanged, +0.004 class-average)
