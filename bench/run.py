@@ -123,14 +123,15 @@ def main(argv=None) -> list[dict]:
     if a.folds is not None and a.folds < 2:
         fail(f"--folds {a.folds}: k-fold needs at least 2 folds")
     overrides = {k: getattr(a, k) for k in (*RECIPE_FLAGS, "ema", "pretrained")}
+    given = {k: f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None}  # field -> its flag
     for text in a.set:
         try:
             field, value = parse_setting(text)
         except ValueError as e:
             fail(str(e))
-        if overrides.get(field) is not None:
-            fail(f"--set {text} and --{field.replace('_', '-')}: the recipe field {field} is given twice")
-        overrides[field] = value
+        if field in given:
+            fail(f"--set {text} and {given[field]}: the recipe field {field} is given twice")
+        overrides[field], given[field] = value, f"--set {text}"
     recipe_name = a.recipe
     wd = workdir.resolve(a.workdir)
     try:

@@ -142,3 +142,7 @@ def test_run_set_overrides_recipe_fields_and_records_them(tiny_root, tmp_path, c
         with pytest.raises(SystemExit):
             run_main([*base, "--run", "bad", *extra])
         assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the same field set twice names both --set arguments, not a flag that does not exist
+        run_main([*base, "--run", "bad", "--set", "crop_sampling=side", "--set", "crop_sampling=area"])
+    assert "--set crop_sampling=area and --set crop_sampling=side: the recipe field crop_sampling is given twice" in \
+        capsys.readouterr().err
