@@ -167,7 +167,7 @@ RECIPES: dict[str, Recipe] = {
         lr=0.1,                     # the loop's lr at batch 64 (BatchNorm nets train stably at 0.1 with warmup)
         weight_decay=5e-4,          # the loop's; timm's factory exempts norms and biases, as the loop did
         warmup_epochs=2,            # 7% of a 30-epoch run (13% of 15); the loop warmed up over 5% of its steps, but
-        #                             here 5% (0.4 of 8 epochs) lost 2.5-3.2 points overall, 2 seeds (Lite0, 128 px, CPU)
+        #                             here 5% (0.4 of 8 epochs) lost 2.6-3.1 points overall, 2 seeds (Lite0, 128 px, CPU)
         lr_per_step=True,           # the loop's warmup and cosine moved every step (with crop_ratio and train_margin:
         #                             ResNet-18 at 96 px +0.007 overall, +0.010 class-average; Lite0 at 128 px +0.009 /
         #                             +0.013 (CPU, 1 seed); Lite0 at 224 px: overall unchanged, +0.004 class-average)
@@ -235,6 +235,8 @@ def parse_setting(text: str) -> tuple[str, object]:
     except (KeyError, ValueError):
         raise ValueError(f"--set {text!r}: {field} takes {'true or false' if kind == 'bool' else kind}, "
                          f"not {raw!r}") from None
+
+
 RECIPE_NAMES = ("default", *RECIPES)  # what --recipe accepts
 
 

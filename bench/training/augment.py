@@ -69,8 +69,9 @@ def pixel_boxes(sx, sy, tx, ty, h: int, w: int) -> torch.Tensor:
 def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35, hflip: bool = True,
             rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None,
             crop_ratio: float = 4 / 3, crop_sampling: str = "area", antialias: bool = False) -> torch.Tensor:
-    """Random resized crop (area in [crop_scale, 1], aspect in [1/crop_ratio, crop_ratio]) resized to out_size,
-    rotation, flip, colour jitter."""
+    """Random resized crop (drawn by crop_boxes: area or side fraction per `crop_sampling`, aspect in [1/crop_ratio,
+    crop_ratio]) resized to out_size, by one warp per batch or, with `antialias`, per image; rotation, flip, colour
+    jitter."""
     b, _, h, w = x_uint8.shape
     dev = x_uint8.device
     x = x_uint8.float()
