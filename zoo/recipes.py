@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 from bench.data.resize import RESIZE
 from bench.registry import Registry
-from bench.training.schemes import LOSSES
+from bench.training.schemes import LOSSES, PARAMS as SCHEME_PARAMS
 
 # Allowed values of the recipe's choice fields: a registry where the variants are functions (adding one there is
 # all it takes), a fixed tuple where the trainer implements them inline.
@@ -65,9 +65,9 @@ class Recipe:
     plateau_factor: float = 0.1     # plateau schedule only
     label_smoothing: float = 0.1    # labels of clothing attributes are noisy; smoothing calibrates ensembles too
     loss: str = "none"              # class-imbalance treatment: a scheme of bench/training/schemes.py
-    loss_beta: float = 0.999        # effective-number scheme (Cui et al. 2019)
-    focal_gamma: float = 2.0        # focal scheme
-    logit_tau: float = 1.0          # logit_adjusted scheme: 1 is balanced softmax (Ren et al. 2020)
+    loss_beta: float = SCHEME_PARAMS["loss_beta"]  # effective-number scheme (Cui et al. 2019)
+    focal_gamma: float = SCHEME_PARAMS["focal_gamma"]  # focal scheme
+    logit_tau: float = SCHEME_PARAMS["logit_tau"]  # logit_adjusted scheme: 1 is balanced softmax (Ren et al. 2020)
     task_weighting: str = "uniform"  # uniform | uncertainty (Kendall et al. 2018, learned per attribute)
     dropout: float = 0.2            # before each head
     hidden: int = 0                 # 0: linear heads; >0: shared Linear+BatchNorm+ReLU of this width first

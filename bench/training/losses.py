@@ -30,8 +30,7 @@ class MultiAttributeLoss(nn.Module):
         super().__init__()
         if task_weighting not in TASK_WEIGHTINGS:
             raise ValueError(f"unknown task weighting {task_weighting!r}; choose one of {TASK_WEIGHTINGS}")
-        from zoo.recipes import Recipe
-        params = recipe if recipe is not None else Recipe(loss_beta=beta, focal_gamma=gamma)
+        params = recipe if recipe is not None else {"loss_beta": beta, "focal_gamma": gamma}
         treatments = [treatment(c, scheme, params) for c in counts]
         for i, t in enumerate(treatments):
             self.register_buffer(f"w{i}", torch.tensor(t.weights, dtype=torch.float32))
