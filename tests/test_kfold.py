@@ -68,6 +68,10 @@ def test_out_of_fold_probabilities_never_come_from_a_model_that_saw_the_image(ti
         assert np.allclose(z["plain"], (1 + 2 + 3 + 4) / 4)  # the mean over the fold models
     assert meta["scored_on"] == meta["kfold"]["signature"] and meta["kfold"]["oof_optimistic"] is False
     selecting = RECIPES["v0"]  # selects its epoch on val, i.e. on the fold it predicts: flagged
+    tuned = kfold.train_kfold("m", ds, store, RECIPES["scratch"], 32, tmp_path / "t", 4,
+                              extra_meta={"from_study": "s"})  # what bench.run --folds --from-study passes
+    assert tuned["from_study"] == "s"  # the member used to drop it and read as honest
+    assert json.loads((tmp_path / "t/run.json").read_text())["from_study"] == "s"
     assert kfold.train_kfold("m", ds, store, selecting, 32, tmp_path / "v", 4)["kfold"]["oof_optimistic"] is True
 
 

@@ -163,6 +163,25 @@ def test_val_scoring_says_whether_val_chose_the_epoch():
     assert val_scoring(entry("last", from_study="s")) == "last epoch; tuned params selected on val (optimistic)"
 
 
+def test_a_refit_of_tuned_parameters_is_still_called_optimistic():
+    """The refit check came before the from-study check: a refit of a --from-study run read 'val chose nothing'."""
+    from bench.reporting.leaderboard import Entry, val_scoring
+    entry = lambda select, **meta: Entry("x", "model", {"config": {"recipe": {"select": select}}, **meta},  # noqa
+                                         None, None, {})
+    refit = {"epochs": 3}
+    assert val_scoring(entry("last", refit=refit)) == \
+        "last epoch (val chose nothing); test predictions from a refit on train + val (3 epochs)"
+    assert val_scoring(entry("last", refit=refit, from_study="s")) == \
+        "last epoch; tuned params selected on val (optimistic); test predictions from a refit on train + val (3 epochs)"
+    assert val_scoring(entry("overall_acc", refit=refit, from_study="s")) == \
+        "epoch and tuned params selected on val (optimistic); test predictions from a refit on train + val (3 epochs)"
+    kfold = {"k": 5, "oof_optimistic": False}
+    assert val_scoring(entry("last", kfold=kfold)) == \
+        "out-of-fold (5 folds over train + val): last epoch, no image predicted by a model that saw or selected on it"
+    assert val_scoring(entry("last", kfold=kfold, from_study="s")) == "out-of-fold (5 folds over train + val): " \
+        "last epoch; tuned params selected on val, whose images are in the pool (optimistic)"
+
+
 def test_an_ensemble_of_last_epoch_members_is_not_called_selected_on_val():
     """Every ensemble row used to say 'members selected on val (optimistic)', also when each member kept its last
     epoch (the default recipes) or was a k-fold member: a false statement on the leaderboard."""

@@ -79,17 +79,23 @@ def val_scoring(e: Entry, others: dict[str, Entry] | None = None) -> str:
             ("members kept their last epoch (chose nothing on these images)" if chose_nothing
              else "members selected on val (optimistic)")
     last = e.meta.get("config", {}).get("recipe", {}).get("select") == "last"
+    tuned = bool(e.meta.get("from_study"))
     if "kfold" in e.meta:
         kf = e.meta["kfold"]
-        return (f"out-of-fold ({kf['k']} folds over train + val): " +
-                ("epoch selected on the predicted fold (optimistic)" if kf.get("oof_optimistic")
-                 else "last epoch, no image predicted by a model that saw or selected on it"))
+        head = f"out-of-fold ({kf['k']} folds over train + val): "
+        if kf.get("oof_optimistic"):
+            return head + "epoch selected on the predicted fold" + \
+                ("; tuned params selected on val, whose images are in the pool" if tuned else "") + " (optimistic)"
+        if tuned:
+            return head + "last epoch; tuned params selected on val, whose images are in the pool (optimistic)"
+        return head + "last epoch, no image predicted by a model that saw or selected on it"
+    if tuned:
+        text = f"{'last epoch; ' if last else 'epoch and '}tuned params selected on val (optimistic)"
+    else:
+        text = "last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)"
     if "refit" in e.meta:
-        return ("last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)") + \
-            f"; test predictions from a refit on train + val ({e.meta['refit']['epochs']} epochs)"
-    if e.meta.get("from_study"):
-        return f"{'last epoch; ' if last else 'epoch and '}tuned params selected on val (optimistic)"
-    return "last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)"
+        text += f"; test predictions from a refit on train + val ({e.meta['refit']['epochs']} epochs)"
+    return text
 
 
 def collect(runs_dir: Path, dataset: str | None = None):

@@ -117,12 +117,13 @@ def train_kfold(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe
         print(f"[{name}] fold {f + 1}/{k}: train on {len(tr)} images, predict {len(te)}")
         metas.append(train_model(name, fold_store.ds, fold_store, recipe, size, member_dir / f"fold-{f}", seed,
                                  extra_meta={**extra, "fold": f, "folds": k}, **train_kw))
-    return _write_member(name, ds, plan, metas, member_dir, optimistic)
+    return _write_member(name, ds, plan, metas, member_dir, optimistic, extra)
 
 
-def _write_member(name, ds, plan, metas, member_dir: Path, optimistic: bool) -> dict:
+def _write_member(name, ds, plan, metas, member_dir: Path, optimistic: bool, extra: dict | None = None) -> dict:
     """Out-of-fold probabilities over the pool (each image from the one model that did not train on it) and the
-    fold mean on test, with the member's run.json."""
+    fold mean on test, with the member's run.json; `extra` (the command's extra_meta, e.g. `from_study`) is
+    recorded in it as in every fold's."""
     k, fold = plan["k"], np.asarray(plan["fold"])
     _, labels = pool(ds)
     nc = ds.num_classes
@@ -153,7 +154,8 @@ def _write_member(name, ds, plan, metas, member_dir: Path, optimistic: bool) -> 
             "img_per_s": float(np.median([m["img_per_s"] for m in metas])),
             "best_epoch": [m["best_epoch"] for m in metas],
             "val": score(labels, probs_to_pred(oof["plain"], nc), nc),
-            "val_tta": score(labels, probs_to_pred((oof["plain"] + oof["flip"]) / 2, nc), nc)}
+            "val_tta": score(labels, probs_to_pred((oof["plain"] + oof["flip"]) / 2, nc), nc),
+            **(extra or {})}
     write_json(meta, member_dir / "run.json")
     v = meta["val"]
     print(f"[{name}] {k}-fold out-of-fold over {plan['n']} images: overall {v['overall_acc']:.4f}, class-average "
