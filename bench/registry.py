@@ -17,7 +17,7 @@ variant is added. Registries in the suite (each module's docstring says what a v
   bench/ensembling/weightings.py    ensemble weightings       bench.ensemble --weights
   bench/ensembling/combiners.py     probability combiners     bench.ensemble --combine
   bench/ensembling/decisions.py     decision rules            bench.ensemble --decision
-  studies/__init__.py               search spaces             bench.tune --space
+  bench/tuning/spaces.py            search spaces             bench.tune --space
 Backbones have their own registry, zoo/registry.py (`register(name, timm_name, size)`), since a backbone is a row
 of data rather than a function.
 """

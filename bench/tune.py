@@ -14,7 +14,7 @@ not seeds; the sampler gets a fresh seed per worker and per resume (printed, and
 Trial folders live under WORKDIR/studies/trials/<study>/ and keep run.json and history.csv (no weights); the
 default storage is WORKDIR/studies/fashion.db. Writes WORKDIR/reports/tune-<study>.md; `python -m bench.run
 --from-study NAME` trains with the best parameters and the study's trial budget (epochs, size, batch size, init),
-flags given there still winning. The library is bench/tuning/, the search spaces studies/.
+flags given there still winning. The library is bench/tuning/, the search spaces bench/tuning/spaces.py.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from bench.data import DatasetError, open_dataset, resolve_root
 from bench.tuning.study import (FINISHED, OBJECTIVES, StudyStopped, budget_of, counted, make_objective, make_pruner,
                                 run_study)
 from bench.metrics import TARGET_HELP
-from studies import SPACES
+from bench.tuning.spaces import SPACES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--study", help="study name (default: <model>-<metric>)")
     p.add_argument("--storage", help="SQLAlchemy URL or journal:PATH (default: SQLite file WORKDIR/studies/fashion.db)")
     p.add_argument("--space", default="default", choices=SPACES.names(),
-                   help="search space (studies/): " + SPACES.describe())
+                   help="search space (bench/tuning/spaces.py): " + SPACES.describe())
     p.add_argument("--heartbeat", type=int, default=30, help="seconds between worker heartbeats (SQL storages)")
     p.add_argument("--grace", type=int, help="seconds without heartbeat before a trial counts as dead (default 4x)")
     p.add_argument("--wait-timeout", type=float, default=600,

@@ -50,7 +50,7 @@ def test_a_new_loss_scheme_is_one_function(capsys):
     from bench.run import parse_args
     from bench.training.losses import MultiAttributeLoss
     from bench.training.schemes import LOSSES, Treatment
-    from studies import SPACES
+    from bench.tuning.spaces import SPACES
     from zoo.recipes import Recipe
 
     def only_first_class(n, recipe):
@@ -153,7 +153,7 @@ def test_a_new_tta_transform_is_one_function(capsys):
 
 def test_a_new_search_space_is_one_function(tiny_root, tmp_path, monkeypatch, capsys):
     from bench.tune import main as tune_main
-    from studies import SPACES
+    from bench.tuning.spaces import SPACES
     from test_tune import args, fake_training
 
     def tiny_lr(trial, base):
@@ -172,7 +172,7 @@ def test_every_search_space_proposes_valid_recipes(base_name):
     """Whatever a space proposes, from either init-dependent recipe, is a recipe the trainer accepts; the finetune
     space keeps lr within base/3 .. base x 3 and the backbone's lr scale within 0.05 .. 1."""
     import optuna
-    from studies import SPACES
+    from bench.tuning.spaces import SPACES
     from zoo.recipes import get_recipe
 
     base = get_recipe(base_name)

@@ -40,6 +40,7 @@ def test_tune_keeps_its_study_and_trials_in_the_working_folder(tiny_root, tmp_pa
     from bench.tune import main as tune_main
     calls = fake_training(monkeypatch)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("bench.tuning.storage.LEGACY_DB", tmp_path / "none/studies/fashion.db")  # not the checkout's
     home = tmp_path / "w"
     tune_main(["--workdir", str(home), "--data", str(tiny_root), "--study", "s", "--trials", "2", "--epochs", "1",
                *TINY[:2], "--no-progress"])
@@ -74,3 +75,44 @@ def test_a_study_database_left_in_the_package_folder_is_not_forked(tiny_root, tm
     from bench.tuning.storage import default_url
     from bench.workdir import resolve
     assert default_url(resolve(home)) == f"sqlite:///{home / 'studies/fashion.db'}"
+
+
+def test_a_folder_holding_the_working_folders_subfolders_runs_the_commands(tmp_path):
+    """`python -m` puts the current folder first on the import path: a working folder's studies/ (which bench.tune
+    itself makes) hid the `studies` package the search spaces lived in, so bench.tune could not start there. No
+    folder the suite makes may share a name with an importable package."""
+    import subprocess
+    import sys
+    for name in ("runs", "studies", "reports", "submission"):
+        (tmp_path / "w" / name).mkdir(parents=True)
+    done = subprocess.run([sys.executable, "-m", "bench.tune", "--help"], cwd=tmp_path / "w", capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m bench.tune")
+    probe = ("import importlib.util; print([n for n in ('runs', 'studies', 'reports', 'submission') "
+             "if importlib.util.find_spec(n)])")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr
+
+
+def test_the_repository_root_as_working_folder_is_not_taken_for_an_old_install(tiny_root, tmp_path, monkeypatch,
+                                                                                capsys):
+    """Following the README in the repository root makes ROOT/studies/fashion.db, where versions before 2026-11-24
+    kept theirs: tuning there and then in another folder must not stop with 'an older version left a study
+    database'; a database there that no new version has used still stops it."""
+    from bench.tune import main as tune_main
+    fake_training(monkeypatch)
+    root = tmp_path / "checkout"
+    monkeypatch.setattr("bench.tuning.storage.LEGACY_DB", root / "studies/fashion.db")
+    monkeypatch.chdir(root.parent)
+    tiny = ["--data", str(tiny_root), "--study", "s", "--trials", "1", "--epochs", "1", *TINY[:2], "--no-progress",
+            "--no-report"]
+    tune_main(["--workdir", str(root), *tiny])  # the repository root used as the working folder
+    assert (root / "studies/fashion.db").exists()
+    tune_main(["--workdir", str(tmp_path / "other"), *tiny])
+    assert (tmp_path / "other/studies/fashion.db").exists()
+    (root / "studies/.working-folder").unlink()  # as an older version left it
+    with pytest.raises(SystemExit) as e:
+        tune_main(["--workdir", str(tmp_path / "third"), *tiny])
+    assert e.value.code == 2
+    assert f"mv {root / 'studies/fashion.db'} {tmp_path / 'third/studies/fashion.db'}" in capsys.readouterr().err

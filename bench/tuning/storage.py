@@ -28,15 +28,21 @@ from optuna.storages.journal import JournalFileBackend
 from bench.errors import StorageError
 from bench.workdir import Workdir, resolve
 
-# Where studies lived before the working folder (inside the installed `studies` package): never written again.
+# Where versions before 2026-11-24 kept the study database: in the top-level `studies` package installed beside
+# bench/ (in a source checkout, the repository root's studies/). That package is gone (the search spaces are
+# bench/tuning/spaces.py), so the folder is now a working folder's studies/ only when the repository root is used
+# as the working folder; bench.tune then leaves WORKDIR_MARK beside the database (open_storage), and tuning in
+# another folder no longer takes it for one an older version left.
 LEGACY_DB = Path(__file__).resolve().parents[2] / "studies" / "fashion.db"
+WORKDIR_MARK = ".working-folder"
 
 
 def default_url(wd: Workdir) -> str:
     """sqlite:///WORKDIR/studies/fashion.db. A study database left in the package folder by an older version is
     not silently forked: the command stops and says how to move it."""
     db = wd.studies / "fashion.db"
-    if not db.exists() and LEGACY_DB.exists() and LEGACY_DB.resolve() != db.resolve():
+    if (not db.exists() and LEGACY_DB.exists() and LEGACY_DB.resolve() != db.resolve()
+            and not (LEGACY_DB.parent / WORKDIR_MARK).exists()):
         raise StorageError(f"studies now live in the working folder ({db}), but an older version left a study "
                            f"database at {LEGACY_DB}. Move it there to continue those studies:\n"
                            f"  mkdir -p {db.parent} && mv {LEGACY_DB} {db}\n"
@@ -83,7 +89,12 @@ def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None 
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.removeprefix("sqlite:///"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.resolve() == LEGACY_DB.resolve():  # the repository root as working folder (or --storage naming it)
+            (path.parent / WORKDIR_MARK).write_text(
+                f"bench.tune (2026-11-27 or later) uses {LEGACY_DB} as a working folder's study database, so other "
+                f"working folders do not take it for one that a version before 2026-11-24 left here.\n")
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
     from sqlalchemy.exc import IntegrityError, ProgrammingError
     for attempt in range(6):

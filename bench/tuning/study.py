@@ -1,7 +1,7 @@
 """The tuning library behind bench.tune: objective, worker loop and pruners over an Optuna study.
 
 A trial trains one model through the training library (bench.training.train.train_model, nothing persisted but
-run.json and history.csv), with recipe overrides from a search space (studies/). Workers sharing a study count
+run.json and history.csv), with recipe overrides from a search space (spaces.py). Workers sharing a study count
 finished trials together so the study never overshoots; see bench/tune.py for the user-facing behaviour.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import warnings
 import optuna
 
 from bench.errors import NonFiniteLoss
-from studies import SPACES
+from bench.tuning.spaces import SPACES
 
 # --metric -> the val scores a trial returns: the two challenge metrics, alone or as a Pareto front (`both`);
 # `mean_class` (balanced accuracy) is kept for studies started before the class average existed.

@@ -3,8 +3,9 @@
 A space receives the Optuna trial and the base recipe (the one the study tunes, after the command's flags) and
 returns recipe overrides; it asks the trial for values with `trial.suggest_*`. Register a new one with
 `@SPACES.register`; `bench.tune --help` lists them. Choice fields read their registries (a loss scheme added to
-bench/training/schemes.py is searched at once). Study storage lives in bench/tuning/storage.py; study data in the
-working folder (WORKDIR/studies/), never here.
+bench/training/schemes.py is searched at once). Study storage lives in storage.py beside this module; study data in
+the working folder (WORKDIR/studies/), never in the package. (Before 2026-11-27 this was the top-level `studies`
+package, whose name the working folder's `studies/` shadowed under `python -m`.)
 """
 from __future__ import annotations
 
