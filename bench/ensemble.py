@@ -42,9 +42,10 @@ def parse_args(argv=None):
                         "plain,flip,crop0.9+flip. Transforms (bench/ensembling/views.py): " + VIEWS.describe())
     p.add_argument("--combine", default="mean", choices=COMBINERS.names(), help=COMBINERS.describe())
     p.add_argument("--weights", default="caruana", choices=WEIGHTINGS.names(), help=WEIGHTINGS.describe())
-    p.add_argument("--metric", default="overall", choices=list(TARGETS),
+    p.add_argument("--metric", choices=list(TARGETS),
                    help=TARGET_HELP + "; what weights, ensemble selection and the decision rule are fitted for "
-                        "(both metrics are always printed)")
+                        "(both metrics are always printed), and the leaderboard's target (default: overall for the "
+                        "fit; the leaderboard keeps the metric a command last named)")
     p.add_argument("--decision", choices=DECISIONS.names(),
                    help="decision rule (default: logit_adjusted for --metric class, argmax for overall): "
                         + DECISIONS.describe())
@@ -69,7 +70,7 @@ def main(argv=None) -> dict:
     split_list = lambda s: [x.strip() for x in s.split(",") if x.strip()] if s else None  # noqa: E731
     spec = EnsembleSpec(runs_dir=Path(a.runs_dir) if a.runs_dir else wd.runs, runs=split_list(a.runs),
                         models=split_list(a.models), views=split_list(a.tta) or ["plain"], combine=a.combine,
-                        weights=a.weights, metric=a.metric, decision=a.decision, per_attribute=a.per_attribute, folds=a.folds,
+                        weights=a.weights, metric=a.metric or "overall", decision=a.decision, per_attribute=a.per_attribute, folds=a.folds,
                         data=Path(a.data) if a.data else None, name=a.name,
                         out=Path(a.out) if a.out else wd.submission, force=a.force, seed=a.seed)
     print(f"[ensemble] members from {spec.runs_dir}; submission to {spec.out}")
@@ -80,7 +81,7 @@ def main(argv=None) -> dict:
         raise SystemExit(2)
     if not a.no_report:
         from bench.reporting.leaderboard import build_report
-        build_report(spec.runs_dir)
+        build_report(spec.runs_dir, metric=a.metric)
     return result
 
 

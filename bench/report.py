@@ -23,8 +23,10 @@ def main(argv=None):
     workdir.add_argument(p)
     p.add_argument("--runs-dir", help="runs folder (default WORKDIR/runs)")
     p.add_argument("--out", help="report folder (default: reports/ beside a folder named runs, else RUNS_DIR/_report)")
-    p.add_argument("--metric", default="overall", choices=list(TARGETS),
-                   help=TARGET_HELP + "; the default sort, the leader and the comparisons with it")
+    p.add_argument("--metric", choices=list(TARGETS),
+                   help=TARGET_HELP + "; the default sort, the leader and the comparisons with it (default: the one "
+                        "a command last named for this report folder, else overall; bench.run, tune and ensemble "
+                        "keep it too)")
     p.add_argument("--sort", choices=SORT_KEYS, help="reorder rows by another column (default: the --metric)")
     p.add_argument("--dataset", help="dataset fingerprint to report (default: the one with most runs)")
     a = p.parse_args(argv)

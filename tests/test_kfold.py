@@ -119,3 +119,32 @@ def test_refit_trains_on_train_and_val_and_writes_the_test_probabilities(tiny_ro
     with np.load(d / "probs_test_valrun.npz") as a, np.load(d / "probs_val.npz") as v:
         assert a["plain"].shape == (30, sum(K)) and v["labels"].shape == (40, 6)
     shutil.rmtree(runs)
+
+
+def test_an_out_of_fold_decision_never_depends_on_the_labels_it_scores():
+    """With k-fold members the logit-adjustment prior was the pool's class frequencies, counting the fold being
+    scored: relabelling one fold moved that fold's own out-of-fold predictions. Now each fold's prior is fitted on
+    the other folds, as its models were."""
+    from bench.ensembling.decisions import prior_from_counts
+    from bench.ensembling.ensemble import cross_validate
+    from bench.data import class_counts
+    rng = np.random.default_rng(0)
+    n, nc = 400, (3,)
+    labels = rng.choice(3, (n, 1), p=[0.8, 0.15, 0.05])
+    probs = rng.dirichlet([1, 1, 1], n) * 0.8 + np.eye(3)[labels[:, 0]] * 0.2  # informative but noisy
+    fold = np.arange(n) % 2
+    relabelled = labels.copy()
+    relabelled[fold == 0] = 2  # fold 0 all of the rare class: the pool's frequencies change a lot
+
+    def oof(y):  # as make_ensemble calls it: the prior from the member's recorded (pool) counts
+        prior = prior_from_counts(class_counts(y, nc))
+        return cross_validate("uniform", [probs], y, nc, decision="logit_adjusted", prior=prior, metric="class",
+                              fold_ids=fold).pred
+
+    assert (oof(labels)[fold == 0] == oof(relabelled)[fold == 0]).all()
+    from bench.ensembling.decisions import decide, fit_rule
+    te, tr = fold == 0, fold == 1  # the pool's prior would have moved them: the case is sensitive
+    pool = [prior_from_counts(class_counts(y, nc)) for y in (labels, relabelled)]
+    moved = [decide("logit_adjusted", probs[te], nc, pi, fit_rule("logit_adjusted", probs[tr], labels[tr], nc, pi,
+                                                                  "class")) for pi in pool]
+    assert (moved[0] != moved[1]).any()

@@ -204,3 +204,89 @@ def test_summary_line_names_the_target_metric_and_its_value(demo_runs, tmp_path,
     df = pd.read_csv(tmp_path / "rep/leaderboard.csv")
     leader = df.loc[df["class_avg_acc"].idxmax()]
     assert f"leader `{leader['entry']}` class_avg_acc {leader['class_avg_acc']:.4f})" in capsys.readouterr().out
+
+
+K = (7, 3, 3, 4, 6, 3)
+
+
+def one_hot(pred: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.eye(k)[pred[:, a]] for a, k in enumerate(K)], 1).astype(np.float32)
+
+
+def fake_run(runs: Path, label: str, pred: np.ndarray, labels: np.ndarray, flip: np.ndarray | None = None,
+             fold: np.ndarray | None = None, **meta):
+    """A finished run folder whose val probabilities are the one-hot `pred` (and `flip`, default the same); `fold`
+    makes it a k-fold member's out-of-fold file."""
+    from bench.artifacts import save_probs, write_json
+    d = runs / label
+    d.mkdir(parents=True)
+    save_probs(d / "probs_val.npz", plain=one_hot(pred), flip=one_hot(pred if flip is None else flip), labels=labels,
+               **({} if fold is None else {"fold": fold}))
+    write_json({"kind": "model", "status": "done", "num_classes": list(K), "dataset": "fp",
+                "config": {"dataset": "fp", "recipe": {"select": "last"}},
+                "class_names": [[f"c{c}" for c in range(k)] for k in K], **meta}, d / "run.json")
+    return d
+
+
+def skewed(n=40, rare=10):
+    """Labels: the first n - rare images class 0 in every attribute, the rest cycle through the other classes."""
+    labels = np.zeros((n, len(K)), np.int64)
+    for a, k in enumerate(K):
+        labels[n - rare:, a] = 1 + np.arange(rare) % (k - 1)
+    return labels
+
+
+def test_the_summary_line_names_the_leader_on_the_target_whatever_the_sort(tmp_path, capsys):
+    """With --sort the summary printed the first row in sort order as the leader."""
+    labels = skewed()
+    majority = np.zeros_like(labels)  # 30/40 right, class average low
+    balanced = labels.copy()
+    balanced[:20] = 1  # the 10 rare images and 10 of the 30 common ones right: 20/40, class average high
+    fake_run(tmp_path / "runs", "r/common", majority, labels)
+    fake_run(tmp_path / "runs", "r/rare", balanced, labels)
+    build_report(tmp_path / "runs", tmp_path / "rep", sort="class_avg_acc", metric="overall")
+    df = pd.read_csv(tmp_path / "rep/leaderboard.csv")
+    assert df["entry"].tolist() == ["r/rare", "r/common"]  # rows in --sort order
+    assert df.loc[df["leader"], "entry"].tolist() == ["r/common"]  # the leader on overall accuracy
+    assert "leader `r/common` overall_acc 0.7500)" in capsys.readouterr().out
+
+
+def test_the_metric_a_command_names_reaches_the_leaderboard_and_stays(demo_runs, tmp_path, capsys):
+    """bench.ensemble --metric class printed 'target: class' and then wrote a leaderboard on overall accuracy."""
+    from bench.ensemble import main as ensemble_main
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_runs, runs)
+    md = tmp_path / "reports/leaderboard.md"
+    ensemble_main(["--runs-dir", str(runs), "--out", str(tmp_path / "sub"), "--metric", "class"])
+    assert "Target metric: `class_avg_acc` (`--metric class`)" in md.read_text()
+    assert "Δ class_avg_acc vs leader" in md.read_text()
+    report_main(["--runs-dir", str(runs)])  # a later command that names no metric keeps it
+    assert "Target metric: `class_avg_acc` (`--metric class`, named by an earlier command" in md.read_text()
+    report_main(["--runs-dir", str(runs), "--metric", "overall"])
+    assert "Target metric: `overall_acc` (`--metric overall`)" in md.read_text()
+    report_main(["--runs-dir", str(runs)])
+    assert "Δ overall_acc vs leader" in md.read_text()
+
+
+def test_the_kfold_majority_baseline_is_fitted_per_fold_and_named_apart(tmp_path):
+    """The k-fold baseline predicted the pool's majority, counting the fold it scored, while its row said 'fit on
+    train counts only'; and both baselines were called 'majority baseline' (one per-class column twice)."""
+    labels = np.zeros((20, 6), np.int64)
+    fold = np.repeat([0, 1], 10)
+    labels[:10, 0] = 1  # fold 0: texture class 1 (pool majority: 10 of 20)
+    labels[10:16, 0], labels[16:, 0] = 0, 2  # fold 1: 6 x class 0, 4 x class 2
+    runs = tmp_path / "runs"
+    fake_run(runs, "k/a", labels, labels, fold=fold, scored_on="oof-k2-x", kfold={"k": 2, "oof_optimistic": False},
+             train_class_counts=[np.bincount(labels[:, a], minlength=k).tolist() for a, k in enumerate(K)])
+    val = skewed()
+    fake_run(runs, "r/a", val, val, train_class_counts=[[9] + [1] * (k - 1) for k in K])
+    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    df = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("entry")
+    # fold 0 gets fold 1's majority (class 0), fold 1 gets fold 0's (class 1): texture always wrong, the rest right
+    assert df.loc["majority baseline (oof-k2-x)", "overall_acc"] == pytest.approx(5 / 6)  # the pool's gave 11/12
+    assert df.loc["majority baseline (oof-k2-x)", "val_scoring"] == \
+        "out-of-fold (fit per fold on the other folds' counts)"
+    assert df.loc["majority baseline", "overall_acc"] == pytest.approx(0.75)  # val: 30 of 40 are class 0
+    assert df.loc["majority baseline", "val_scoring"] == "unbiased (fit on train counts only)"
+    header = next(line for line in md.splitlines() if line.startswith("| attribute | class |"))
+    assert header.count("`majority baseline`") == 1 and header.count("`majority baseline (oof-k2-x)`") == 1

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs, write_json
-from bench.data import ATTRIBUTES, DatasetError, format_predictions, read_predictions
+from bench.data import ATTRIBUTES, DatasetError, class_counts, format_predictions, read_predictions
 from bench.data.folds import stratified_folds
 from bench.ensembling.combiners import COMBINERS, combine
 from bench.ensembling.decisions import DECISIONS, decide, fit_rule, prior_from_counts
@@ -135,16 +135,18 @@ def cross_validate(scheme, probs, labels, num_classes, method="mean", per_attrib
     """Weights (then the decision rule's parameters, on the combined probabilities of the same training folds)
     fitted on k-1 stratified folds of val and applied to the held-out fold. A single member with `uniform` weights
     cross-fits the decision rule alone. `fold_ids` (k-fold members: their own folds) replaces the stratified
-    split."""
+    split; the rule's `prior` is then, per fold, the class frequencies of the other folds (what that fold's models
+    trained on), never counts that include the images being scored."""
     oof, pred = np.zeros_like(probs[0]), np.zeros((len(labels), len(num_classes)), np.int64)
     fold = stratified_folds(labels, folds, seed) if fold_ids is None else np.asarray(fold_ids)
     for f in np.unique(fold):
         tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        pi = prior_from_counts(class_counts(labels[tr], num_classes)) if fold_ids is not None else prior
         w = WEIGHTINGS[scheme]([p[tr] for p in probs], labels[tr], num_classes, method, per_attribute, seed, metric)
         params = fit_rule(decision, combine([p[tr] for p in probs], w, num_classes, method), labels[tr], num_classes,
-                          prior, metric)
+                          pi, metric)
         oof[te] = combine([p[te] for p in probs], w, num_classes, method)
-        pred[te] = decide(decision, oof[te], num_classes, prior, params)
+        pred[te] = decide(decision, oof[te], num_classes, pi, params)
     return CrossFit(score(labels, pred, num_classes), oof, pred,
                     score(labels, decide("argmax", oof, num_classes, prior), num_classes))
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bench.artifacts import RunArtifacts, atomic_write, find_runs
-from bench.data import ATTRIBUTES
+from bench.data import ATTRIBUTES, class_counts
 from bench.metrics import TARGETS, image_parts, majority_from_counts, probs_to_pred, score
 from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
 
@@ -71,7 +71,7 @@ def val_scoring(e: Entry, others: dict[str, Entry] | None = None) -> str:
     """How far the scored images already shaped an entry, i.e. what its score is. An ensemble's members are looked
     up in `others` (label -> entry); a member not found there counts as selected on val."""
     if e.kind == "baseline":
-        return "unbiased (fit on train counts only)"
+        return e.meta.get("val_scoring", "unbiased (fit on train counts only)")
     if e.kind == "ensemble":
         members = [(others or {}).get(label) for label in e.meta.get("members", [])]
         chose_nothing = bool(members) and all(m is not None and "optimistic" not in val_scoring(m) for m in members)
@@ -125,17 +125,38 @@ def collect(runs_dir: Path, dataset: str | None = None):
         if fp != chosen:
             notes.append(f"{n} run(s) trained on another dataset (fingerprint `{fp}`): `--dataset {fp}` reports them")
     entries = [make_entry(a, p) for a, p in usable if fingerprint(a) == chosen]
-    for group in groups(entries).values():  # a majority baseline on each set of scored images
-        base = group[0]
-        labels = base.extra["labels"]
-        counts = next((e.meta["train_class_counts"] for e in group if "train_class_counts" in e.meta), None)
-        if counts is not None:
-            nc = tuple(base.meta["num_classes"])
-            pred = majority_from_counts(counts, len(labels))
-            entries.append(Entry("majority baseline", "baseline",
-                                 {"num_classes": list(nc), "scored_on": base.meta.get("scored_on", "val")},
-                                 pred, pred == labels, score(labels, pred, nc)))
+    for key, group in groups(entries).items():  # a majority baseline on each set of scored images
+        if (baseline := majority_baseline(key, group)) is not None:
+            entries.append(baseline)
     return entries, notes, chosen
+
+
+def majority_baseline(key: str, group: list[Entry]) -> Entry | None:
+    """Each attribute's most frequent class, fitted on images the scored ones are not among: on val, the training
+    counts the members recorded; out of fold, per fold the counts of the other folds (the pool's counts would
+    include the images being scored). Labelled by the images it scores, so two baselines never share a name. None
+    when a val group's members recorded no training counts."""
+    base = group[0]
+    labels = base.extra["labels"]
+    fold = next((e.extra["fold"] for e in group if "fold" in e.extra), None)
+    nc = tuple(base.meta["num_classes"])
+    meta = {"num_classes": list(nc), "scored_on": key}
+    if fold is None:
+        counts = next((e.meta["train_class_counts"] for e in group if "train_class_counts" in e.meta), None)
+        if counts is None:
+            return None
+        meta["val_scoring"] = "unbiased (fit on train counts only)" if key == "val" else \
+            "fit on the pool's counts, which include the images it scores (no fold ids recorded)"
+        pred = majority_from_counts(counts, len(labels))
+        label = "majority baseline" if key == "val" else f"majority baseline ({key})"
+    else:
+        pred = np.empty_like(labels)
+        for f in np.unique(fold):
+            rows = fold == f
+            pred[rows] = majority_from_counts(class_counts(labels[~rows], nc), int(rows.sum()))
+        meta["val_scoring"] = "out-of-fold (fit per fold on the other folds' counts)"
+        label = f"majority baseline ({key})"
+    return Entry(label, "baseline", meta, pred, pred == labels, score(labels, pred, nc))
 
 
 def groups(entries: list[Entry]) -> dict[str, list[Entry]]:
@@ -166,8 +187,8 @@ def make_entry(art: RunArtifacts, probs: dict) -> Entry:
     hist_path = art.dir / "history.csv"
     history = pd.read_csv(hist_path) if hist_path.exists() else None
     kind = art.meta.get("kind", "model")
-    return Entry(art.label, kind, art.meta, pred, pred == labels, score(labels, pred, nc), tta, history,
-                 {"labels": labels, "dir": art.dir})
+    extra = {"labels": labels, "dir": art.dir, **({"fold": probs["fold"]} if "fold" in probs else {})}
+    return Entry(art.label, kind, art.meta, pred, pred == labels, score(labels, pred, nc), tta, history, extra)
 
 
 def leaderboard_frame(entries: list[Entry], sort: str = "overall_acc", metric: str = "overall") -> pd.DataFrame:
@@ -295,15 +316,37 @@ def _write(out: Path, md: list[str]) -> Path:
     return path
 
 
+TARGET_FILE = "leaderboard-target.txt"  # in the report folder: the target metric a command last named
+
+
+def resolve_target(out: Path, metric: str | None) -> tuple[str, str]:
+    """The report's target metric and how it was chosen. A metric a command names (`--metric`) is recorded in the
+    report folder, so every later command that rebuilds this leaderboard without naming one keeps it (a plain
+    `bench.run` after `bench.ensemble --metric class` must not turn the leaderboard back to overall accuracy)."""
+    recorded = out / TARGET_FILE
+    if metric is not None:
+        if metric not in TARGETS:
+            raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(TARGETS)}")
+        return metric, f"`--metric {metric}`"
+    saved = recorded.read_text().strip() if recorded.exists() else ""
+    if saved in TARGETS:
+        return saved, (f"`--metric {saved}`, named by an earlier command on this leaderboard and kept until a "
+                       f"command names another")
+    return "overall", "the default; `--metric class` targets the class average"
+
+
 def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, sort: str | None = None,
-                 dataset: str | None = None, quiet: bool = False, metric: str = "overall") -> Path | None:
+                 dataset: str | None = None, quiet: bool = False, metric: str | None = None) -> Path | None:
     """Write the leaderboard of `runs_dir` to `out` (default report_dir(runs_dir)); its path, or None when nothing
     is ranked (a report listing the runs left out, and why, is still written when there are any). `metric` is the
-    target (bench.metrics.TARGETS): the default sort, the leader and the comparisons; `sort` reorders rows only."""
-    sort = sort or TARGETS[metric]
+    target (bench.metrics.TARGETS): the default sort, the leader and the comparisons; None keeps the one a command
+    last named for this report folder (resolve_target), else overall. `sort` reorders rows only."""
     from bench.reporting import plots as rp
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else report_dir(runs_dir)
+    named = metric is not None
+    metric, chosen = resolve_target(out, metric)
+    sort = sort or TARGETS[metric]
     entries, notes, fp = collect(runs_dir, dataset)
     if not entries and not notes:
         if not quiet:
@@ -311,11 +354,13 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
         return None
     files = out / "leaderboard_files"
     files.mkdir(parents=True, exist_ok=True)
+    if named:
+        atomic_write(out / TARGET_FILE, lambda tmp: tmp.write_text(metric + "\n"))
     md = ["# fashion-bench leaderboard", "",
           f"Built by `python -m bench.report` from the artifacts in `{runs_dir}/`. Overall accuracy = correct "
           "attribute predictions / (N x 6) (2023 challenge); class-average accuracy = accuracy of each of the 26 "
           "classes, then their plain mean (2024 challenge); 95% intervals bootstrap over images. Target metric: "
-          f"`{TARGETS[metric]}` (`--metric {metric}`): the leader and the comparisons are on it.", "",
+          f"`{TARGETS[metric]}` ({chosen}): the default sort, the leader and the comparisons are on it.", "",
           "**What the scores are.** Each section scores its entries on the images its heading names (the "
           "validation split, or out-of-fold over train + val for k-fold members). Where those images chose a "
           "model's epoch (checkpoint selection) or tuned parameters, its score is in-sample for that choice, so "
@@ -405,6 +450,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
         md += ["## Not on the leaderboard", "", *[f"- {n}" for n in notes], ""]
     path = _write(out, md)
     if not quiet:
-        print(f"report: {path} ({len(entries)} entries; leader `{df.iloc[0]['entry']}` "
-              f"{TARGETS[metric]} {df.iloc[0][TARGETS[metric]]:.4f})")
+        leader = df[df["leader"]].iloc[0]
+        print(f"report: {path} ({len(entries)} entries; leader `{leader['entry']}` "
+              f"{TARGETS[metric]} {leader[TARGETS[metric]]:.4f})")
     return path
