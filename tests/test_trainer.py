@@ -401,3 +401,81 @@ def test_a_run_recorded_before_new_recipe_fields_is_the_same_run(tiny_root, tmp_
     with pytest.raises(SystemExit):
         run_main([*base, "--set", "lr_floor=0"])
     assert "differs in: recipe" in capsys.readouterr().err
+
+
+def cosine_factor(t: float, warmup: float, total: float, lr: float = 0.1, floor: float = 1e-3) -> float:
+    """timm's warm-up + cosine for a base lr `lr` at position t (epochs or steps, counted from 0): linear from lr x
+    0.01 over `warmup`, then the cosine over `total` down to lr x floor."""
+    if t < warmup:
+        return lr * 0.01 + t * (lr - lr * 0.01) / warmup
+    return lr * floor + 0.5 * (lr - lr * floor) * (1 + np.cos(np.pi * t / total))
+
+
+@pytest.mark.parametrize("per_step,scale", [(False, 0.1), (True, 0.0)])
+def test_backbone_lr_scale_scales_the_whole_schedule(tiny_root, tmp_path, per_step, scale):
+    """Every group trains at its own base lr x one schedule factor, at every step, warm-up start and floor included,
+    across a resume: the heads at lr x f(t), the backbone at lr x scale x f(t). The warm-up start and the floor were
+    the heads' for every group: with scale 0 ("frozen backbone") the backbone trained at 1e-3 in the first epoch and
+    rose to 1e-4. history.csv records the heads' lr as `lr` (it was the backbone's) and the backbone's as
+    `backbone_lr`."""
+    recipe = TINY.updated(lr=0.1, epochs=2, warmup_epochs=1, backbone_lr_scale=scale, lr_per_step=per_step)
+    seen = []  # per optimizer step: (heads' lrs, backbone's lrs) it ran with
+
+    def make(**kw):
+        tr = make_trainer(tiny_root, tmp_path, recipe, **kw)
+        tr.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(
+            ([g["lr"] for g in opt.param_groups if not g["backbone"]],
+             [g["lr"] for g in opt.param_groups if g["backbone"]])))
+        return tr
+
+    def stop_after_first(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    first = make(on_epoch=stop_after_first)
+    frozen = {n: p.detach().clone() for n, p in first.model.named_parameters() if n.startswith("backbone.")}
+    heads = {n: p.detach().clone() for n, p in first.model.named_parameters() if not n.startswith("backbone.")}
+    with pytest.raises(KeyboardInterrupt):
+        first.fit()
+    resumed = make()
+    history = resumed.fit()  # epoch 2, from the state saved after epoch 1
+    n = resumed.steps_per_epoch
+    assert len(seen) == 2 * n and len(history) == 2
+    for k, (head_lrs, backbone_lrs) in enumerate(seen):  # step k (from 0) runs at f(k) per step, f(epoch) per epoch
+        f = cosine_factor(k, n, 2 * n) if per_step else cosine_factor(k // n, 1, 2)
+        assert head_lrs == pytest.approx([f] * len(head_lrs), rel=1e-9), k
+        assert backbone_lrs == pytest.approx([scale * f] * len(backbone_lrs), rel=1e-9, abs=0), k
+        if scale == 0:
+            assert backbone_lrs == [0.0] * len(backbone_lrs), k
+    # warm-up start 0.001, then the cosine over 2 epochs: half-way 0.05005, at the end the floor 1e-4. history: the
+    # lr an epoch trained at (per epoch), the lr after its last step (per step)
+    want = [0.05005, 1e-4] if per_step else [0.001, 0.05005]
+    assert [h["lr"] for h in history] == pytest.approx(want, rel=1e-9)
+    assert [h["backbone_lr"] for h in history] == pytest.approx([scale * w for w in want], rel=1e-9, abs=0)
+    on_disk = pd.read_csv(tmp_path / "history.csv")
+    assert list(on_disk["lr"]) == pytest.approx(want, rel=1e-9)
+    assert list(on_disk["backbone_lr"]) == pytest.approx([scale * w for w in want], rel=1e-9, abs=0)
+    assert resumed.lrs() == pytest.approx({"lr": 1e-4, "backbone_lr": scale * 1e-4}, rel=1e-9, abs=0)  # the floor
+    if scale == 0:  # lr 0: AdamW neither steps nor decays the backbone's weights (its BatchNorm statistics do move)
+        for model in (first.model, resumed.model):
+            for name, p in model.named_parameters():
+                if name.startswith("backbone."):
+                    assert torch.equal(p, frozen[name]), name
+        assert any(not torch.equal(p, heads[n]) for n, p in resumed.model.named_parameters() if n in heads)
+
+
+def test_plateau_schedule_keeps_the_backbone_at_its_scale_down_to_its_floor(tiny_root, tmp_path):
+    """ReduceLROnPlateau had one floor for every group: the backbone (lr x 0.1) stopped at the heads' floor."""
+    recipe = TINY.updated(lr=0.1, backbone_lr_scale=0.1, schedule="plateau", plateau_patience=0, warmup_epochs=1,
+                          plateau_factor=0.1, lr_floor=0.01, optimizer="nesterov")
+    tr = make_trainer(tiny_root, tmp_path, recipe)
+    heads, backbone = [], []
+    for epoch in range(1, 7):  # the same score every epoch: one reduction per epoch after the first after warm-up
+        heads.append(tr.lrs()["lr"])
+        backbone.append(tr.lrs()["backbone_lr"])
+        tr.scheduler.step(epoch, 0.5)
+    assert heads == pytest.approx([0.001, 0.1, 0.1, 0.01, 0.001, 0.001], rel=1e-9)
+    assert backbone == pytest.approx([1e-4, 0.01, 0.01, 0.001, 1e-4, 1e-4], rel=1e-9)
+    for g in tr.optimizer.param_groups:
+        assert g["lr"] == pytest.approx(1e-4 if g["backbone"] else 1e-3, rel=1e-9)
+

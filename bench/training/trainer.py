@@ -176,17 +176,30 @@ def maybe_compile(model: torch.nn.Module, mode: str, device: torch.device) -> tu
 
 def param_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict]:
     """Backbone and heads, each split into decayed weights and undecayed norms/biases (1-d tensors): the backbone's
-    lr is lr x backbone_lr_scale, the heads' is lr."""
+    lr is lr x backbone_lr_scale, the heads' is lr. Every group's base lr is the recipe's, and the backbone's scale is
+    its `lr_scale`, which timm's schedulers multiply into every value they set (warm-up start, cosine, floor): so at
+    every step each group trains at its own lr x the same schedule factor (scale 0: a frozen backbone, lr 0
+    throughout)."""
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         backbone, no_decay = name.startswith("backbone."), p.ndim <= 1
         g = groups.setdefault((backbone, no_decay), {
-            "params": [], "lr": recipe.lr * (recipe.backbone_lr_scale if backbone else 1.0),
-            "weight_decay": 0.0 if no_decay else recipe.weight_decay})
+            "params": [], "lr": recipe.lr, "lr_scale": recipe.backbone_lr_scale if backbone else 1.0,
+            "backbone": backbone, "weight_decay": 0.0 if no_decay else recipe.weight_decay})
         g["params"].append(p)
     return list(groups.values())
+
+
+def scale_plateau_floor(scheduler, min_lr: float) -> None:
+    """timm's plateau schedule hands torch's ReduceLROnPlateau one floor for all groups and its default eps, under
+    which a small lr stops shrinking while a larger one still does: give each group the floor x its lr_scale and
+    reduce every group whenever one is, so the groups keep their lr ratio (a no-op for other schedules)."""
+    inner = getattr(scheduler, "lr_scheduler", None)
+    if isinstance(inner, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        inner.min_lrs = [min_lr * g.get("lr_scale", 1.0) for g in inner.optimizer.param_groups]
+        inner.default_min_lr, inner.eps = None, 0.0
 
 
 class Trainer:
@@ -227,8 +240,12 @@ class Trainer:
         self.criterion = MultiAttributeLoss(class_counts, recipe.loss, recipe.loss_beta, recipe.focal_gamma,
                                             recipe.label_smoothing, recipe.task_weighting, recipe).to(self.device)
         opt = {"sgd": "momentum", "nesterov": "nesterov", "adamw": "adamw"}[recipe.optimizer]
+        groups = param_groups(self.model, recipe)
+        # history's `lr` is the heads' group (the recipe's lr), `backbone_lr` the backbone's
+        self.lr_groups = {"lr": next(i for i, g in enumerate(groups) if not g["backbone"]),
+                          "backbone_lr": next((i for i, g in enumerate(groups) if g["backbone"]), None)}
         self.optimizer = timm.optim.create_optimizer_v2(
-            param_groups(self.model, recipe), opt=opt, lr=recipe.lr, weight_decay=recipe.weight_decay,
+            groups, opt=opt, lr=recipe.lr, weight_decay=recipe.weight_decay,
             **({"momentum": recipe.momentum} if opt in ("momentum", "nesterov") else {}))
         if self.criterion.log_vars is not None:
             self.optimizer.add_param_group({"params": [self.criterion.log_vars], "weight_decay": 0.0})
@@ -237,6 +254,7 @@ class Trainer:
             warmup_lr=recipe.lr * 0.01, min_lr=recipe.lr * recipe.lr_floor, patience_epochs=recipe.plateau_patience,
             decay_rate=recipe.plateau_factor, plateau_mode=SELECT_MODES[recipe.select],
             step_on_epochs=not recipe.lr_per_step, updates_per_epoch=self.steps_per_epoch)
+        scale_plateau_floor(self.scheduler, recipe.lr * recipe.lr_floor)
         self.ema = timm.utils.ModelEmaV3(self.model, decay=recipe.ema_decay) if recipe.ema else None
         self.gen = torch.Generator(device=self.device)
         self.gen.manual_seed(seed)
@@ -434,13 +452,18 @@ class Trainer:
             bad = int((~finite).nonzero()[0])
             where = f"last saved state: {self.last_path}" if self.persist else "nothing saved (tune trial)"
             raise NonFiniteLoss(f"loss became {stacked[bad].item()} at epoch {self.epoch + 1}, step {bad + 1} "
-                                f"(lr {self.optimizer.param_groups[0]['lr']:.3g}); lower the learning rate or "
+                                f"(lr {self.lrs()['lr']:.3g}); lower the learning rate or "
                                 f"check the data; {where}")
         return {"train_loss": float(stacked.mean()), "train_s": seconds, "img_per_s": seen / max(seconds, 1e-9)}
 
     @property
     def eval_model(self) -> torch.nn.Module:
         return self.ema.module if self.ema else self.model
+
+    def lrs(self) -> dict:
+        """{"lr": the heads' current lr (the recipe's lr on its schedule), "backbone_lr": the backbone's}."""
+        return {k: (self.optimizer.param_groups[i]["lr"] if i is not None else float("nan"))
+                for k, i in self.lr_groups.items()}
 
     def predict_split(self, split: Split, flip: bool = False) -> torch.Tensor:
         """(split.total, sum(classes)) probabilities of the eval model for a whole split, in the split's order on
@@ -475,7 +498,7 @@ class Trainer:
         va = self.validate()
         last = self.recipe.select == "last"
         metric = va["overall_acc" if last else self.recipe.select]
-        row = {"epoch": self.epoch + 1, "lr": self.optimizer.param_groups[0]["lr"], **tr, **va,
+        row = {"epoch": self.epoch + 1, **self.lrs(), **tr, **va,
                "batch_size": self.batch_size, "micro_batch": self.micro_batch, "epoch_s": time.perf_counter() - t0}
         self.scheduler.step(self.epoch + 1, metric)
         if (self.epoch + 1 == self.recipe.epochs) if last else self._improved(metric):
