@@ -479,3 +479,21 @@ def test_plateau_schedule_keeps_the_backbone_at_its_scale_down_to_its_floor(tiny
     for g in tr.optimizer.param_groups:
         assert g["lr"] == pytest.approx(1e-4 if g["backbone"] else 1e-3, rel=1e-9)
 
+
+def test_plateau_schedule_resumes_with_its_patience_count(tiny_root, tmp_path):
+    """timm's plateau schedule saves only its best score: a run resumed after epoch 2 restarted the patience count
+    and reduced the lr an epoch later than the uninterrupted run (the score never improves after epoch 1 here)."""
+    recipe = TINY.updated(epochs=4, schedule="plateau", warmup_epochs=0, plateau_patience=1)
+    scores = {1: 0.5, 2: 0.4, 3: 0.3, 4: 0.2}
+
+    def make(run_dir, **kw):
+        tr = make_trainer(tiny_root, run_dir, recipe, **kw)
+        tr.validate = lambda: {"val_loss": 1.0, "overall_acc": scores[tr.epoch + 1], "class_avg_acc": 0.4,
+                               "mean_class_acc": 0.3}
+        train_epoch = tr.train_epoch
+        tr.train_epoch = lambda: train_epoch(max_steps=1)  # the schedule is the subject: one step per epoch
+        return tr
+
+    assert_resume_equals_uninterrupted(make, tmp_path, rtol=1e-5)
+    lrs = list(pd.read_csv(tmp_path / "cut" / "history.csv")["lr"])
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 1e-4], rel=1e-9)  # 2 epochs without improvement > patience 1

@@ -274,12 +274,18 @@ class Trainer:
             "world_size": self.dist.world,
             "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "criterion": self.criterion.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "plateau": self._plateau_state(),
+            "criterion": self.criterion.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
                     "gen": self.gen.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else None},
         }
+
+    def _plateau_state(self) -> dict | None:
+        """The plateau schedule's own counters (patience, cooldown, floors), which timm's state_dict leaves out."""
+        inner = getattr(self.scheduler, "lr_scheduler", None)
+        return inner.state_dict() if isinstance(inner, torch.optim.lr_scheduler.ReduceLROnPlateau) else None
 
     def load_state(self, st: dict) -> None:
         self.epoch, self.batch_size, self.history = st["epoch"], st["batch_size"], st["history"]
@@ -293,6 +299,8 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.optimizer.load_state_dict(st["optimizer"])  # moves the moments to the parameters' device
         self.scheduler.load_state_dict(st["scheduler"])
+        if st.get("plateau") is not None:  # states saved before it was kept restart the patience count
+            self.scheduler.lr_scheduler.load_state_dict(st["plateau"])
         self.criterion.load_state_dict(st["criterion"])
         if self.ema and st["ema"] is not None:
             self.ema.load_state_dict(st["ema"])
