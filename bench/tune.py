@@ -103,7 +103,8 @@ def main(argv=None) -> optuna.Study:
         overrides = demo_settings(a.data, overrides, root)
         select_metric = target if target in ("overall", "class") else None  # which score picks a trial's epoch
         recipe, size = resolve_recipe(a.model, a.recipe, overrides, select_metric)
-        url = resolve_url(a.storage or default_url(wd))
+        given_url = a.storage or default_url(wd)
+        url = resolve_url(given_url)
         if a.devices is not None and a.device != "auto":
             raise ValueError(f"--device {a.device} and --devices {a.devices}: give one of them")
         devices = parse_devices(a.devices) if a.devices is not None else [a.device]
@@ -113,7 +114,7 @@ def main(argv=None) -> optuna.Study:
         devices = [devices[i % len(devices)] for i in range(workers)]  # round-robin
         device = [pick_device(d) for d in devices][0]  # every device is checked before any work starts
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = open_storage(url, a.heartbeat, a.grace)
+        storage = open_storage(given_url, a.heartbeat, a.grace, home=wd)
     except (DatasetError, LookupError, ValueError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)

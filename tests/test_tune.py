@@ -284,3 +284,51 @@ def test_metric_class_tunes_the_class_average(tiny_root, tmp_path, monkeypatch):
     assert study.user_attrs["objective"] == ["class_avg_acc"] and calls == ["class_avg_acc"] * 2
     for t in study.trials:  # the fake's class average is half its overall accuracy, 1 / (1 + |log10 lr + 3|) / 2
         assert t.value == pytest.approx(1 / (1 + abs(math.log10(t.params["lr"]) + 3)) / 2)
+
+
+def tree(path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+@pytest.mark.parametrize("storage, message", [
+    ("postgresql://nouser@127.0.0.1:1/x", "error: study storage postgresql://nouser@127.0.0.1:1/x: cannot be opened "
+                                          "(connection to server at \"127.0.0.1\", port 1 failed: Connection refused"),
+    ("foo://bar", "error: study storage foo://bar: unknown kind 'foo'; use sqlite:///PATH, postgresql://USER@HOST/DB "
+                  "(or another SQLAlchemy URL) or journal:PATH\n"),
+    ("sqlite:///{tmp}/no/dir/x.db", "error: study storage sqlite:///{tmp}/no/dir/x.db: the folder {tmp}/no/dir does "
+                                    "not exist; create it first (mkdir -p {tmp}/no/dir) or give a path in the working "
+                                    "folder {tmp}/w\n"),
+    ("journal:{tmp}/no/j.log", "error: study storage journal:{tmp}/no/j.log: the folder {tmp}/no does not exist"),
+    ("sqlite:///{tmp}", "error: study storage sqlite:///{tmp}: {tmp} is a folder; name a file, e.g. {tmp}/fashion.db\n"),
+    ("sqlite:////proc/x.db", "error: study storage sqlite:////proc/x.db: cannot be opened (unable to open database "
+                             "file)\n"),
+])
+def test_a_bad_storage_is_one_message_and_exit_2_making_no_folders(storage, message, tiny_root, tmp_path,
+                                                                    monkeypatch, capsys):
+    """A storage that cannot be opened gave a traceback (server down, unknown scheme, unwritable file), and a
+    sqlite path outside the working folder had its missing folders made silently."""
+    fake_training(monkeypatch)
+    storage, message = storage.format(tmp=tmp_path), message.format(tmp=tmp_path)
+    with pytest.raises(SystemExit) as e:
+        tune_main(["--workdir", str(tmp_path / "w"), "--data", str(tiny_root), "--storage", storage, "--trials", "1",
+                   "--epochs", "1", *TINY])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1  # one line, no traceback
+    assert tree(tmp_path) == []
+
+
+def test_storage_folders_are_made_inside_the_working_folder_only(tiny_root, tmp_path, monkeypatch, capsys):
+    fake_training(monkeypatch)
+    home = tmp_path / "w"
+    tune_main(["--workdir", str(home), "--data", str(tiny_root), "--storage", f"sqlite:///{home / 'db/s.db'}",
+               "--study", "s", "--trials", "1", "--epochs", "1", *TINY])
+    assert (home / "db/s.db").exists()
+    with pytest.raises(SystemExit) as e:  # reading a study (--from-study) makes nothing, wherever it looks
+        run_main(["--models", "resnet18", "--data", str(tiny_root), "--workdir", str(home), "--from-study", "s",
+                  "--storage", f"sqlite:///{home / 'elsewhere/s.db'}"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"error: no study storage at sqlite:///{home / 'elsewhere/s.db'} "
+                                       f"({home / 'elsewhere/s.db'} does not exist); run python -m bench.tune first "
+                                       f"(or pass the study's --storage / --workdir)\n")
+    assert not (home / "elsewhere").exists()

@@ -80,23 +80,34 @@ def dashboard_command(url: str) -> str:
     return f"optuna-dashboard {shlex.quote(target)}"
 
 
-def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None = None):
-    """Storage from a URL (None: the working folder's default, $FASHION_BENCH_HOME or the current directory); SQL
-    storages get a heartbeat and retry of trials whose worker died."""
-    url = resolve_url(url or default_url(resolve()))
+def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None = None, home: Workdir | None = None,
+                 create: bool = True):
+    """Storage from a URL (None: the default of the working folder `home`, else of $FASHION_BENCH_HOME or the current
+    directory); SQL storages get a heartbeat and retry of trials whose worker died.
+
+    A file storage (sqlite:///PATH, journal:PATH) gets its missing folder made only inside the working folder;
+    elsewhere the folder must exist, so a mistyped path makes no folders. create=False (reading a study) makes
+    nothing: a file that does not exist raises. Any storage that cannot be opened (unknown scheme, no driver,
+    server unreachable, file not writable) raises StorageError naming the URL, before anything is made."""
+    home = home or resolve()
+    given = url or default_url(home)
+    url, shown = resolve_url(given), shown_url(given)
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
+        _check_file(path, shown, home, create)
+        try:
+            return JournalStorage(JournalFileBackend(str(path)))
+        except OSError as e:
+            raise StorageError(f"study storage {shown}: cannot open {path} ({e.strerror})") from None
+    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
         path = Path(url.removeprefix("sqlite:///"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.resolve() == LEGACY_DB.resolve():  # the repository root as working folder (or --storage naming it)
+        _check_file(path, shown, home, create)
+        if create and path.resolve() == LEGACY_DB.resolve():  # the repository root as working folder (or --storage)
             (path.parent / WORKDIR_MARK).write_text(
                 f"bench.tune (2026-11-27 or later) uses {LEGACY_DB} as a working folder's study database, so other "
                 f"working folders do not take it for one that a version before 2026-11-24 left here.\n")
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, ProgrammingError, SQLAlchemyError
     for attempt in range(6):
         try:
             with warnings.catch_warnings():  # heartbeats are marked experimental in optuna; they are what we need
@@ -104,12 +115,45 @@ def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None 
                 return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=heartbeat,
                                   grace_period=grace or 4 * heartbeat,
                                   heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=3))
-        except (IntegrityError, ProgrammingError):
+        except (IntegrityError, ProgrammingError) as e:
             # workers started together on an empty PostgreSQL database race to create optuna's tables and types
             # ("duplicate key ... pg_type_typname_nsp_index"): the loser tries again and finds them made
             if attempt == 5:
-                raise
+                raise StorageError(f"study storage {shown}: cannot be opened ({_reason(e)})") from None
             time.sleep(0.2 + random.random())
+        except ArgumentError as e:
+            what = (f"unknown kind {given.split(':')[0]!r}" if isinstance(e, NoSuchModuleError)
+                    else f"not a storage URL ({_reason(e)})")
+            raise StorageError(f"study storage {shown}: {what}; use sqlite:///PATH, postgresql://USER@HOST/DB (or "
+                               f"another SQLAlchemy URL) or journal:PATH") from None
+        except (SQLAlchemyError, ImportError) as e:  # bad URL, unreachable server, unwritable file, missing driver
+            raise StorageError(f"study storage {shown}: cannot be opened ({_reason(e)})") from None
+
+
+def _check_file(path: Path, shown: str, home: Workdir, create: bool) -> None:
+    """A study file's folder: made when missing inside the working folder, else it must exist (see open_storage)."""
+    if path.is_dir():
+        raise StorageError(f"study storage {shown}: {path} is a folder; name a file, e.g. {path / 'fashion.db'}")
+    if not create:
+        if not path.exists():
+            raise StorageError(f"no study storage at {shown} ({path} does not exist); run python -m bench.tune first "
+                               f"(or pass the study's --storage / --workdir)")
+        return
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if not folder.resolve().is_relative_to(home.root.resolve()):
+        raise StorageError(f"study storage {shown}: the folder {folder} does not exist; create it first (mkdir -p "
+                           f"{shlex.quote(str(folder))}) or give a path in the working folder {home.root.resolve()}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StorageError(f"study storage {shown}: cannot make the folder {folder} ({e.strerror})") from None
+
+
+def _reason(e: BaseException) -> str:
+    """The driver's own message (SQLAlchemy wraps it with SQL and a link) on one line."""
+    return " ".join(str(getattr(e, "orig", None) or e).split())
 
 
 def pick_best(study: optuna.Study) -> optuna.trial.FrozenTrial:
@@ -121,14 +165,14 @@ def pick_best(study: optuna.Study) -> optuna.trial.FrozenTrial:
 
 def study_base(study_name: str, storage: str | None = None) -> tuple[str | None, str | None]:
     """(base recipe, model) a study tuned, None where it did not record them."""
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage, create=False))
     return study.user_attrs.get("recipe"), study.user_attrs.get("model")
 
 
 def best_params(study_name: str, storage: str | None = None) -> dict:
     """Recipe overrides from a study's best trial, its budget included (for `bench.run --from-study`)."""
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage))
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage, create=False))
     except KeyError as e:
         raise KeyError(f"no study {study_name!r} in {storage or default_url(resolve())}; run python -m bench.tune "
                        f"first (or pass the study's --storage / --workdir)") from e
