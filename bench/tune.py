@@ -83,6 +83,9 @@ def parse_args(argv=None):
 def main(argv=None) -> optuna.Study:
     parser = build_parser()
     a = parser.parse_args(argv)
+    if a.trials < 1:  # Optuna would run nothing and the report would be empty
+        print(f"error: --trials {a.trials}: the study should hold at least 1 finished trial", file=sys.stderr)
+        raise SystemExit(2)
     from bench.training.trainer import pick_device  # torch loads after the arguments are parsed (fast --help)
     from bench.training.train import ImageStore, demo_settings, resolve_recipe
     from bench.errors import StorageError

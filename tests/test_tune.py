@@ -299,7 +299,8 @@ def tree(path) -> list[str]:
                                     "not exist; create it first (mkdir -p {tmp}/no/dir) or give a path in the working "
                                     "folder {tmp}/w\n"),
     ("journal:{tmp}/no/j.log", "error: study storage journal:{tmp}/no/j.log: the folder {tmp}/no does not exist"),
-    ("sqlite:///{tmp}", "error: study storage sqlite:///{tmp}: {tmp} is a folder; name a file, e.g. {tmp}/fashion.db\n"),
+    ("sqlite:///{tmp}",
+     "error: study storage sqlite:///{tmp}: {tmp} is a folder; name a file, e.g. {tmp}/fashion.db\n"),
     ("sqlite:////proc/x.db", "error: study storage sqlite:////proc/x.db: cannot be opened (unable to open database "
                              "file)\n"),
 ])
@@ -332,3 +333,15 @@ def test_storage_folders_are_made_inside_the_working_folder_only(tiny_root, tmp_
                                        f"({home / 'elsewhere/s.db'} does not exist); run python -m bench.tune first "
                                        f"(or pass the study's --storage / --workdir)\n")
     assert not (home / "elsewhere").exists()
+
+
+@pytest.mark.parametrize("trials", ["0", "-3"])
+def test_no_trials_is_an_error_before_anything_is_made(trials, tiny_root, tmp_path, monkeypatch, capsys):
+    """--trials 0 ran nothing, printed Optuna's warnings, wrote an empty report and exited 0."""
+    calls = fake_training(monkeypatch)
+    with pytest.raises(SystemExit) as e:
+        tune_main(["--workdir", str(tmp_path / "w"), "--data", str(tiny_root), "--trials", trials, "--epochs", "1",
+                   *TINY])
+    assert e.value.code == 2 and calls == []
+    assert capsys.readouterr().err == f"error: --trials {trials}: the study should hold at least 1 finished trial\n"
+    assert tree(tmp_path) == []
