@@ -72,3 +72,16 @@ def test_empty_train_split_stops_before_any_run_folder(tiny_copy, tmp_path, caps
     with pytest.raises(SystemExit) as e:
         run_main(["--models", "resnet18", "--data", str(tiny_copy), "--out", str(out), "--no-progress"])
     assert e.value.code == 2 and "the train split is empty" in capsys.readouterr().err and not out.exists()
+
+
+def test_truncated_jpeg_stops_before_any_run_folder(tiny_copy, tmp_path, capsys):
+    from bench.run import main as run_main
+    f = tiny_copy / "img/00007.jpg"
+    f.write_bytes(f.read_bytes()[:-100])
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as e:
+        run_main(["--models", "resnet18", "--data", str(tiny_copy), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: 1 problem(s) in dataset {tiny_copy}:\n  {f}: unreadable or "
+                                                f"corrupt image (OSError: image file is truncated")
+    assert not out.exists()

@@ -64,6 +64,18 @@ def test_corrupt_jpeg_named(tiny_copy):
     assert any("00005.jpg" in p and "corrupt" in p for p in probs)
 
 
+def test_truncated_jpeg_is_reported_with_the_other_problems(tiny_copy):
+    """PIL's verify() passed a truncated JPEG: it failed at decode time, alone, after the run folder existed."""
+    f = tiny_copy / "img/00007.jpg"
+    data = f.read_bytes()
+    f.write_bytes(data[:len(data) // 2])
+    (tiny_copy / "img/00003.jpg").unlink()
+    problems = problems_of(tiny_copy)
+    assert problems[0] == f"{tiny_copy}/split/train.txt:4: image 'img/00003.jpg' is listed but missing"
+    assert len(problems) == 2 and problems[1].startswith(f"{tiny_copy}/img/00007.jpg: unreadable or corrupt image "
+                                                         f"(OSError: image file is truncated")
+
+
 def test_dataset_is_never_modified(tiny_copy):
     before = {p: p.stat().st_mtime_ns for p in tiny_copy.rglob("*")}
     open_dataset(tiny_copy)

@@ -157,9 +157,13 @@ class FashionDataset:
 
 
 def _check_image(path: Path) -> str | None:
+    """Decode the image, a JPEG at 1/8 scale (its DCT-domain draft, as the decode cache does at full size), so a
+    truncated or corrupt file is reported here with every other problem, not at decode time after run folders exist.
+    PIL's verify() reads only the headers: it passed a truncated JPEG. About 0.5 ms per 300 px photo."""
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.draft("RGB", (1, 1))  # the smallest scale libjpeg offers; other formats decode in full
+            im.load()
     except Exception as e:  # PIL raises many types for bad files
         return f"{path}: unreadable or corrupt image ({type(e).__name__}: {e})"
     return None
