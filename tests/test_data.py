@@ -140,6 +140,21 @@ def test_duplicate_names_the_line_in_both_files(tiny_copy):
                                       f"'train' ({tiny_copy}/split/train.txt:3)"]
 
 
+def test_an_image_listed_twice_in_one_split_is_named_with_both_lines(tiny_copy):
+    """A duplicate within val or test was accepted silently and scored twice."""
+    f = tiny_copy / "split/val.txt"
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join([*lines[:5], lines[1], *lines[5:], "./" + lines[1]]) + "\n")
+    (tiny_copy / "split/val_attr.txt").write_text((tiny_copy / "split/val_attr.txt").read_text() * 2)
+    assert problems_of(tiny_copy) == [
+        f"{tiny_copy}/split/val.txt:6: image {lines[1]!r} is listed twice in split 'val' (first at line 2); list each "
+        f"image once",
+        f"{tiny_copy}/split/val.txt:42: image {'./' + lines[1]!r} is listed twice in split 'val' (first at line 2); "
+        f"list each image once",
+        f"{tiny_copy}/split/val_attr.txt: 80 label line(s) but val.txt lists 42 image(s); the two files must match "
+        f"line for line"]
+
+
 def test_line_numbers_count_blank_lines(tiny_copy):
     f = tiny_copy / "split/train.txt"
     f.write_text("\n" + f.read_text())

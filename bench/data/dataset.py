@@ -179,7 +179,7 @@ def open_dataset(root: str | Path, check_images: bool = True) -> FashionDataset:
     class_names = read_class_names(split_dir / "list_attr_cloth.txt", problems)
     num_classes = tuple(len(c) for c in class_names)
     splits: dict[str, Split] = {}
-    seen: dict[str, tuple[str, str]] = {}  # normalised image path -> (split, "file:line") where first listed
+    seen: dict[str, tuple[str, str, int]] = {}  # normalised image path -> (split, "file:line", line) first listing it
     for name in SPLITS:
         list_file = split_dir / f"{name}.txt"
         if not list_file.exists():
@@ -191,9 +191,12 @@ def open_dataset(root: str | Path, check_images: bool = True) -> FashionDataset:
         for i, p in listed:
             if not (root / p).is_file():
                 problems.append(f"{list_file}:{i}: image {p!r} is listed but missing")
-            first = seen.setdefault(os.path.normpath(p), (name, f"{list_file}:{i}"))
+            first = seen.setdefault(os.path.normpath(p), (name, f"{list_file}:{i}", i))
             if first[0] != name:
                 problems.append(f"{list_file}:{i}: image {p!r} is also in split {first[0]!r} ({first[1]})")
+            elif first[2] != i:  # it would be trained on, or scored, twice
+                problems.append(f"{list_file}:{i}: image {p!r} is listed twice in split {name!r} (first at line "
+                                f"{first[2]}); list each image once")
         if lines is not None and not listed and name in EMPTY_SPLIT_NEED:
             problems.append(f"{list_file}: the {name} split is empty; {EMPTY_SPLIT_NEED[name]}")
         paths = tuple(p for _, p in listed)
