@@ -497,3 +497,66 @@ def test_plateau_schedule_resumes_with_its_patience_count(tiny_root, tmp_path):
     assert_resume_equals_uninterrupted(make, tmp_path, rtol=1e-5)
     lrs = list(pd.read_csv(tmp_path / "cut" / "history.csv")["lr"])
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 1e-4], rel=1e-9)  # 2 epochs without improvement > patience 1
+
+
+@pytest.mark.parametrize("first_life", [{1: 0.5, 2: 0.4, 3: 0.9}, {1: 0.4, 2: 0.5, 3: 0.9}])
+def test_a_kill_between_checkpoints_leaves_best_pt_consistent_with_the_resumed_state(tiny_root, tmp_path, monkeypatch,
+                                                                                     first_life):
+    """best.pt is written at every improvement, last.pt only every checkpoint interval: a kill after an improvement
+    that last.pt does not hold leaves best.pt from an epoch the resumed run replays. A replay that does not beat the
+    state's best (on CUDA a replay differs) never overwrote it, and run.json's best_epoch named the lost epoch while
+    history.csv and the resumed state selected another. Now the resumed run's best.pt is the selected epoch of the
+    state it resumed, whether that is last.pt's own epoch or an earlier one (carried in last.pt)."""
+    from bench.training.train import ImageStore, train_model
+    from bench.training.trainer import Trainer, read_state
+    ds = open_dataset(tiny_root)
+    scores, weights = dict(first_life), {}
+    real_run_epoch, real_train_epoch = Trainer.run_epoch, Trainer.train_epoch
+
+    def run_epoch(self):  # records the weights each epoch ends with
+        row = real_run_epoch(self)
+        weights[self.epoch] = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
+        return row
+
+    monkeypatch.setattr(Trainer, "run_epoch", run_epoch)
+    monkeypatch.setattr(Trainer, "train_epoch", lambda self: real_train_epoch(self, max_steps=1))
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"val_loss": 1.0, "overall_acc": scores[self.epoch + 1],
+                                                           "class_avg_acc": 0.4, "mean_class_acc": 0.3})
+    # last.pt after epochs 1 and 2, then not before the end
+    monkeypatch.setattr(Trainer, "checkpoint_interval", lambda self: 0 if self.epoch <= 2 else 3600)
+
+    def kill(epoch, row):
+        if epoch == 3:
+            raise RuntimeError("kill -9")  # not KeyboardInterrupt: nothing more is saved
+
+    store, d = ImageStore(ds, "cpu", progress=False), tmp_path / "m"
+    with pytest.raises(RuntimeError, match="kill"):
+        train_model("resnet18", ds, store, TINY, 32, d, progress=False, on_epoch=kill)
+    assert read_state(d / "last.pt")["epoch"] == 2 and read_state(d / "best.pt")["epoch"] == 3  # what a kill leaves
+    selected = max((1, 2), key=scores.get)
+    first_weights = weights[selected]
+    scores.update({3: 0.45, 4: 0.3})  # the replay never beats the state's best
+    meta = train_model("resnet18", ds, store, TINY, 32, d, progress=False)
+    best, hist = read_state(d / "best.pt"), pd.read_csv(d / "history.csv")
+    assert meta["best_epoch"] == best["epoch"] == selected == int(hist["overall_acc"].idxmax()) + 1
+    assert best["metric"] == hist["best"].iloc[-1] == scores[selected]
+    assert best["model"].keys() == first_weights.keys()
+    for k, v in best["model"].items():
+        assert torch.equal(v, first_weights[k]), k
+
+
+def test_resume_from_an_older_state_without_the_selected_weights_selects_again(tiny_root, tmp_path):
+    """A last.pt saved before states carried the selected epoch's weights, beside a best.pt from a lost epoch: the
+    weights of the state's selected epoch exist nowhere, so the orphan goes and selection starts again after the
+    state's epoch (instead of leaving best.pt from the lost epoch)."""
+    from bench.training.trainer import read_state
+    tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=4, early_stop=1))
+    tr.epoch, tr.best, tr.best_epoch = 2, 0.5, 1
+    st = {k: v for k, v in tr.state().items() if k != "best_model"}
+    torch.save(st, tmp_path / "last.pt")
+    torch.save({"model": {}, "epoch": 3, "metric": 0.9}, tmp_path / "best.pt")
+    again = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=4, early_stop=1))
+    assert again.restore_last() and (again.best, again.best_epoch) == (None, 2)
+    assert not (tmp_path / "best.pt").exists() and not again.should_stop()  # early stopping counts from here
+    again.run_epoch()
+    assert read_state(tmp_path / "best.pt")["epoch"] == 3 == again.best_epoch

@@ -6,11 +6,14 @@ channels_last, optionally through torch.compile. Nothing in a training step wait
 for NaN/inf once per epoch. The same code runs on the CPU in fp32.
 
 Resume: the full state (model, optimizer, scheduler, EMA, loss weights, RNGs, history) is written atomically to
-`last.pt` at an epoch boundary whenever `checkpoint_every` seconds have passed since the last save; by default
-that interval is 50x the measured cost of one save, so checkpointing costs < 2% of training time, and a kill -9 loses
-at most that interval. Ctrl-C between epochs, and the end of training, always save. The same call resumes from it,
-bit for bit (state is loaded on the CPU, so RNG states restore on any device). Tune trials (`persist=False`) write
-no state at all: a killed trial is re-run from scratch by the tuner, and the best weights stay in memory.
+`last.pt` at the first epoch boundary after `checkpoint_every` seconds have passed since the last save; by default
+that interval is 50x the measured cost of one save, so checkpointing costs < 2% of training time. State exists only
+at epoch boundaries, so a kill -9 loses less than that interval plus one epoch. Ctrl-C between epochs, and the end of
+training, always save. The same call resumes from it, bit for bit (state is loaded on the CPU, so RNG states restore
+on any device). `best.pt` is written at every improvement, so a kill can leave it from an epoch after last.pt's: the
+state carries the selected epoch's weights and resuming puts them back in best.pt (`reconcile_best`). Tune trials
+(`persist=False`) write no state at all: a killed trial is re-run from scratch by the tuner, and the best weights
+stay in memory.
 
 Out of memory: a CUDA OOM in a training step splits that step into micro-batches (half the size each time) with
 gradient accumulation, so the effective batch, the learning rate and the schedule stay the recipe's; below
@@ -262,6 +265,7 @@ class Trainer:
         self.best: float | None = None
         self.best_epoch = 0
         self.best_weights: dict | None = None  # persist=False: the selected epoch's weights, kept in memory
+        self.best_record: dict | None = None  # persist (rank 0): best.pt's contents on the CPU, for last.pt
         self.epoch = 0
         self.saved_epoch = -1
         self.save_s: float | None = None
@@ -273,6 +277,10 @@ class Trainer:
             "epoch": self.epoch, "batch_size": self.batch_size, "micro_batch": self.micro_batch,
             "world_size": self.dist.world,
             "history": self.history, "best": self.best, "best_epoch": self.best_epoch,
+            # the selected epoch's weights where they are not this state's own: best.pt is rewritten from them when a
+            # kill left it from an epoch after this state's (see reconcile_best)
+            "best_model": (self.best_record["model"] if self.best_record is not None
+                           and self.best_epoch not in (0, self.epoch) else None),
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "plateau": self._plateau_state(),
             "criterion": self.criterion.state_dict(),
@@ -332,7 +340,42 @@ class Trainer:
         if st is None:
             return False
         self.load_state(st)
+        if self.dist.on_main(lambda: self.reconcile_best(st)):
+            self.best, self.best_epoch = None, self.epoch  # selection starts again from the next epoch
         return True
+
+    def reconcile_best(self, st: dict) -> bool:
+        """Make best.pt the selected epoch of the state `st` just resumed (rank 0). best.pt is written at every
+        improvement and last.pt only every checkpoint interval, so a kill can leave a best.pt from an epoch after
+        last.pt's: the resumed run replays that epoch (differently on CUDA) and may never select it again, and
+        best.pt, run.json's best_epoch and history.csv would disagree. True when the selected epoch's weights are
+        lost (a state saved before last.pt carried them): the caller restarts the selection."""
+        path = self.run_dir / "best.pt"
+        disk = read_state(path) if path.exists() else None
+        if self.best_epoch == 0:  # nothing selected yet (select=last before its last epoch)
+            if disk is not None:
+                print(f"  {path.name} held epoch {disk.get('epoch')}, which the interruption lost (state resumed: "
+                      f"epoch {self.epoch}); removed")
+                path.unlink()
+            return False
+        if disk is not None and disk.get("epoch") == self.best_epoch and disk.get("metric", self.best) == self.best:
+            self.best_record = disk
+            return False
+        if st.get("best_model") is not None:
+            weights = st["best_model"]
+        elif self.best_epoch == self.epoch:
+            weights = {k: v.detach().to("cpu", copy=True) for k, v in self.eval_model.state_dict().items()}
+        else:
+            print(f"  {path.name} does not hold epoch {self.best_epoch}, the selected epoch of the state resumed "
+                  f"(epoch {self.epoch}), and that state does not carry its weights (saved by an older version): "
+                  f"selecting again from epoch {self.epoch + 1} on")
+            path.unlink(missing_ok=True)
+            return True
+        self.best_record = {"model": weights, "epoch": self.best_epoch, "metric": self.best}
+        _atomic_save(self.best_record, path)
+        print(f"  {path.name} held epoch {disk.get('epoch') if disk else None}, which the interruption lost (state "
+              f"resumed: epoch {self.epoch}); rewritten with epoch {self.best_epoch}'s weights, the one selected")
+        return False
 
     def checkpoint_interval(self) -> float:
         """Seconds between full-state saves: the user's, else 50x one save's cost (< 2% of training time)."""
@@ -348,9 +391,9 @@ class Trainer:
             self.save_last()
             if first:
                 print(f"  checkpoint: full state ({self.last_path.name}) takes {self.save_s:.2f} s to save; saved at "
-                      f"an epoch boundary every >= {self.checkpoint_interval():.0f} s "
+                      f"the first epoch boundary after {self.checkpoint_interval():.0f} s "
                       f"({'--checkpoint-every' if self.checkpoint_every is not None else '< 2% of training time'}); "
-                      f"a kill loses at most that")
+                      f"a kill loses less than that plus one epoch")
 
     # --- one epoch -------------------------------------------------------------------------------------------
     @property
@@ -514,8 +557,11 @@ class Trainer:
             weights = self.eval_model.state_dict()
             if self.persist:
                 if self.dist.main:
-                    _atomic_save({"model": weights, "epoch": self.epoch + 1, "metric": metric},
-                                 self.run_dir / "best.pt")
+                    record = {"model": weights, "epoch": self.epoch + 1, "metric": metric}
+                    _atomic_save(record, self.run_dir / "best.pt")
+                    # a CPU copy that last.pt carries until it is saved at this epoch (a kill before then loses it)
+                    self.best_record = {**record, "model": {k: v.detach().to("cpu", copy=True)
+                                                            for k, v in weights.items()}}
             else:
                 self.best_weights = {"model": {k: v.detach().clone() for k, v in weights.items()},
                                      "epoch": self.epoch + 1, "metric": metric}
