@@ -49,6 +49,14 @@ class RunArtifacts:
     def done(self) -> bool:
         return self.meta.get("status") == "done"
 
+    def checkpoint(self, split: str) -> Path:
+        """The weights that produced `split`'s stored probabilities: best.pt, except a refit member's test split,
+        which its refit model (refit/best.pt) predicted."""
+        refit = self.meta.get("refit")
+        if split == "test" and refit:
+            return self.dir / refit.get("dir", "refit") / "best.pt"
+        return self.dir / "best.pt"
+
     def probs_path(self, split: str) -> Path:
         return self.dir / f"probs_{split}.npz"
 

@@ -99,7 +99,18 @@ def test_kfold_members_resume_ensemble_on_their_folds_and_refuse_mixing(tiny_roo
     entry = ensemble_main(["--runs-dir", str(runs), "--runs", "k,k2", "--out", str(tmp_path / "s"), "--no-report"])
     assert entry["val_scoring"].startswith("3-fold CV (the members' own folds over train + val)")
     assert entry["scored_on"] == member["scored_on"] and len(np.loadtxt(tmp_path / "s/prediction.txt")) == 30
-    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    fold0 = json.loads((runs / "k/resnet18/fold-0/run.json").read_text())
+    assert member["gflops"] == pytest.approx(3 * fold0["gflops"], rel=1e-3)  # its test prediction runs 3 models
+    from bench.reporting import plots as rp
+    ylabels, save = {}, rp._save
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rp, "_save", lambda fig, path: ylabels.setdefault(path.name, fig.axes[0].get_ylabel())
+                   and save(fig, path))
+        md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    sig = member["scored_on"]
+    assert ylabels["pareto.png"] == "val overall_acc (n = 40)"  # one accuracy-vs-cost figure per set of images
+    assert ylabels[f"pareto-{sig.lower()}.png"] == "out-of-fold (train + val) overall_acc (n = 160)"
+    assert f"](leaderboard_files/pareto-{sig.lower()}.png)" in md
     assert "## Leaderboard: validation split (n = 40 images)" in md
     assert f"out-of-fold over train + val, 3 folds `{member['scored_on']}` (n = 160 images)" in md
     assert "| out-of-fold (3 folds over train + val): last epoch" in md
@@ -118,7 +129,71 @@ def test_refit_trains_on_train_and_val_and_writes_the_test_probabilities(tiny_ro
         assert (a["plain"] == b["plain"]).all()
     with np.load(d / "probs_test_valrun.npz") as a, np.load(d / "probs_val.npz") as v:
         assert a["plain"].shape == (30, sum(K)) and v["labels"].shape == (40, 6)
+    import pandas as pd
+    assert meta["refit"]["valrun_train_time_s"] == pytest.approx(pd.read_csv(d / "history.csv")["epoch_s"].sum(),
+                                                                 abs=0.02)
+    assert meta["train_time_s"] == pytest.approx(meta["refit"]["valrun_train_time_s"] + refit["train_time_s"],
+                                                 abs=0.02)  # the member cost both trainings
     shutil.rmtree(runs)
+
+
+def plain_probs(ckpt, meta, root, split):
+    """A split's probabilities predicted by the weights in `ckpt`, computed here."""
+    import torch
+
+    from bench.data.images import load_images
+    from bench.ensembling.tta import load_trained
+    from bench.ensembling.views import view_images
+    model = load_trained(meta, ckpt)
+    ds = open_dataset(root)
+    x = torch.from_numpy(load_images(ds.files(split), meta["config"]["size"], meta["config"]["recipe"]["resize"],
+                                     progress=False)).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def view(name):
+        return torch.cat([p.softmax(1) for p in model(view_images(x, name))], 1).numpy()
+    return view
+
+
+def test_a_refit_members_test_views_come_from_the_refit_weights(tiny_root, tmp_path):
+    """Cached TTA views were keyed to best.pt, which a refit does not change: crop views of the val-run model were
+    averaged with the refit model's plain/flip test probabilities."""
+    from bench.artifacts import read_run
+    from bench.ensembling.ensemble import member_views
+    from bench.run import main as run_main
+    runs = tmp_path / "runs"
+    args = ["--models", "resnet18", "--data", str(tiny_root), "--out", str(runs), *TINY]
+    run_main(args)
+    d = runs / "default/resnet18"
+    member_views(read_run(d), ["crop0.9"], None, "cpu")  # cached for test from the val run's weights
+    run_main([*args, "--refit"])
+    member = read_run(d)
+    got = member_views(member, ["crop0.9"], None, "cpu")
+    refit_view = plain_probs(d / "refit/best.pt", member.meta, tiny_root, "test")("crop0.9")
+    valrun_view = plain_probs(d / "best.pt", member.meta, tiny_root, "val")("crop0.9")
+    assert got["test"]["crop0.9"] == pytest.approx(refit_view, abs=1e-4)
+    assert got["val"]["crop0.9"] == pytest.approx(valrun_view, abs=1e-4)  # val stays the val run's
+    with np.load(d / "probs_test.npz") as z:
+        assert z["plain"] == pytest.approx(plain_probs(d / "refit/best.pt", member.meta, tiny_root, "test")("plain"),
+                                           abs=1e-4)
+
+
+def test_probs_test_valrun_follows_a_forced_retrain(tiny_root, tmp_path):
+    """probs_test_valrun.npz was written only when absent and survived --force: a stale val-run prediction."""
+    from bench.artifacts import read_run
+    from bench.run import main as run_main
+    runs = tmp_path / "runs"
+    args = ["--models", "resnet18", "--data", str(tiny_root), "--out", str(runs), "--refit", *TINY]
+    run_main(args)
+    d = runs / "default/resnet18"
+    before = np.load(d / "probs_test_valrun.npz")["plain"]
+    args = [*args, "--lr", "0.03"]  # other weights
+    run_main([*args, "--force"])
+    after = np.load(d / "probs_test_valrun.npz")["plain"]
+    assert not np.allclose(before, after, atol=1e-3)
+    assert after == pytest.approx(plain_probs(d / "best.pt", read_run(d).meta, tiny_root, "test")("plain"), abs=1e-4)
+    run_main(args)  # the same command again: nothing retrains, nothing moves
+    assert (np.load(d / "probs_test_valrun.npz")["plain"] == after).all()
 
 
 def test_an_out_of_fold_decision_never_depends_on_the_labels_it_scores():

@@ -290,3 +290,44 @@ def test_the_kfold_majority_baseline_is_fitted_per_fold_and_named_apart(tmp_path
     assert df.loc["majority baseline", "val_scoring"] == "unbiased (fit on train counts only)"
     header = next(line for line in md.splitlines() if line.startswith("| attribute | class |"))
     assert header.count("`majority baseline`") == 1 and header.count("`majority baseline (oof-k2-x)`") == 1
+
+
+def test_the_ensemble_is_compared_with_its_members_like_with_like(tmp_path):
+    """The ensemble's row scored plain+flip views while the members' main scores were plain, so 'Is the difference
+    real?' credited the ensemble with the members' missing flip TTA. Now plain meets plain and TTA meets TTA."""
+    from bench.artifacts import save_probs
+    from bench.ensembling.ensemble import EnsembleSpec, make_ensemble
+    rng = np.random.default_rng(0)
+    n = 80
+    labels = np.stack([rng.integers(0, k, n) for k in K], 1)
+
+    def probs(strength):  # noisy probabilities that favour the label on some images
+        logits = [rng.normal(size=(n, k)) + strength * np.eye(k)[labels[:, a]] for a, k in enumerate(K)]
+        return np.concatenate([np.exp(z) / np.exp(z).sum(1, keepdims=True) for z in logits], 1).astype(np.float32)
+
+    runs, members = tmp_path / "runs", {}
+    for name, strength in (("a", 1.0), ("b", 0.6)):
+        members[name] = {"plain": probs(strength), "flip": probs(strength)}
+        d = fake_run(runs, f"r/{name}", labels, labels, data_root=str(tmp_path), params=1, gflops=1.0)
+        save_probs(d / "probs_val.npz", **members[name], labels=labels)
+        save_probs(d / "probs_test.npz", plain=probs(0)[:5], flip=probs(0)[:5])
+    make_ensemble(EnsembleSpec(runs_dir=runs, weights="uniform", out=tmp_path / "sub", name="e"), "cpu")
+    build_report(runs, tmp_path / "rep", quiet=True)
+    df = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("entry")
+
+    def hand(p):  # per-attribute argmax, overall accuracy
+        edges = np.cumsum([0, *K])
+        return np.mean(np.stack([p[:, edges[a]:edges[a + 1]].argmax(1) for a in range(6)], 1) == labels)
+
+    tta = {m: (v["plain"] + v["flip"]) / 2 for m, v in members.items()}
+    assert df.loc["r/a", "overall_acc"] == pytest.approx(hand(members["a"]["plain"]), abs=1e-6)
+    assert df.loc["r/a", "tta_overall_acc"] == pytest.approx(hand(tta["a"]), abs=1e-6)
+    ens_plain = hand((members["a"]["plain"] + members["b"]["plain"]) / 2)
+    ens_tta = hand((tta["a"] + tta["b"]) / 2)
+    assert df.loc["_ensembles/e", "overall_acc"] == pytest.approx(ens_plain, abs=1e-6)  # its plain-view twin
+    assert df.loc["_ensembles/e", "tta_overall_acc"] == pytest.approx(ens_tta, abs=1e-6)
+    assert (df.loc["_ensembles/e", "views"], df.loc["_ensembles/e", "tta_views"]) == ("plain", "plain+flip")
+    for col, a_score, e_score in (("", hand(members["a"]["plain"]), ens_plain), ("tta_", hand(tta["a"]), ens_tta)):
+        leader, other = ("r/a", "_ensembles/e") if a_score > e_score else ("_ensembles/e", "r/a")
+        assert df.loc[leader, f"{col}leader"]
+        assert df.loc[other, f"{col}delta"] == pytest.approx(-abs(a_score - e_score), abs=1e-6)

@@ -75,40 +75,42 @@ def member_views(member: RunArtifacts, views: list[str], data_root, device,
                  splits=("val", "test")) -> dict[str, dict[str, np.ndarray]]:
     """Per split: stored probabilities (plain, flip, labels) plus cached or freshly computed TTA views.
 
-    Cached views are keyed to the checkpoint they were computed from (best.pt's size and modification time): views
-    of older weights (e.g. before `bench.run --force`) are never averaged in, they are recomputed."""
+    Each split's cached views are keyed to the checkpoint that produced that split's stored probabilities
+    (RunArtifacts.checkpoint: best.pt, or a refit member's refit/best.pt for test), by its path, size and
+    modification time: views of other weights (before `bench.run --force`, or the val-run model after `--refit`)
+    are never averaged in, they are recomputed from the right weights."""
     have = {}
-    key = checkpoint_key(member)
     for split in splits:
         stored = member.load_probs(split) if member.has_probs(split) else {}
         cache_path = member.dir / f"tta_{split}.npz"
         cached = dict(np.load(cache_path)) if cache_path.exists() else {}
-        if str(cached.pop("checkpoint", "")) != key:
+        if str(cached.pop("checkpoint", "")) != checkpoint_key(member, split):
             cached = {}  # computed from other weights (or by a version that did not record them): stale
         have[split] = {**cached, **stored}
     missing = {s: [v for v in views if v not in have[s]] for s in splits}
     missing = {s: v for s, v in missing.items() if v}
-    if missing and (member.meta.get("kfold") or member.meta.get("refit")):
-        raise EnsembleError(f"{member.label} is a {'k-fold' if member.meta.get('kfold') else 'refit'} member: its "
-                            f"probabilities come from several models, so only the stored views plain and flip "
-                            f"exist (asked for {missing})")
+    if missing and member.meta.get("kfold"):
+        raise EnsembleError(f"{member.label} is a k-fold member: its probabilities come from several models, so only "
+                            f"the stored views plain and flip exist (asked for {missing})")
     if missing:
-        print(f"  {member.label}: computing TTA views {missing} from best.pt")
+        print(f"  {member.label}: computing TTA views {missing} from "
+              + ", ".join(f"{s}: {member.checkpoint(s).relative_to(member.dir)}" for s in missing))
         from bench.ensembling.tta import compute_views  # torch loads only when a view must be computed
         for split, computed in compute_views(member, missing, data_root, device).items():
             have[split].update(computed)
             extra = {k: v for k, v in have[split].items() if k not in (*STORED_VIEWS, "labels")}
-            save_probs(member.dir / f"tta_{split}.npz", checkpoint=np.array(key), **extra)
+            save_probs(member.dir / f"tta_{split}.npz", checkpoint=np.array(checkpoint_key(member, split)), **extra)
     return have
 
 
-def checkpoint_key(member: RunArtifacts) -> str:
-    """Identity of the weights TTA views come from: best.pt's size and modification time ('' if absent)."""
-    ckpt = member.dir / "best.pt"
+def checkpoint_key(member: RunArtifacts, split: str) -> str:
+    """Identity of the weights a split's views come from: that checkpoint's path (relative to the member), size
+    and modification time ('' if absent)."""
+    ckpt = member.checkpoint(split)
     if not ckpt.exists():
         return ""
     st = ckpt.stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
+    return f"{ckpt.relative_to(member.dir)}-{st.st_size}-{st.st_mtime_ns}"
 
 
 def tta_mean(probs: dict[str, np.ndarray], views: list[str]) -> np.ndarray:
@@ -273,6 +275,18 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
         honest_probs, honest_pred, honest = in_sample, decide(rule, in_sample, nc, prior, params), fitted
         scoring = "in-sample (uniform weights, argmax: nothing fitted)" if not fitting else \
             f"in-sample (too few val images for {n_folds}-fold CV; optimistic)"
+    if views == ["plain"]:
+        plain_pred = honest_pred
+    else:  # the same ensemble on the plain view alone, fitted and scored the same way: the leaderboard compares it
+        #   with the members' plain scores, and the TTA ensemble with the members' TTA scores (like with like)
+        plain_cv = oof(list(plain.values()))
+        if plain_cv is not None:
+            plain_pred = plain_cv.pred
+        else:
+            w_plain = weighting(list(plain.values()), labels, nc, a.combine, a.per_attribute, a.seed, a.metric)
+            comb = combine(list(plain.values()), w_plain, nc, a.combine)
+            plain_pred = decide(rule, comb, nc, prior, fit_rule(rule, comb, labels, nc, prior, a.metric))
+    plain_score = score(labels, plain_pred, nc)
     adjusted = rule != "argmax"
     where = "val" if member_folds is None else "out-of-fold over train + val (k-fold members)"
     print(f"\nscores on {where} (n={len(labels)}), overall / class-average accuracy; target: {a.metric} "
@@ -288,6 +302,10 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     if cv is not None:
         print(f"  {'ensemble, ' + a.weights + ' weights (out-of-fold)':<44} {'':17}  "
               f"{_fmt_scores(cv.argmax_score):>22}" + (f"  {_fmt_scores(cv.score):>24}" if adjusted else ""))
+    if views != ["plain"]:
+        print(f"  {'ensemble, plain view only (' + ('out-of-fold' if cv is not None else 'in-sample') + ')':<44} "
+              f"{_fmt_scores(plain_score)}   (its {rule} predictions: what the leaderboard compares with the "
+              f"members' plain scores)")
     print(f"leaderboard entry scored: {scoring}")
     w_show = weights if weights.ndim == 1 else weights.mean(1)
     print("weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(names, w_show)))
@@ -304,7 +322,8 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
               "scored_on": scored_on(members[0].meta),
               "combine": a.combine, "weighting": a.weights, "metric": a.metric, "decision": rule,
               "decision_params": params, "per_attribute": a.per_attribute,
-              "weights": weights.tolist(), "val": honest, "val_in_sample": fitted, "val_uniform": uniform,
+              "weights": weights.tolist(), "val": honest, "val_plain_view": plain_score, "val_in_sample": fitted,
+              "val_uniform": uniform,
               "val_cv": cv.score if cv is not None else None,
               "val_cv_argmax": cv.argmax_score if cv is not None else None, "val_scoring": scoring,
               "members_val": {n: {"plain": p_s, "tta": t_s, "decided_oof": m_cv.score if m_cv else None}
@@ -325,7 +344,8 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     edir = Path(a.runs_dir) / "_ensembles" / a.name
     edir.mkdir(parents=True, exist_ok=True)
     # out-of-fold when CV ran (val_scoring); `pred` holds the decided predictions the leaderboard scores
-    save_probs(edir / "probs_val.npz", plain=honest_probs, labels=labels, pred=honest_pred)
+    # `pred` at the ensemble's views, `pred_plain` the same ensemble on the plain view alone
+    save_probs(edir / "probs_val.npz", plain=honest_probs, labels=labels, pred=honest_pred, pred_plain=plain_pred)
     save_probs(edir / "probs_test.npz", plain=test_comb, pred=pred)
     write_json(result, edir / "run.json")
     return result

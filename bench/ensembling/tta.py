@@ -37,23 +37,27 @@ class ViewError(ValueError):
 
 @torch.no_grad()
 def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root: Path | None, device) -> dict:
-    """TTA probabilities from the member's best.pt for the views each split lacks (the model is built once)."""
+    """TTA probabilities for the views each split lacks, each split from the weights that produced its stored
+    probabilities (RunArtifacts.checkpoint; each checkpoint is loaded once)."""
     device = torch.device(device)
-    meta, ckpt = member.meta, member.dir / "best.pt"
-    if not ckpt.exists():
-        raise ViewError(f"{member.label}: probabilities for views {missing} are missing and there is no "
-                            f"checkpoint {ckpt} to recompute them")
+    meta = member.meta
+    for split in missing:
+        if not member.checkpoint(split).exists():
+            raise ViewError(f"{member.label}: probabilities for views {missing[split]} of {split} are missing and "
+                            f"there is no checkpoint {member.checkpoint(split)} to recompute them")
     cfg, recipe = meta["config"], meta["config"]["recipe"]
     root = Path(data_root or meta["data_root"])
     ds = open_dataset(root, check_images=False)
     if ds.fingerprint() != cfg["dataset"]:
         raise ViewError(f"{member.label}: dataset at {root} differs from the one it was trained on; pass --data")
-    model = load_trained(meta, ckpt).to(device)
-    out = {}
+    models, out = {}, {}
     for split, views in missing.items():
+        ckpt = member.checkpoint(split)
+        if ckpt not in models:
+            models[ckpt] = load_trained(meta, ckpt).to(device)
         images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
         out[split] = {}
         for name in views:  # the trainer's predict: same autocast, and halves its batch on out-of-memory
-            out[split][name] = predict(model, x, 128, view=lambda xb: view_images(xb, name)).cpu().numpy()
+            out[split][name] = predict(models[ckpt], x, 128, view=lambda xb: view_images(xb, name)).cpu().numpy()
     return out

@@ -34,15 +34,21 @@ N_PERM = 10000  # random sign flips per comparison with the leader
 
 @dataclass
 class Entry:
+    """One leaderboard row. `pred` is the entry on the plain view (no test-time augmentation: a model's plain
+    probabilities, an ensemble of its members' plain probabilities); `tta_pred` the entry at its declared views (a
+    model: plain + flip; an ensemble: its --tta views), None when it has no other views. Rows are compared column
+    with column, so no entry's TTA score meets another's plain score."""
     label: str
     kind: str
     meta: dict
     pred: np.ndarray
     correct: np.ndarray
     score: dict
-    tta_acc: float | None = None
+    tta_pred: np.ndarray | None = None
+    tta_views: str = "-"
     history: pd.DataFrame | None = None
     extra: dict = field(default_factory=dict)
+    views: str = "plain"
 
 
 def slug(text: str) -> str:
@@ -179,55 +185,82 @@ def describe_group(key: str, entries: list[Entry]) -> str:
 def make_entry(art: RunArtifacts, probs: dict) -> Entry:
     nc = tuple(art.meta["num_classes"])
     labels = probs["labels"]
-    # an ensemble stores the predictions of its decision rule (e.g. logit adjustment), which argmax would lose
-    pred = probs["pred"] if "pred" in probs else probs_to_pred(probs["plain"], nc)
-    tta = None
-    if "flip" in probs:
-        tta = score(labels, probs_to_pred((probs["plain"] + probs["flip"]) / 2, nc), nc)["overall_acc"]
+    kind = art.meta.get("kind", "model")
+    views, tta_pred, tta_views = "plain", None, "-"
+    if kind == "ensemble":  # it stores the predictions of its decision rule (e.g. logit adjustment)
+        declared = "+".join(art.meta.get("views", ["plain"]))
+        if "pred_plain" in probs:
+            pred = probs["pred_plain"]
+            if declared != "plain":
+                tta_pred, tta_views = probs["pred"], declared
+        else:  # an entry made before ensembles stored their plain-view twin: its one score is at its views
+            pred, views = probs["pred"], declared
+    else:
+        pred = probs_to_pred(probs["plain"], nc)
+        if "flip" in probs:
+            tta_pred, tta_views = probs_to_pred((probs["plain"] + probs["flip"]) / 2, nc), "plain+flip"
     hist_path = art.dir / "history.csv"
     history = pd.read_csv(hist_path) if hist_path.exists() else None
-    kind = art.meta.get("kind", "model")
     extra = {"labels": labels, "dir": art.dir, **({"fold": probs["fold"]} if "fold" in probs else {})}
-    return Entry(art.label, kind, art.meta, pred, pred == labels, score(labels, pred, nc), tta, history, extra)
+    return Entry(art.label, kind, art.meta, pred, pred == labels, score(labels, pred, nc), tta_pred, tta_views,
+                 history, extra, views)
+
+
+def compare_with_leader(preds: dict[str, np.ndarray | None], labels, nc, metric: str) -> dict:
+    """The leader on `metric` among the entries (label -> predictions; None: not in this comparison), and every
+    other one against it on the same images: paired bootstrap interval of the difference and a sign-flip p,
+    Holm-adjusted over the family. {"leader": label, label: {delta, delta_lo, delta_hi, p_sign_flip, p_holm}}; the
+    leader's row has delta 0."""
+    scored = sorted(lab for lab, p in preds.items() if p is not None)
+    if not scored:
+        return {"leader": None}
+    value = {lab: score(labels, preds[lab], nc)[TARGETS[metric]] for lab in scored}
+    num = {lab: image_parts(labels, preds[lab] == labels, nc, metric)[0] for lab in scored}
+    den = image_parts(labels, preds[scored[0]] == labels, nc, metric)[1]
+    leader = min(scored, key=lambda lab: (-value[lab], lab))
+    others = [lab for lab in scored if lab != leader]
+    # one family of tests, every entry against the leader: Holm keeps the chance of any false "yes" at 5%
+    p = sign_flip_p(np.stack([image_diff(num[o], num[leader], den) for o in others]), N_PERM) if others else []
+    out = {"leader": leader, leader: dict(delta=0.0, delta_lo=None, delta_hi=None, p_sign_flip=None, p_holm=None)}
+    for o, pv, ph in zip(others, p, holm(p)):
+        pb = paired_bootstrap(num[o], num[leader], den=den)
+        out[o] = dict(delta=pb["delta"], delta_lo=pb["lo"], delta_hi=pb["hi"], p_sign_flip=float(pv),
+                      p_holm=float(ph))
+    return out
 
 
 def leaderboard_frame(entries: list[Entry], sort: str = "overall_acc", metric: str = "overall") -> pd.DataFrame:
     """One row per entry, sorted by `sort`; intervals for both challenge metrics; every entry compared with the
-    leader on the target `metric` (the leader is the best entry on it)."""
-    target = TARGETS[metric]
+    leader on the target `metric` (the leader is the best entry on it), on the plain view and, separately, at each
+    entry's declared TTA views (columns tta_*)."""
     entries = sorted(entries, key=lambda e: (-e.score[sort], e.label))
-    leader = min(entries, key=lambda e: (-e.score[target], e.label))
-    others = [e for e in entries if e is not leader]
     base = next(e for e in entries if "labels" in e.extra)  # the baseline carries none; all share the val labels
     labels, nc = base.extra["labels"], tuple(base.meta["num_classes"])
     parts = {m: {e.label: image_parts(labels, e.correct, nc, m) for e in entries} for m in TARGETS}
-    num = {e.label: parts[metric][e.label][0] for e in entries}
-    den = parts[metric][leader.label][1]
-    # one family of tests, every entry against the leader: Holm keeps the chance of any false "yes" at 5%
-    p = sign_flip_p(np.stack([image_diff(num[e.label], num[leader.label], den) for e in others]), N_PERM) \
-        if others else []
-    tests = dict(zip((e.label for e in others), zip(p, holm(p))))
+    plain = compare_with_leader({e.label: e.pred for e in entries}, labels, nc, metric)
+    # TTA: each entry at its declared views; the baseline's constant prediction has no views to add
+    tta = compare_with_leader({e.label: e.pred if e.kind == "baseline" else e.tta_pred for e in entries}, labels, nc,
+                              metric)
     rows = []
     by_label = {x.label: x for x in entries}
     for rank, e in enumerate(entries, 1):
         m, s = e.meta, e.score
         lo, hi = bootstrap_ci(*parts["overall"][e.label][:1], den=parts["overall"][e.label][1])
         clo, chi = bootstrap_ci(*parts["class"][e.label][:1], den=parts["class"][e.label][1])
+        ts = score(labels, e.tta_pred, nc) if e.tta_pred is not None and e.kind != "baseline" else None
         row = {"rank": rank, "entry": e.label, "kind": e.kind, "init": init_label(m) if e.kind == "model" else "-",
-               "val_scoring": val_scoring(e, by_label), "decision": decision_label(e),
-               "overall_acc": s["overall_acc"], "ci_lo": lo, "ci_hi": hi, "tta_overall_acc": e.tta_acc,
+               "val_scoring": val_scoring(e, by_label), "decision": decision_label(e), "views": e.views,
+               "overall_acc": s["overall_acc"], "ci_lo": lo, "ci_hi": hi,
                "class_avg_acc": s["class_avg_acc"], "class_ci_lo": clo, "class_ci_hi": chi,
+               "tta_views": e.tta_views if ts else "-", "tta_overall_acc": ts["overall_acc"] if ts else None,
+               "tta_class_avg_acc": ts["class_avg_acc"] if ts else None,
                "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
                **{a: s["attr_acc"][a] for a in ATTRIBUTES},
                "params_M": round(m["params"] / 1e6, 2) if "params" in m else None, "gflops": m.get("gflops"),
                "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device"),
-               "leader": e is leader, "n": len(labels), "scored_on": e.meta.get("scored_on", "val")}
-        if e is leader:
-            row.update(delta=0.0, delta_lo=None, delta_hi=None, p_sign_flip=None, p_holm=None)
-        else:
-            pb = paired_bootstrap(num[e.label], num[leader.label], den=den)
-            row.update(delta=pb["delta"], delta_lo=pb["lo"], delta_hi=pb["hi"], p_sign_flip=float(tests[e.label][0]),
-                       p_holm=float(tests[e.label][1]))
+               "leader": e.label == plain["leader"], "n": len(labels), "scored_on": e.meta.get("scored_on", "val"),
+               **plain[e.label], "tta_leader": e.label == tta["leader"],
+               **{f"tta_{k}": v for k, v in tta.get(e.label, dict.fromkeys(plain[e.label])).items()}}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -258,7 +291,8 @@ def render_leaderboard(df: pd.DataFrame) -> str:
         "n": df["n"],
         "overall": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
                     zip(df["overall_acc"], df["ci_lo"], df["ci_hi"])],
-        "tta": df["tta_overall_acc"].map(_fmt), "decision": df["decision"],
+        "views": df["views"], "tta_views": df["tta_views"], "decision": df["decision"],
+        "tta": df["tta_overall_acc"].map(_fmt), "tta_cavg": df["tta_class_avg_acc"].map(_fmt),
         "cavg": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
                  zip(df["class_avg_acc"], df["class_ci_lo"], df["class_ci_hi"])],
         "mca": df["mean_class_acc"].map(_fmt),
@@ -268,27 +302,46 @@ def render_leaderboard(df: pd.DataFrame) -> str:
         "device": df["device"].map(lambda v: _fmt(v, "")),
     })
     cols = [("rank", "#"), ("entry", "entry"), ("init", "init"), ("scoring", "val score is"),
-            ("n", "n"), ("overall", "overall acc [95% CI]"),
-            ("cavg", "class-average acc (2024) [95% CI]"), ("tta", "+flip TTA overall"), ("decision", "decision"),
+            ("n", "n"), ("views", "views"), ("overall", "overall acc [95% CI]"),
+            ("cavg", "class-average acc (2024) [95% CI]"), ("tta_views", "TTA views"), ("tta", "TTA overall"),
+            ("tta_cavg", "TTA class-average"), ("decision", "decision"),
             ("mca", "balanced acc."), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
             ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s (sum of epochs)"),
             ("ips", "img/s (median epoch)"), ("device", "device")]
     return markdown_table(view, cols)
 
 
-def render_significance(df: pd.DataFrame, metric: str = "overall") -> str:
-    rest = df[~df["leader"]]
+def render_significance(df: pd.DataFrame, metric: str = "overall", prefix: str = "") -> str:
+    """The comparisons with the leader of one column: the plain view (prefix "") or the TTA views ("tta_")."""
+    rest = df[~df[f"{prefix}leader"] & df[f"{prefix}p_holm"].notna()]
     if rest.empty:
         return "_Only one entry._"
     view = pd.DataFrame({
-        "entry": "`" + rest["entry"] + "`",
-        "delta": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in zip(rest["delta"], rest["delta_lo"], rest["delta_hi"])],
-        "p": rest["p_sign_flip"].map(lambda v: _fmt(v, ".3g")), "holm": rest["p_holm"].map(lambda v: _fmt(v, ".3g")),
-        "sig": ["yes" if p < 0.05 else "no" for p in rest["p_holm"]],
+        "entry": "`" + rest["entry"] + "`" + ("" if not prefix else " (" + rest["views"].where(
+            rest["kind"] == "baseline", rest["tta_views"]) + ")"),
+        "delta": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" for d, lo, hi in
+                  zip(rest[f"{prefix}delta"], rest[f"{prefix}delta_lo"], rest[f"{prefix}delta_hi"])],
+        "p": rest[f"{prefix}p_sign_flip"].map(lambda v: _fmt(v, ".3g")),
+        "holm": rest[f"{prefix}p_holm"].map(lambda v: _fmt(v, ".3g")),
+        "sig": ["yes" if p < 0.05 else "no" for p in rest[f"{prefix}p_holm"]],
     })
     return markdown_table(view, [("entry", "entry"), ("delta", f"Δ {TARGETS[metric]} vs leader [95% CI]"),
                                  ("p", "sign-flip p"), ("holm", "Holm-adjusted p"),
                                  ("sig", "different at 5%? (adjusted p)")])
+
+
+def render_comparisons(df: pd.DataFrame, metric: str) -> list[str]:
+    """Both comparison tables of one set of scored images: plain view against plain view, TTA against TTA."""
+    leader = df[df["leader"]]["entry"].iloc[0]
+    md = [f"On the plain view (no test-time augmentation), against the leader `{leader}`:", "",
+          render_significance(df, metric), ""]
+    if df["tta_leader"].any() and df["tta_p_holm"].notna().any():
+        tta_leader = df[df["tta_leader"]].iloc[0]
+        md += [f"At each entry's declared TTA views (models: plain+flip; an ensemble: its `--tta` views; the "
+               f"majority baseline as it is), against that column's leader `{tta_leader['entry']}` "
+               f"({tta_leader['tta_views'] if tta_leader['kind'] != 'baseline' else tta_leader['views']}):", "",
+               render_significance(df, metric, "tta_"), ""]
+    return md
 
 
 def render_per_class(entries: list[Entry], class_names) -> str:
@@ -397,25 +450,35 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
            "ranked and compared only with entries scored on the same images (the column *n*).", "",
            f"## Leaderboard: {describe_group(first, by_set[first])}", "", render_leaderboard(df), "",
            "## Is the difference real?", "",
-           f"Each entry against the leader on `{TARGETS[metric]}` (leader: `{df[df['leader']]['entry'].iloc[0]}`), "
-           "on the same images. Images are the independent units (errors on one image's 6 attributes are "
+           f"Each entry against the leader on `{TARGETS[metric]}`, on the same images and like with like: "
+           "plain-view scores with plain-view scores, TTA scores with TTA scores (the columns *views* and *TTA "
+           "views* say which views each score used). Images are the independent units (errors on one image's 6 attributes are "
            "correlated): Δ has a paired bootstrap interval over images (per comparison, not adjusted); p is a "
            "paired sign-flip permutation test of each image's share of the difference (correct attributes for "
            "overall accuracy; for the class average, each right attribute weighted by 1 / (26 x images of its "
-           f"class)) ({N_PERM:,} seeded random flips). The {len(df) - 1} comparisons with the leader are one "
+           f"class)) ({N_PERM:,} seeded random flips). The comparisons of one table with its leader are one "
            "family: their p-values are Holm-Bonferroni adjusted, and *different at 5%?* uses the adjusted p "
-           "(chance of any false \"yes\" <= 5%). The leader was itself picked on these images, which favours it.",
-           "", render_significance(df, metric), ""]
+           "(chance of any false \"yes\" <= 5% per table). The leader was itself picked on these images, which "
+           "favours it.", "", *render_comparisons(df, metric)]
     for key in rest:
         md += [f"## Leaderboard: {describe_group(key, by_set[key])}", "",
                "k-fold members and ensembles of them: every image scored by a model that did not train on it.", "",
-               render_leaderboard(frames[key]), "", f"Against this table's leader on `{TARGETS[metric]}`, as above:",
-               "", render_significance(frames[key], metric), ""]
-    md += [
-           "## Accuracy vs cost", ""]
-    if rp.pareto(models, files / "pareto.png"):
-        md += ["![accuracy vs cost](leaderboard_files/pareto.png)", ""]
-    else:
+               render_leaderboard(frames[key]), "", f"Against this table's leader on `{TARGETS[metric]}`, as above.",
+               "", *render_comparisons(frames[key], metric)]
+    md += ["## Accuracy vs cost", "",
+           "GFLOPs per image count every model a test prediction runs (a k-fold member: its K fold models; an "
+           "ensemble: its members x TTA views); training time adds every training the entry needed (a refit "
+           "member: its val run and its refit). One figure per set of scored images.", ""]
+    drawn = False
+    for key, group in by_set.items():
+        name = "pareto.png" if key == "val" else f"pareto-{slug(key)}.png"
+        where = "val" if key == "val" else "out-of-fold (train + val)"
+        n = len(next(e for e in group if "labels" in e.extra).extra["labels"])
+        if rp.pareto([e for e in group if e.kind != "baseline"], files / name,
+                     f"{where} {TARGETS[metric]} (n = {n})", TARGETS[metric]):
+            md += [f"![accuracy vs cost: {describe_group(key, group)}](leaderboard_files/{name})", ""]
+            drawn = True
+    if not drawn:
         md += ["_No entries with GFLOPs and training time._", ""]
     md += ["## Training curves", ""]
     if rp.curves(models, files / "curves.png"):

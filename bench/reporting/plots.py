@@ -29,8 +29,10 @@ def pareto_front(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
     return np.array(front, dtype=int)
 
 
-def pareto(entries, path: Path) -> bool:
-    pts = [(e.label, e.meta.get("gflops"), e.meta.get("train_time_s"), e.score["overall_acc"]) for e in entries]
+def pareto(entries, path: Path, ylabel: str = "val overall accuracy", key: str = "overall_acc") -> bool:
+    """Accuracy (`key`) against GFLOPs per image and training time, for entries scored on the same images (the
+    caller draws one figure per set of scored images; `ylabel` names the metric and the images)."""
+    pts = [(e.label, e.meta.get("gflops"), e.meta.get("train_time_s"), e.score[key]) for e in entries]
     pts = [p for p in pts if p[1] is not None and p[2] is not None]
     if not pts:
         return False
@@ -45,7 +47,7 @@ def pareto(entries, path: Path) -> bool:
         f = pareto_front(cost, acc)
         ax.plot(cost[f], acc[f], "r--", lw=1, label="Pareto front")
         ax.set_xscale("log") if cost.min() > 0 and cost.max() / cost.min() > 20 else None
-        ax.set_xlabel(name), ax.set_ylabel("val overall accuracy"), ax.legend(fontsize=7)
+        ax.set_xlabel(name), ax.set_ylabel(ylabel), ax.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -14,7 +14,8 @@ later stage the K-fold model is one member, scored on n = pool size images.
 Refit (`bench.run --refit`): after a normal run, train once more on train + val for the epochs the val run used
 (its selected epoch; the recipe's epochs for select=last), last epoch kept; RUNS/<run>/<model>/refit/ holds it. Its
 test probabilities replace the member's probs_test.npz (the val run's are kept as probs_test_valrun.npz); the val
-statistics stay those of the val run, and run.json's `refit` says so.
+statistics stay those of the val run, and run.json's `refit` says so. The member's train_time_s is both trainings'
+(`refit` keeps each); a k-fold member's gflops is K x one model's, since its test prediction runs all K.
 """
 from __future__ import annotations
 
@@ -142,8 +143,10 @@ def _write_member(name, ds, plan, metas, member_dir: Path, optimistic: bool, ext
     save_probs(member_dir / "probs_val.npz", **oof, labels=labels, fold=fold)
     save_probs(member_dir / "probs_test.npz", **test)
     first = metas[0]
-    meta = {**{key: first[key] for key in ("name", "init", "params", "gflops", "input", "device", "torch",
+    meta = {**{key: first[key] for key in ("name", "init", "params", "input", "device", "torch",
                                            "data_root", "num_classes", "class_names") if key in first},
+            # a test prediction runs all K fold models: K x one model's cost per image
+            "gflops": round(k * first["gflops"], 4), "gflops_per_model": first["gflops"],
             "kind": "model", "status": "done", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
             "config": {**first["config"], "dataset": ds.fingerprint()},
             "kfold": {"k": k, "seed": plan["seed"], "signature": plan["signature"], "n": plan["n"],
@@ -183,13 +186,15 @@ def refit(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe, size
     rmeta = train_model(name, refit_store.ds, refit_store, recipe.updated(epochs=epochs, select="last",
                                                                           early_stop=0), size,
                         member_dir / "refit", seed, **train_kw)
-    test_valrun = member_dir / "probs_test_valrun.npz"
-    if not test_valrun.exists():
-        atomic_write(test_valrun, lambda tmp: tmp.write_bytes((member_dir / "probs_test.npz").read_bytes()))
+    if "refit" not in meta:  # probs_test.npz is still the val run's (a finished refit has replaced it already)
+        atomic_write(member_dir / "probs_test_valrun.npz",
+                     lambda tmp: tmp.write_bytes((member_dir / "probs_test.npz").read_bytes()))
+    valrun_s = meta["refit"]["valrun_train_time_s"] if "refit" in meta else meta["train_time_s"]
     with np.load(member_dir / "refit" / "probs_test.npz") as z:
         save_probs(member_dir / "probs_test.npz", plain=z["plain"], flip=z["flip"])
     meta["refit"] = {"epochs": epochs, "train_images": len(paths), "dir": "refit",
                      "note": "test probabilities from the refit model; val statistics from the val run",
-                     "train_time_s": rmeta["train_time_s"]}
+                     "train_time_s": rmeta["train_time_s"], "valrun_train_time_s": valrun_s}
+    meta["train_time_s"] = round(valrun_s + rmeta["train_time_s"], 2)  # what the member cost: both trainings
     write_json(meta, member_dir / "run.json")
     return meta

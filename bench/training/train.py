@@ -100,7 +100,8 @@ def demo_settings(data_arg: str | None, overrides: dict, root: Path) -> dict:
     return {**overrides, **quick}
 
 
-ARTIFACTS = ("last.pt", "best.pt", "run.json", "history.csv", "curves.png", "probs_val.npz", "probs_test.npz")
+ARTIFACTS = ("last.pt", "best.pt", "run.json", "history.csv", "curves.png", "probs_val.npz", "probs_test.npz",
+             "probs_test_valrun.npz")
 
 
 def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe, size: int, model_dir: Path,
