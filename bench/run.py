@@ -35,9 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", choices=RECIPE_NAMES,
                    help="recipe preset (zoo/recipes.py); default: finetune when the backbone starts from pretrained "
                         "weights, scratch when it starts from random init")
-    p.add_argument("--metric", default="overall", choices=list(TARGETS),
-                   help=TARGET_HELP + "; recipes that pick their epoch on val pick it by this metric (the finetune "
-                        "and scratch recipes keep their last epoch); both metrics are always printed")
+    p.add_argument("--metric", choices=list(TARGETS),
+                   help=TARGET_HELP + " (default overall; with --from-study the study's); recipes that pick their "
+                        "epoch on val pick it by this metric (the finetune and scratch recipes keep their last "
+                        "epoch); both metrics are always printed")
     p.add_argument("--run", help="run name: artifacts go to OUT/RUN/MODEL (default: the recipe name)")
     p.add_argument("--folds", type=int, metavar="K",
                    help="k-fold cross-fitting over train + val: K models per member, each predicting the fold it did "
@@ -84,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None):
     return build_parser().parse_args(argv)
+
+
+def study_metric(study: str, url: str, given: str | None) -> str | None:
+    """The target metric of a --from-study run: --metric when given, else the one the study was tuned for (None for
+    a Pareto or balanced-accuracy study: the recipe's own selection, as in its trials); prints which."""
+    import optuna
+
+    from bench.tuning.storage import open_storage
+    from bench.tuning.study import OBJECTIVES
+    objective = optuna.load_study(study_name=study, storage=open_storage(url)).user_attrs.get("objective")
+    tuned = next((name for name, metrics in OBJECTIVES.items() if metrics == objective), None)
+    if given is not None:
+        if tuned is not None and tuned != given:
+            print(f"[study {study}] tuned for --metric {tuned}; this run uses --metric {given} (given)")
+        return given
+    if tuned is None:
+        print(f"[study {study}] records no target metric: target metric overall (--metric sets it)")
+        return "overall"
+    print(f"[study {study}] target metric {tuned} (the one it was tuned for; --metric overrides)"
+          + ("" if tuned in TARGETS else "; epochs selected by the recipe's own rule, as in its trials"))
+    return tuned if tuned in TARGETS else None
 
 
 def fail(message: str, code: int = 2):
@@ -145,7 +167,8 @@ def main(argv=None) -> list[dict]:
         device = dist.device if dist.enabled else device
         root = resolve_root(a.data)
         ds = open_dataset(root)
-        if a.from_study:  # the study's parameters, trial budget and base recipe, where no flag set them
+        metric = a.metric or "overall"
+        if a.from_study:  # the study's parameters, trial budget, base recipe and metric, where no flag set them
             from bench.tuning.storage import best_params, default_url, study_base
             url = a.storage or default_url(wd)
             overrides.update({k: v for k, v in best_params(a.from_study, url).items()
@@ -157,8 +180,9 @@ def main(argv=None) -> list[dict]:
             if tuned_model and names != [tuned_model]:
                 print(f"warning: study {a.from_study} tuned {tuned_model}; applying its parameters to "
                       f"{', '.join(names)}", file=sys.stderr)
+            metric = study_metric(a.from_study, url, a.metric)
         overrides = demo_settings(a.data, overrides, root)
-        plans = [(n, *resolve_recipe(n, recipe_name, overrides, a.metric)) for n in names]
+        plans = [(n, *resolve_recipe(n, recipe_name, overrides, metric)) for n in names]
         for _, recipe, _ in plans:  # torchrun: N processes share each recipe's global batch equally
             check_batch(recipe.batch_size, dist.world)
         if dist.enabled and (a.folds or a.refit):

@@ -560,3 +560,28 @@ def test_resume_from_an_older_state_without_the_selected_weights_selects_again(t
     assert not (tmp_path / "best.pt").exists() and not again.should_stop()  # early stopping counts from here
     again.run_epoch()
     assert read_state(tmp_path / "best.pt")["epoch"] == 3 == again.best_epoch
+
+
+def test_from_study_selects_epochs_by_the_metric_the_study_tuned(tiny_root, tmp_path, capsys):
+    """A study tuned with --metric class, re-trained by bench.run --from-study without --metric, selected its epoch
+    by overall accuracy (the flag's default) without a word. Now the study's metric applies unless --metric is given,
+    and the run says which it uses."""
+    import optuna
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="c", storage=storage, direction="maximize")
+    for key, value in (("objective", ["class_avg_acc"]), ("recipe", "v0"), ("model", "resnet18")):
+        study.set_user_attr(key, value)  # what bench.tune --metric class records
+    study.add_trial(optuna.trial.create_trial(
+        params={"lr": 2e-3}, distributions={"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)},
+        value=0.5, user_attrs={"budget": {"epochs": 1, "size": 32, "batch_size": 16, "pretrained": "none"}}))
+    out = tmp_path / "runs"
+    base = ["--models", "resnet18", "--data", str(tiny_root), "--out", str(out), "--from-study", "c", "--storage",
+            storage, "--no-progress", "--no-report"]
+    select = lambda run: json.loads((out / run / "resnet18/run.json").read_text())["config"]["recipe"]["select"]  # noqa
+    capsys.readouterr()
+    run_main([*base, "--run", "a"])
+    assert select("a") == "class_avg_acc"
+    assert "[study c] target metric class (the one it was tuned for; --metric overrides)" in capsys.readouterr().out
+    run_main([*base, "--run", "b", "--metric", "overall"])
+    assert select("b") == "overall_acc"
+    assert "[study c] tuned for --metric class; this run uses --metric overall (given)" in capsys.readouterr().out
