@@ -85,3 +85,20 @@ def test_truncated_jpeg_stops_before_any_run_folder(tiny_copy, tmp_path, capsys)
     assert e.value.code == 2 and err.startswith(f"error: 1 problem(s) in dataset {tiny_copy}:\n  {f}: unreadable or "
                                                 f"corrupt image (OSError: image file is truncated")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--runs", "nosuchrun"], "--runs nosuchrun: not among the finished runs in {runs} (run/model): b/resnet18, "
+                              "default/resnet18"),
+    (["--runs", "default,nosuchrun"], "--runs nosuchrun: not among the finished runs"),  # was dropped silently
+    (["--models", "effb3"], "--models effb3: not among the finished runs in {runs} (run/model): b/resnet18, "
+                            "default/resnet18"),
+])
+def test_ensemble_names_an_unknown_run_and_lists_the_finished_ones(flags, message, demo_runs, tmp_path, capsys):
+    """`--runs nosuchrun` said 'no finished runs found; train some first' beside two finished runs."""
+    from bench.ensemble import main as ensemble_main
+    with pytest.raises(SystemExit) as e:
+        ensemble_main(["--runs-dir", str(demo_runs), "--out", str(tmp_path / "sub"), "--no-report", *flags])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: {message.format(runs=demo_runs)}")
+    assert not (tmp_path / "sub").exists()

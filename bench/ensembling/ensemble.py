@@ -66,6 +66,21 @@ def check_members(members: list[RunArtifacts]) -> None:
                             f"--fold-seed and data), others only with each other; choose with --runs/--models")
 
 
+def check_names(runs_dir: Path, runs: list[str] | None, models: list[str] | None) -> None:
+    """Each name given to --runs / --models names a finished model run, else EnsembleError naming it and listing the
+    finished ones (a mistyped name dropped its member silently, or ended in 'no finished runs found')."""
+    done = sorted(m.label for m in find_runs(runs_dir, done_only=True) if m.meta.get("kind", "model") == "model")
+    known = {"--runs": {*done, *(d.split("/")[0] for d in done)}, "--models": {d.split("/")[1] for d in done}}
+    for flag, names in (("--runs", runs), ("--models", models)):
+        unknown = [n for n in names or () if n not in known[flag]]
+        if unknown and not done:
+            raise EnsembleError(f"{flag} {','.join(unknown)}: {runs_dir} holds no finished runs; train some first: "
+                                f"python -m bench.run --models resnet18,effb3")
+        if unknown:
+            raise EnsembleError(f"{flag} {','.join(unknown)}: not among the finished runs in {runs_dir} (run/model): "
+                                f"{', '.join(done)}")
+
+
 def scored_on(meta: dict) -> str:
     """The images a member's val probabilities cover: `val`, or a k-fold partition of train + val."""
     return meta.get("scored_on", "val")
@@ -226,6 +241,7 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     for v in views:
         parse_view(v)
     check_out(Path(a.out), a.force)  # before loading anything: a refusal at the end would waste the work
+    check_names(a.runs_dir, a.runs, a.models)
     members = [m for m in find_runs(a.runs_dir, a.runs, a.models, done_only=True)
                if m.meta.get("kind", "model") == "model"]
     check_members(members)
