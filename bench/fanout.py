@@ -37,6 +37,22 @@ def parse_devices(text: str) -> list[str]:
     return devices
 
 
+def check_devices(devices: str | None, device: str, pick) -> list[str]:
+    """The device names of `--devices LIST`, else [`--device NAME`], each checked with `pick` (the trainer's
+    pick_device, which raises ValueError naming --device) before any work starts; a bad entry of the list is named
+    as part of --devices, the flag the user gave."""
+    names = parse_devices(devices) if devices is not None else [device]
+    for name in names:
+        try:
+            pick(name)
+        except ValueError as e:
+            if devices is None:
+                raise
+            reason = str(e).removeprefix(f"--device {name}: ").replace("use --device ", "use ")
+            raise ValueError(f"--devices {devices} ({name}): {reason}") from None
+    return names
+
+
 def to_argv(parser: argparse.ArgumentParser, ns: argparse.Namespace, **changes) -> list[str]:
     """Arguments that `parser` parses back into `ns` with `changes` applied (None drops a flag): the child's command
     line is rebuilt from what was parsed, not edited from the user's, so abbreviated flags (--model for --models)

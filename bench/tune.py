@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 
 from bench import workdir
-from bench.fanout import follow_parent, parse_devices, run_children, to_argv
+from bench.fanout import check_devices, follow_parent, run_children, to_argv
 from bench.data import DatasetError, open_dataset, resolve_root
 from bench.tuning.study import (FINISHED, OBJECTIVES, StudyStopped, budget_of, counted, make_objective, make_pruner,
                                 run_study)
@@ -110,12 +110,12 @@ def main(argv=None) -> optuna.Study:
         url = resolve_url(given_url)
         if a.devices is not None and a.device != "auto":
             raise ValueError(f"--device {a.device} and --devices {a.devices}: give one of them")
-        devices = parse_devices(a.devices) if a.devices is not None else [a.device]
+        devices = check_devices(a.devices, a.device, pick_device)  # every device, before any work starts
         workers = len(devices) if a.workers is None else a.workers
         if workers < 1:
             raise ValueError(f"--workers {a.workers}: must be >= 1")
         devices = [devices[i % len(devices)] for i in range(workers)]  # round-robin
-        device = [pick_device(d) for d in devices][0]  # every device is checked before any work starts
+        device = pick_device(devices[0])
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = open_storage(given_url, a.heartbeat, a.grace, home=wd)
     except (DatasetError, LookupError, ValueError, StorageError) as e:

@@ -12,7 +12,7 @@ import time
 import optuna
 import pytest
 
-from bench.fanout import labels_for, to_argv
+from bench.fanout import check_devices, labels_for, to_argv
 from bench.reporting.leaderboard import report_dir
 from bench.run import build_parser, main as run_main
 from bench.tune import main as tune_main
@@ -107,3 +107,22 @@ def test_child_arguments_are_rebuilt_from_what_was_parsed():
     assert (back.models, back.lr, back.ema, back.devices, back.force) == ("b,a", -1e-3, False, None, True)
     assert back.set == ["lr_floor=0", "crop_antialias=true"]
     assert labels_for(["cuda:0", "cuda:1", "cuda:0"]) == ["cuda:0 #1", "cuda:1", "cuda:0 #2"]
+
+
+def test_a_bad_entry_of_devices_is_named_as_part_of_devices(tiny_root, tmp_path, capsys):
+    """`--devices cpu,cuda:99` said `--device cuda:99: ...`, naming a flag the user did not give."""
+    def pick(name):  # the trainer's pick_device on a machine without that GPU
+        if name != "cpu":
+            raise ValueError(f"--device {name}: only 2 CUDA device(s) here; use --device cpu or auto")
+    assert check_devices("cpu,cpu", "auto", pick) == ["cpu", "cpu"]
+    assert check_devices(None, "cpu", pick) == ["cpu"]
+    with pytest.raises(ValueError, match=r"^--device cuda:9: only 2 CUDA device\(s\) here; use --device cpu or auto$"):
+        check_devices(None, "cuda:9", pick)  # the flag given was --device: the message stays
+    with pytest.raises(ValueError, match=r"^--devices cpu,cuda:9 \(cuda:9\): only 2 CUDA device\(s\) here; use cpu or "
+                                         r"auto$"):
+        check_devices("cpu,cuda:9", "auto", pick)
+    with pytest.raises(SystemExit) as e:
+        tune_main(["--data", str(tiny_root), "--devices", "cpu,cuda:99", "--workdir", str(tmp_path / "w"), *TINY])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --devices cpu,cuda:99 (cuda:99): ") and "--device " not in err
+    assert not (tmp_path / "w").exists()
