@@ -41,7 +41,7 @@ def main(argv=None) -> dict:
         else:
             pred, title = read_predictions(a.prediction, num_classes, expected_lines=len(labels)), a.prediction
     except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e.summary()}", file=sys.stderr)
         raise SystemExit(2)
     result = score(labels, pred, num_classes)
     print(format_score(result, f"{title} ({len(labels)} images)"))

@@ -110,3 +110,17 @@ def test_class_average_is_the_2024_challenge_metric_by_hand():
     s = score(y, p, (7, 3))
     assert s["class_avg_acc"] == pytest.approx(expect)
     assert s["mean_class_acc"] == pytest.approx(((0.5 + 1 + 0) / 3 + (1 + 2 / 3) / 2) / 2)  # balanced: 0.6667
+
+
+def test_score_shows_the_first_20_bad_lines_counts_the_rest_and_keeps_whole_file_problems(tmp_path, capsys):
+    """A prediction file of the wrong shape printed one line per bad line, without end."""
+    labels = _labels(tmp_path)
+    bad = tmp_path / "p.txt"
+    bad.write_text("1 2 3\n" * 30)
+    with pytest.raises(SystemExit) as e:
+        main([str(bad), "--labels", str(labels)])
+    assert e.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"error: 31 problem(s) in prediction file {bad}:"
+    assert lines[1:21] == [f"  {bad}:{i}: expected 6 integers, found 3 field(s): '1 2 3'" for i in range(1, 21)]
+    assert lines[21:] == ["  ... and 10 more line(s) (the first 20 are shown)", f"  {bad}: has 30 line(s), expected 2"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,18 @@ class DatasetError(ValueError):
 
     def __init__(self, problems: list[str], what: str = "dataset"):
         self.problems = list(problems)
-        head = f"{len(self.problems)} problem(s) in {what}:"
-        super().__init__("\n  ".join([head, *self.problems]))
+        self.head = f"{len(self.problems)} problem(s) in {what}:"
+        super().__init__("\n  ".join([self.head, *self.problems]))
+
+    def summary(self, limit: int = 20) -> str:
+        """The message with the first `limit` problems that name a line, a count of the other such ones, and every
+        problem of a whole file (a prediction file of the wrong shape has a problem on every line)."""
+        lined = [p for p in self.problems if re.match(r".*?:\d+: ", p)]
+        if len(lined) <= limit:
+            return str(self)
+        whole = [p for p in self.problems if p not in lined]
+        rest = f"... and {len(lined) - limit} more line(s) (the first {limit} are shown)"
+        return "\n  ".join([self.head, *lined[:limit], rest, *whole])
 
 
 ZIP_MAGIC = b"PK\x03\x04"
