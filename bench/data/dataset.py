@@ -48,10 +48,11 @@ class DatasetError(ValueError):
     def summary(self, limit: int = 20) -> str:
         """The message with the first `limit` problems that name a line, a count of the other such ones, and every
         problem of a whole file (a prediction file of the wrong shape has a problem on every line)."""
-        lined = [p for p in self.problems if re.match(r".*?:\d+: ", p)]
+        lined, whole = [], []
+        for p in self.problems:
+            (lined if re.match(r".*?:\d+: ", p) else whole).append(p)
         if len(lined) <= limit:
             return str(self)
-        whole = [p for p in self.problems if p not in lined]
         rest = f"... and {len(lined) - limit} more line(s) (the first {limit} are shown)"
         return "\n  ".join([self.head, *lined[:limit], rest, *whole])
 
