@@ -194,7 +194,7 @@ def main(argv=None) -> list[dict]:
     out = Path(a.out) if a.out else wd.runs
     print(f"[run] artifacts in {out / run}/<model>/")
     if len(devices) > 1:
-        return fan_out(parser, a, names, devices, out / run, out)
+        return fan_out(parser, a, names, devices, out / run, out, a.metric or (metric if a.from_study else None))
     store = ImageStore(ds, device, progress=not a.no_progress, dist=dist)
     results = []
     for name, recipe, size in plans:
@@ -224,7 +224,7 @@ def main(argv=None) -> list[dict]:
             fail(str(e), 1)
     if not a.no_report and dist.main:
         from bench.reporting.leaderboard import build_report
-        build_report(out)
+        build_report(out, metric=a.metric or (metric if a.from_study else None))  # None: the report's own
     dist.close()
     return results
 
@@ -245,7 +245,8 @@ def start_distributed(a):
     return dist
 
 
-def fan_out(parser, a, names: list[str], devices: list[str], run_dir: Path, out: Path) -> list[dict]:
+def fan_out(parser, a, names: list[str], devices: list[str], run_dir: Path, out: Path,
+            report_metric: str | None = None) -> list[dict]:
     """One child `bench.run` per device over all the models, each starting at another one and skipping models a
     process already holds (--skip-claimed), so each model is trained once, also with other hosts sharing OUT;
     the leaderboard is built here, once, after every child has finished. Returns the finished models' run.json."""
@@ -278,7 +279,7 @@ def fan_out(parser, a, names: list[str], devices: list[str], run_dir: Path, out:
                   f"appears when the leaderboard is rebuilt after it finishes (python -m bench.report)")
     if not a.no_report:
         from bench.reporting.leaderboard import build_report
-        build_report(out)
+        build_report(out, metric=report_metric)
     return results
 
 

@@ -30,7 +30,7 @@ from bench.fanout import check_devices, follow_parent, run_children, to_argv
 from bench.data import DatasetError, open_dataset, resolve_root
 from bench.tuning.study import (FINISHED, OBJECTIVES, StudyStopped, budget_of, counted, make_objective, make_pruner,
                                 run_study)
-from bench.metrics import TARGET_HELP
+from bench.metrics import TARGET_HELP, TARGETS
 from bench.tuning.spaces import SPACES
 
 
@@ -156,15 +156,23 @@ def main(argv=None) -> optuna.Study:
         raise SystemExit(130)
     except StudyStopped as e:
         stopped = e
-    finish(study, a.no_report, reports, runs_dir)
+    finish(study, a.no_report, reports, runs_dir, leaderboard_metric(a))
     if stopped:
         print(f"error: {stopped}", file=sys.stderr)
         raise SystemExit(1)
     return study
 
 
-def finish(study: optuna.Study, no_report: bool, reports: Path, runs_dir: Path) -> None:
-    """The study's summary line, its report and the leaderboard (once per command, also with --workers)."""
+def leaderboard_metric(a) -> str | None:
+    """The leaderboard target this command names: its --metric (or --objective) when that is one of the
+    leaderboard's metrics; None (`both`, `mean_class`, or not given) keeps the leaderboard's own."""
+    named = a.metric or a.objective
+    return named if named in TARGETS else None
+
+
+def finish(study: optuna.Study, no_report: bool, reports: Path, runs_dir: Path, metric: str | None = None) -> None:
+    """The study's summary line, its report and the leaderboard (once per command, also with --workers), whose
+    target is `metric` (a leaderboard metric the command named; None keeps the report's own)."""
     done = counted(study, FINISHED)
     failed = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
     print(f"[tune] study {study.study_name}: {len(done)} finished trials "
@@ -173,7 +181,7 @@ def finish(study: optuna.Study, no_report: bool, reports: Path, runs_dir: Path) 
         from bench.reporting.leaderboard import build_report
         from bench.tuning.report import write_tune_report
         write_tune_report(study, reports)
-        build_report(runs_dir)
+        build_report(runs_dir, metric=metric)
 
 
 def fan_out(parser, a, study: optuna.Study, devices: list[str], url: str, reports: Path,
@@ -188,7 +196,7 @@ def fan_out(parser, a, study: optuna.Study, devices: list[str], url: str, report
         print(f"\ninterrupted: finished trials are stored in {url}; the same command continues the study",
               file=sys.stderr)
         raise SystemExit(130)
-    finish(study, a.no_report, reports, runs_dir)
+    finish(study, a.no_report, reports, runs_dir, leaderboard_metric(a))
     if done.failed:
         for child in done.failed:
             print(f"error: {child.describe()}", file=sys.stderr)

@@ -331,3 +331,26 @@ def test_the_ensemble_is_compared_with_its_members_like_with_like(tmp_path):
         leader, other = ("r/a", "_ensembles/e") if a_score > e_score else ("_ensembles/e", "r/a")
         assert df.loc[leader, f"{col}leader"]
         assert df.loc[other, f"{col}delta"] == pytest.approx(-abs(a_score - e_score), abs=1e-6)
+
+
+def test_bench_run_and_bench_tune_pass_their_metric_to_the_leaderboard(demo_runs, tiny_root, tmp_path, monkeypatch):
+    """bench.run and bench.tune rebuilt the leaderboard without the metric they were given."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_tune import fake_training
+    from bench.run import main as run_main
+    from bench.tune import main as tune_main
+    home = tmp_path / "w"
+    shutil.copytree(demo_runs, home / "runs")
+    md = home / "reports/leaderboard.md"
+    tiny = ["--data", str(tiny_root), "--workdir", str(home), "--size", "32", "--batch-size", "16", "--pretrained",
+            "none", "--no-progress"]
+    run_main(["--models", "resnet18", "--epochs", "1", "--run", "c", "--metric", "class", *tiny])
+    assert "Target metric: `class_avg_acc` (`--metric class`)" in md.read_text()
+    run_main(["--models", "resnet18", "--epochs", "1", "--run", "c", *tiny])  # names none: the target stays
+    assert "Target metric: `class_avg_acc` (`--metric class`, named by an earlier command" in md.read_text()
+    fake_training(monkeypatch)
+    tune_main(["--trials", "1", "--epochs", "1", "--metric", "overall", *tiny])
+    assert "Target metric: `overall_acc` (`--metric overall`)" in md.read_text()
+    tune_main(["--trials", "2", "--epochs", "1", "--metric", "both", "--study", "b", *tiny])  # no leaderboard metric
+    assert "Target metric: `overall_acc` (`--metric overall`, named by an earlier command" in md.read_text()
