@@ -452,14 +452,14 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
            "## Is the difference real?", "",
            f"Each entry against the leader on `{TARGETS[metric]}`, on the same images and like with like: "
            "plain-view scores with plain-view scores, TTA scores with TTA scores (the columns *views* and *TTA "
-           "views* say which views each score used). Images are the independent units (errors on one image's 6 attributes are "
-           "correlated): Δ has a paired bootstrap interval over images (per comparison, not adjusted); p is a "
-           "paired sign-flip permutation test of each image's share of the difference (correct attributes for "
-           "overall accuracy; for the class average, each right attribute weighted by 1 / (26 x images of its "
-           f"class)) ({N_PERM:,} seeded random flips). The comparisons of one table with its leader are one "
-           "family: their p-values are Holm-Bonferroni adjusted, and *different at 5%?* uses the adjusted p "
-           "(chance of any false \"yes\" <= 5% per table). The leader was itself picked on these images, which "
-           "favours it.", "", *render_comparisons(df, metric)]
+           "views* say which views each score used). Images are the independent units (errors on one image's 6 "
+           "attributes are correlated): Δ has a paired bootstrap interval over images (per comparison, not "
+           "adjusted); p is a paired sign-flip permutation test of each image's share of the difference "
+           "(correct attributes for overall accuracy; for the class average, each right attribute weighted by "
+           f"1 / (26 x images of its class)) ({N_PERM:,} seeded random flips). The comparisons of one table "
+           "with its leader are one family: their p-values are Holm-Bonferroni adjusted, and *different at 5%?* "
+           "uses the adjusted p (chance of any false \"yes\" <= 5% per table). The leader was itself picked on "
+           "these images, which favours it.", "", *render_comparisons(df, metric)]
     for key in rest:
         md += [f"## Leaderboard: {describe_group(key, by_set[key])}", "",
                "k-fold members and ensembles of them: every image scored by a model that did not train on it.", "",
