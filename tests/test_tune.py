@@ -345,3 +345,14 @@ def test_no_trials_is_an_error_before_anything_is_made(trials, tiny_root, tmp_pa
     assert e.value.code == 2 and calls == []
     assert capsys.readouterr().err == f"error: --trials {trials}: the study should hold at least 1 finished trial\n"
     assert tree(tmp_path) == []
+
+
+@pytest.mark.parametrize("pruner", ["median", "hyperband"])
+def test_a_trial_is_never_pruned_after_its_last_epoch(pruner, tiny_root, tmp_path, monkeypatch):
+    """With 1 epoch per trial the median pruner (warm-up max(1, epochs // 5) = 1) pruned trials after their only
+    epoch, throwing away finished results; the last epoch of any trial now completes it."""
+    fake_training(monkeypatch)
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    study = tune_main(args(tiny_root, storage, "p", 8, 1, "--sampler-seed", "0", "--pruner", pruner))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
+    assert all(t.value == t.intermediate_values[1] for t in study.trials)

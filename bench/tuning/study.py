@@ -71,7 +71,8 @@ def make_objective(model, ds, store, base_overrides, recipe_name, metrics, trial
             trial.set_user_attr("epochs_run", epoch)
             if len(metrics) == 1:
                 trial.report(row[metrics[0]], epoch)
-                if trial.should_prune():
+                # after the last epoch the trial is finished: pruning it then would only throw its result away
+                if epoch < recipe.epochs and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}: {metrics[0]} {row[metrics[0]]:.4f}")
 
         try:
