@@ -73,3 +73,45 @@ def test_truncated_jpeg_fails_with_file_name(tiny_copy, tmp_path):
     f.write_bytes(f.read_bytes()[:200])
     with pytest.raises(DatasetError, match="00002.jpg"):
         load_images([f], 32, cache_dir=tmp_path, progress=False)
+
+
+def test_decode_writes_a_memory_mapped_cache_and_leaves_nothing_on_failure(tiny_copy, tmp_path, monkeypatch):
+    import bench.data.images as images
+    ds = open_dataset(tiny_copy)
+    files = ds.files("train")  # 120 images: two chunks of 64
+    cache = tmp_path / "c"
+    mapped = load_images(files, 32, cache_dir=cache, progress=False, mmap=True)
+    assert isinstance(mapped, np.memmap) and not mapped.flags.writeable
+    assert np.array_equal(mapped, load_images(files, 32, cache_dir=cache, progress=False))
+    assert [p.name.count(".tmp") for p in cache.iterdir()] == [0]
+
+    # never all N images in memory: each decoded chunk goes to the file, nothing concatenates them
+    monkeypatch.setattr(np, "concatenate", lambda *a, **k: pytest.fail("decoded chunks were concatenated"))
+    again = load_images(files, 24, cache_dir=cache, progress=False, mmap=True)
+    assert again.shape == (120, 24, 24, 3)
+    monkeypatch.undo()
+
+    # killed after the first chunk: no cache file, no temporary file
+    real, calls = images._decode_chunk, []
+
+    def killed(paths, size, policy):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(paths, size, policy)
+
+    monkeypatch.setattr(images, "_decode_chunk", killed)
+    with pytest.raises(KeyboardInterrupt):
+        load_images(files, 16, cache_dir=tmp_path / "k", n_jobs=1, progress=False)
+    assert list((tmp_path / "k").iterdir()) == []
+    monkeypatch.undo()
+
+    # every bad file named (one in each chunk), and no cache file left
+    for name in ("00002.jpg", "00100.jpg"):
+        f = tiny_copy / "img" / name
+        f.write_bytes(f.read_bytes()[:200])
+    bad = [f for f in files] + [tiny_copy / "img/00002.jpg", tiny_copy / "img/00100.jpg"]
+    with pytest.raises(DatasetError, match="00002.jpg") as e:
+        load_images(bad, 32, cache_dir=tmp_path / "b", progress=False)
+    assert "00100.jpg" in str(e.value)
+    assert list((tmp_path / "b").iterdir()) == []

@@ -2,7 +2,12 @@
 
 The resize policy (bench/data/resize.py; recipe field `resize`) turns each photo into a square. The cache key covers
 the file list, each file's size and mtime, the size and the policy: a changed image, a changed split or another
-policy decodes again. Arrays are plain `.npy` files under `cache_home()/images/`.
+policy decodes again. Arrays are plain `.npy` files under `cache_home()/images/`, one per (files, size, policy).
+
+Decoding writes each chunk of 64 images straight into a memory-mapped `.npy` under a temporary name, renamed when
+complete: decoding N images never holds all N in memory, and a kill leaves no half cache. `mmap=True` returns the
+cache file memory-mapped read-only (the trainer's `stream` data mode reads batches from it); by default the array is
+read into memory (`resident`).
 """
 from __future__ import annotations
 
@@ -51,33 +56,51 @@ def cache_key(files: list[Path], size: int, policy: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:20]
 
 
+def cache_path(files: list[Path], size: int, policy: str, cache_dir: Path | None = None) -> Path:
+    """The cache file of `files` decoded at `size` by `policy`."""
+    cache_dir = Path(cache_dir or cache_home() / "images")
+    return cache_dir / f"{size}-{policy}-{cache_key(files, size, policy)}.npy"
+
+
 def load_images(files: list[Path], size: int, policy: str = "letterbox", cache_dir: Path | None = None,
-                n_jobs: int = -1, progress: bool = True) -> np.ndarray:
-    """(N, size, size, 3) uint8 for `files`, decoded once and then read from the on-disk cache."""
+                n_jobs: int = -1, progress: bool = True, mmap: bool = False) -> np.ndarray:
+    """(N, size, size, 3) uint8 for `files`, decoded once and then read from the on-disk cache; `mmap`: the cache
+    file memory-mapped read-only instead of read into memory."""
     RESIZE[policy]  # an unknown policy fails here, naming the registered ones
     files = [Path(f) for f in files]
-    cache_dir = Path(cache_dir or cache_home() / "images")
-    target = cache_dir / f"{size}-{policy}-{cache_key(files, size, policy)}.npy"
-    if target.exists():  # memory-map then copy: ~10x faster than np.load's chunked read here
-        return np.array(np.load(target, mmap_mode="r"))
-    chunks = [files[i:i + 64] for i in range(0, len(files), 64)]
-    jobs = (delayed(_decode_chunk)(c, size, policy) for c in chunks)
-    results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
-    if progress and chunks:
-        from tqdm import tqdm
-        results = tqdm(results, total=len(chunks), desc=f"decode {len(files)} images @{size}px", unit="chunk")
-    arrays, errors = [], []
-    for arr, errs in results:
-        arrays.append(arr)
-        errors.extend(errs)
-    if errors:
-        raise DatasetError(errors, "images")
-    images = np.concatenate(arrays) if arrays else np.empty((0, size, size, 3), np.uint8)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_path(files, size, policy, cache_dir)
+    if not target.exists():
+        _decode_to(target, files, size, policy, n_jobs, progress)
+    images = np.load(target, mmap_mode="r")
+    # memory-map then copy: ~10x faster than np.load's chunked read here
+    return images if mmap else np.array(images)
+
+
+def _decode_to(target: Path, files: list[Path], size: int, policy: str, n_jobs: int, progress: bool) -> None:
+    """Decode `files` chunk by chunk into a memory-mapped temporary .npy, renamed to `target` when complete; every
+    file that cannot be decoded is named in one DatasetError, and then no cache file is left."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".tmp{os.getpid()}.npy")
-    np.save(tmp, images)
-    os.replace(tmp, target)  # atomic: an interrupted write never leaves a half cache
-    return images
+    chunks = [files[i:i + 64] for i in range(0, len(files), 64)]
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
+        jobs = (delayed(_decode_chunk)(c, size, policy) for c in chunks)
+        results = Parallel(n_jobs=n_jobs, prefer="threads", return_as="generator")(jobs)
+        if progress and chunks:
+            from tqdm import tqdm
+            results = tqdm(results, total=len(chunks), desc=f"decode {len(files)} images @{size}px", unit="chunk")
+        errors, at = [], 0
+        for arr, errs in results:  # in order: chunk k fills rows [64k, 64k + len)
+            out[at:at + len(arr)] = arr
+            at += len(arr)
+            errors.extend(errs)
+        if errors:
+            raise DatasetError(errors, "images")
+        out.flush()
+        del out
+        os.replace(tmp, target)  # atomic: an interrupted write never leaves a half cache
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def timed_load(files: list[Path], size: int, policy: str = "letterbox", cache_dir: Path | None = None):
