@@ -6,7 +6,7 @@ runs/<run>/<model>/
   best.pt           weights of the selected epoch
   history.csv       one row per epoch
   curves.png        loss and accuracy per epoch
-  probs_val.npz     `plain` and `flip` (N, 26) softmax probabilities, and `labels` (N, 6)
+  probs_val.npz     `plain` and `flip` (N, classes) softmax probabilities, and `labels` (N, attributes)
   probs_test.npz    `plain` and `flip` for the test split
   .claim            while a process trains here: who (see `claim`)
 

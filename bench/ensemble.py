@@ -9,7 +9,7 @@ cached beside it). Members are combined per attribute (--combine) with weights (
 turned into predictions by a decision rule (--decision) fitted on val for the target metric (--metric): argmax, or
 post-hoc logit adjustment, argmax_y p(y|x) / pi_y^tau with pi the training class frequencies and tau per attribute
 (the default for --metric class). Whatever is fitted is also scored by k-fold cross-validation over val images
-(folds stratified over all 6 attributes; weights and rule refitted on each k-1 folds), for each member alone and for
+(folds stratified over all attributes; weights and rule refitted on each k-1 folds), for each member alone and for
 the ensemble, and the leaderboard entry holds those out-of-fold val predictions. Only weights and rule are
 cross-fitted: the members' epochs (and any tuned parameters) may have been chosen on the same val images. Without
 CV (nothing fitted, or fewer than 2 x folds val images) the entry is in-sample; run.json's `val_scoring` says which,

@@ -1,13 +1,14 @@
-"""Metrics shared by every command. Inputs are (N, 6) integer arrays of labels and predictions.
+"""Metrics shared by every command. Inputs are (N, A) integer arrays of labels and predictions, one column per
+attribute (the FashionDataset: A = 6 attributes with 26 classes in all).
 
-overall accuracy      correct attribute predictions / (N x 6)  -- the 2023 challenge's metric, the leaderboard's
-class-average acc.    accuracy of each of the 26 classes (correct / images of that class), then the plain mean over
-                      the classes present in the labels -- the 2024 challenge's "average per-class accuracy"
+overall accuracy      correct attribute predictions / (N x A)  -- the 2023 challenge's metric, the leaderboard's
+class-average acc.    accuracy of each class of every attribute (correct / images of that class), then the plain mean
+                      over the classes present in the labels -- the 2024 challenge's "average per-class accuracy"
 per-attribute acc.    accuracy of each attribute on its own
 mean per-class acc.   (key mean_class_acc) balanced accuracy: recall of every class present in the labels, averaged
-                      within each attribute, then over the 6 attributes, so a 3-class attribute weighs as much as
-                      the 7-class one; NOT the challenge's class average above
-macro-F1              sklearn's macro F1 per attribute, averaged over the 6 attributes
+                      within each attribute, then over the A attributes, so a 3-class attribute weighs as much as
+                      a 7-class one; NOT the challenge's class average above
+macro-F1              sklearn's macro F1 per attribute, averaged over the A attributes
 """
 from __future__ import annotations
 
@@ -16,12 +17,12 @@ import warnings
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
-from bench.data import ATTRIBUTES, class_counts
+from bench.data import attribute_names, class_counts
 
 # The target metric a user chooses once (--metric), by the name a challenge gives it -> its score key.
 TARGETS = {"overall": "overall_acc", "class": "class_avg_acc"}
 TARGET_HELP = ("target metric: overall = overall accuracy (2023 challenge), class = average per-class accuracy over "
-               "the 26 classes (2024 challenge)")
+               "every class of every attribute (2024 challenge)")
 
 
 def _check(y_true: np.ndarray, y_pred: np.ndarray) -> None:
@@ -46,12 +47,13 @@ def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> l
 
 def class_average_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> float:
     """The 2024 challenge metric: per-class accuracy of every class present in the labels, plain mean over them all
-    (each of the 26 classes weighs the same, whatever its attribute)."""
+    (each class weighs the same, whatever its attribute)."""
     return float(np.nanmean(np.concatenate(per_class_accuracy(y_true, y_pred, num_classes))))
 
 
-def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> dict:
-    """All leaderboard metrics as plain floats/lists (JSON-ready)."""
+def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes, attributes=None) -> dict:
+    """All leaderboard metrics as plain floats/lists (JSON-ready); `attr_acc` is keyed by the attribute names
+    (`attributes`, else bench.data.attribute_names' fallback)."""
     _check(y_true, y_pred)
     per_attr = [float((y_true[:, a] == y_pred[:, a]).mean()) for a in range(y_true.shape[1])]
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected on small splits
@@ -63,7 +65,7 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> dict:
         "class_avg_acc": class_average_accuracy(y_true, y_pred, num_classes),
         "mean_class_acc": float(np.mean(balanced)),
         "macro_f1": float(np.mean(f1)),
-        "attr_acc": dict(zip(ATTRIBUTES, per_attr)),
+        "attr_acc": dict(zip(attribute_names(num_classes, attributes), per_attr)),
         "class_acc": [[None if np.isnan(v) else float(v) for v in c]
                       for c in per_class_accuracy(y_true, y_pred, num_classes)],
         "n": int(len(y_true)),
@@ -102,8 +104,8 @@ def image_parts(y_true: np.ndarray, correct: np.ndarray, num_classes, metric: st
     """A metric as a ratio of per-image sums: (num, den), both (N, G), such that the metric is the mean over the
     groups g with any image of sum_i num_ig / sum_i den_ig. Resampling or sign-flipping images then works for
     both challenge metrics alike (bench/stats.py).
-      overall  G = 1: num_i = correct attributes of image i / 6, den_i = 1
-      class    G = the 26 classes: num_ig = 1 if image i is of class g and predicted right, den_ig = 1 if of class g
+      overall  G = 1: num_i = correct attributes of image i / A, den_i = 1
+      class    G = every class of every attribute: num_ig = 1 if image i is of class g and predicted right, den_ig = 1 if of class g
     """
     correct = np.asarray(correct, bool).reshape(len(correct), -1)
     if TARGETS.get(metric, metric) == "overall_acc":

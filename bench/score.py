@@ -17,7 +17,8 @@ from bench.metrics import format_score, majority_prediction, score
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m bench.score", description="Validate and score a prediction file.")
-    p.add_argument("prediction", nargs="?", help="prediction.txt: one line per image, 6 space-separated ints")
+    p.add_argument("prediction", nargs="?", help="prediction.txt: one line per image, one space-separated int per "
+                   "attribute (the FashionDataset: 6)")
     p.add_argument("--labels", help="label file with the true attributes (same format)")
     p.add_argument("--data", help="dataset root (default $FASHION_DATA, else the demo set)")
     p.add_argument("--split", default="val", choices=["train", "val"])
@@ -26,24 +27,25 @@ def main(argv=None) -> dict:
     if not a.prediction and not a.baseline:
         p.error("give a PREDICTION file or --baseline majority")
     try:
-        num_classes, train = DEFAULT_NUM_CLASSES, None
+        num_classes, train, attributes = DEFAULT_NUM_CLASSES, None, None
         if a.labels and not a.baseline:
             labels = read_predictions(a.labels)
         else:
             ds = open_dataset(resolve_root(a.data), check_images=False)
             num_classes, labels, train = ds.num_classes, ds.splits[a.split].labels, ds.splits["train"].labels
+            attributes = ds.attributes
             if a.labels:
-                labels = read_predictions(a.labels, num_classes)
+                labels = read_predictions(a.labels, num_classes, attributes=attributes)
         if not len(labels):  # metrics of zero images are undefined (sklearn raises)
             raise DatasetError([f"{a.labels}: no label lines; there is nothing to score"], f"label file {a.labels}")
         if a.baseline:
             pred, title = majority_prediction(train, num_classes, len(labels)), "majority-class baseline"
         else:
-            pred, title = read_predictions(a.prediction, num_classes, expected_lines=len(labels)), a.prediction
+            pred, title = read_predictions(a.prediction, num_classes, len(labels), attributes), a.prediction
     except DatasetError as e:
         print(f"error: {e.summary()}", file=sys.stderr)
         raise SystemExit(2)
-    result = score(labels, pred, num_classes)
+    result = score(labels, pred, num_classes, attributes)
     print(format_score(result, f"{title} ({len(labels)} images)"))
     return result
 

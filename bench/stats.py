@@ -1,12 +1,12 @@
 """Honest comparisons on the same validation images.
 
-Resampling is over images: each image's 6 attribute predictions stay together, since errors on one image are
-correlated (a hard image is often wrong on several attributes); tests that count the N x 6 predictions as
+Resampling is over images: each image's attribute predictions stay together, since errors on one image are
+correlated (a hard image is often wrong on several attributes); tests that count the N x A predictions as
 independent trials (e.g. a flattened McNemar test) reject equal models far more often than their nominal level.
 
 A metric enters as per-image parts (num, den), each (N, G), with the metric = mean over groups g that have any image
 of sum_i num_ig / sum_i den_ig (bench.metrics.image_parts): overall accuracy is one group, the 2024 challenge's
-class average one group per class. Without `den`, `num` is the (N, 6) correct-attribute array of overall accuracy.
+class average one group per class. Without `den`, `num` is the (N, A) correct-attribute array of overall accuracy.
 
 A bootstrap resample must score the same groups as the sample: one that lost every image of a rare class (val has
 3 square-neckline images: about 5% of resamples lose them) would average over 25 classes instead of 26, a different

@@ -35,7 +35,7 @@ class MultiHeadNet(nn.Module):
         else:
             self.neck = nn.Identity()
         self.dropout = nn.Dropout(dropout)
-        # one matmul for the 6 heads; the output is split per attribute
+        # one matmul for all heads; the output is split per attribute
         self.head = nn.Linear(width, sum(self.num_classes))
 
     def set_input_config(self, mean, std) -> None:

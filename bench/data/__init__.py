@@ -7,11 +7,13 @@ import os
 from pathlib import Path
 
 from bench.data.dataset import (ATTRIBUTES, DEFAULT_CLASS_NAMES, LABELLED_SPLITS, SPLITS, DatasetError, FashionDataset,
-                                Split, cache_home, class_counts, open_dataset, parse_label_lines)
+                                Split, attribute_names, attributes_of, cache_home, class_counts, open_dataset,
+                                parse_label_lines)
 from bench.data.predictions import DEFAULT_NUM_CLASSES, format_predictions, read_predictions
 
 __all__ = ["ATTRIBUTES", "DEFAULT_CLASS_NAMES", "DEFAULT_NUM_CLASSES", "LABELLED_SPLITS", "SPLITS", "DatasetError",
-           "FashionDataset", "Split", "cache_home", "class_counts", "format_predictions", "open_dataset",
+           "FashionDataset", "Split", "attribute_names", "attributes_of", "cache_home", "class_counts",
+           "format_predictions", "open_dataset",
            "parse_label_lines", "read_predictions", "resolve_root"]
 
 

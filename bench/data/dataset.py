@@ -22,7 +22,7 @@ import numpy as np
 from joblib import Parallel, delayed
 from PIL import Image
 
-ATTRIBUTES = ("texture", "sleeve", "length", "neckline", "fabric", "fit")
+ATTRIBUTES = ("texture", "sleeve", "length", "neckline", "fabric", "fit")  # the FashionDataset layout's attributes
 DEFAULT_CLASS_NAMES = (
     ("floral", "graphic", "striped", "embroidered", "pleated", "solid", "lattice"),
     ("long_sleeve", "short_sleeve", "sleeveless"),
@@ -81,10 +81,29 @@ def read_lines(path: Path, problems: list[str]) -> list[str] | None:
         return None
 
 
+def attribute_names(num_classes, attributes=None) -> tuple[str, ...]:
+    """The attribute names for a schema of `num_classes`: `attributes` when given (a dataset's or run.json's own),
+    else the FashionDataset's six for six attributes (run.json files written before attribute names were recorded),
+    else attribute_1, attribute_2, ..."""
+    if attributes:
+        if len(attributes) != len(num_classes):
+            raise ValueError(f"{len(attributes)} attribute names {list(attributes)} for {len(num_classes)} attributes")
+        return tuple(attributes)
+    if len(num_classes) == len(ATTRIBUTES):
+        return ATTRIBUTES
+    return tuple(f"attribute_{i + 1}" for i in range(len(num_classes)))
+
+
+def attributes_of(meta: dict) -> tuple[str, ...]:
+    """The attribute names a run.json (or an ensemble's) records; older ones recorded none (see attribute_names)."""
+    return attribute_names(meta["num_classes"], meta.get("attributes"))
+
+
 def parse_label_lines(path: Path, num_classes: tuple[int, ...], problems: list[str],
-                      expected_lines: int | None = None) -> np.ndarray | None:
-    """Read a file of '6 ints per line' (labels or predictions); append each bad line to `problems`.
-    An unreadable file gives None."""
+                      expected_lines: int | None = None, attributes=None) -> np.ndarray | None:
+    """Read a file of one line per image, one int per attribute (labels or predictions); append each bad line to
+    `problems`. An unreadable file gives None."""
+    names = attribute_names(num_classes, attributes)
     lines = read_lines(path, problems)
     if lines is None:
         return None
@@ -101,10 +120,10 @@ def parse_label_lines(path: Path, num_classes: tuple[int, ...], problems: list[s
             try:
                 value = int(text)
             except ValueError:
-                problems.append(f"{where}: field {j + 1} ({ATTRIBUTES[j] if j < 6 else j}) is not an integer: {text!r}")
+                problems.append(f"{where}: field {j + 1} ({names[j]}) is not an integer: {text!r}")
                 continue
             if not 0 <= value < k:
-                problems.append(f"{where}: {ATTRIBUTES[j] if j < 6 else j} = {value} is out of range 0..{k - 1}")
+                problems.append(f"{where}: {names[j]} = {value} is out of range 0..{k - 1}")
             rows[i, j] = value
     if expected_lines is not None and len(lines) != expected_lines:
         problems.append(f"{path}: has {len(lines)} line(s), expected {expected_lines}")
@@ -137,7 +156,7 @@ def read_class_names(path: Path, problems: list[str]) -> tuple[tuple[str, ...], 
 class Split:
     name: str
     paths: tuple[str, ...]
-    labels: np.ndarray | None  # (N, 6) int64, None when hidden (test)
+    labels: np.ndarray | None  # (N, attributes) int64, None when hidden (test)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -148,6 +167,10 @@ class FashionDataset:
     root: Path
     class_names: tuple[tuple[str, ...], ...]
     splits: dict[str, Split] = field(default_factory=dict)
+    attributes: tuple[str, ...] | None = None  # one name per label column; None: see attribute_names
+
+    def __post_init__(self):
+        self.attributes = attribute_names(self.num_classes, self.attributes)
 
     @property
     def num_classes(self) -> tuple[int, ...]:
@@ -159,6 +182,8 @@ class FashionDataset:
     def fingerprint(self) -> str:
         """Identity of the data a model saw: split lists, labels, class names and image byte sizes."""
         h = hashlib.sha256(repr(self.class_names).encode())
+        if self.attributes != ATTRIBUTES:  # the FashionDataset's fingerprints stay what they were
+            h.update(repr(self.attributes).encode())
         for name in SPLITS:
             s = self.splits[name]
             h.update("\n".join(s.paths).encode())

@@ -1,4 +1,4 @@
-"""Folds stratified over all 6 attributes at once (iterative multi-label stratification).
+"""Folds stratified over all attributes at once (iterative multi-label stratification).
 
 Used wherever labelled images are split into k folds: the ensembler's cross-validation over val (and k-fold
 training over train + val). Plain KFold leaves rare classes (square neckline: 19 of 5000 images) to chance.

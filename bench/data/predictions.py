@@ -1,4 +1,5 @@
-"""Prediction files: one line per image in the split's order, 6 space-separated ints (the challenge's format)."""
+"""Prediction files: one line per image in the split's order, one space-separated int per attribute (the challenge's
+format: 6 ints)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,10 +12,11 @@ DEFAULT_NUM_CLASSES = tuple(len(c) for c in DEFAULT_CLASS_NAMES)
 
 
 def read_predictions(path: str | Path, num_classes=DEFAULT_NUM_CLASSES,
-                     expected_lines: int | None = None) -> np.ndarray:
-    """A prediction file as (N, 6) ints; DatasetError naming every bad line (or a file that is not UTF-8 text)."""
+                     expected_lines: int | None = None, attributes=None) -> np.ndarray:
+    """A prediction file as (N, attributes) ints; DatasetError naming every bad line (or a file that is not UTF-8
+    text), each field by its attribute's name."""
     problems: list[str] = []
-    rows = parse_label_lines(Path(path), tuple(num_classes), problems, expected_lines)
+    rows = parse_label_lines(Path(path), tuple(num_classes), problems, expected_lines, attributes)
     if problems:
         raise DatasetError(problems, f"prediction file {path}")
     return rows

@@ -6,12 +6,12 @@ cached in its folder as tta_<split>.npz). Members are combined per attribute by 
 uniform weights, weights fitted on val (log-loss), or Caruana et al.'s ensemble selection (ICML 2004: forward
 selection with replacement, sorted initialisation, bagging, each bag keeping its best-scoring ensemble size),
 optionally per attribute. Fitted weights are also scored by k-fold cross-validation over val images (folds stratified
-over all 6 attributes), and the leaderboard entry then holds those out-of-fold val probabilities. Only the weights
+over all attributes), and the leaderboard entry then holds those out-of-fold val probabilities. Only the weights
 are cross-fitted: the members' epochs (and any tuned parameters) were chosen on the same val images, so the
 ensemble's val score stays optimistic. Without CV (uniform weights, or fewer than 2 x folds val images) the entry is
 in-sample; run.json's `val_scoring` says which, and the leaderboard shows it.
 Checks first that OUT holds no prediction yet (--force overwrites), then writes OUT/prediction.txt (test.txt order,
-6 ints per line, validated first) and OUT/prediction.zip, both atomically, and an ensemble entry
+one int per attribute per line, validated first) and OUT/prediction.zip, both atomically, and an ensemble entry
 RUNS/_ensembles/<name>/ that the leaderboard report (rebuilt in RUNS' report folder) picks up.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs, write_json
-from bench.data import ATTRIBUTES, DatasetError, class_counts, format_predictions, read_predictions
+from bench.data import DatasetError, attributes_of, class_counts, format_predictions, read_predictions
 from bench.data.folds import stratified_folds
 from bench.ensembling.combiners import COMBINERS, combine
 from bench.ensembling.decisions import DECISIONS, decide, fit_rule, prior_from_counts
@@ -56,6 +56,9 @@ def check_members(members: list[RunArtifacts]) -> None:
     ncs = {tuple(m.meta["num_classes"]) for m in members}
     if len(ncs) > 1:
         raise EnsembleError(f"members disagree on class counts {sorted(ncs)}")
+    names = {attributes_of(m.meta) for m in members}
+    if len(names) > 1:
+        raise EnsembleError(f"members disagree on attribute names {sorted(names)}")
     scored = {}
     for m in members:
         scored.setdefault(scored_on(m.meta), []).append(m.label)
@@ -148,7 +151,7 @@ class CrossFit:
 
 def cross_validate(scheme, probs, labels, num_classes, method="mean", per_attribute=False, folds: int = 5,
                    seed: int = 0, decision: str = "argmax", prior=None, metric: str = "overall",
-                   fold_ids: np.ndarray | None = None) -> CrossFit:
+                   fold_ids: np.ndarray | None = None, attributes=None) -> CrossFit:
     """Weights (then the decision rule's parameters, on the combined probabilities of the same training folds)
     fitted on k-1 stratified folds of val and applied to the held-out fold. A single member with `uniform` weights
     cross-fits the decision rule alone. `fold_ids` (k-fold members: their own folds) replaces the stratified
@@ -164,8 +167,8 @@ def cross_validate(scheme, probs, labels, num_classes, method="mean", per_attrib
                           pi, metric)
         oof[te] = combine([p[te] for p in probs], w, num_classes, method)
         pred[te] = decide(decision, oof[te], num_classes, pi, params)
-    return CrossFit(score(labels, pred, num_classes), oof, pred,
-                    score(labels, decide("argmax", oof, num_classes, prior), num_classes))
+    return CrossFit(score(labels, pred, num_classes, attributes), oof, pred,
+                    score(labels, decide("argmax", oof, num_classes, prior), num_classes, attributes))
 
 
 def check_out(out: Path, force: bool) -> None:
@@ -245,7 +248,7 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     members = [m for m in find_runs(a.runs_dir, a.runs, a.models, done_only=True)
                if m.meta.get("kind", "model") == "model"]
     check_members(members)
-    nc = tuple(members[0].meta["num_classes"])
+    nc, attrs = tuple(members[0].meta["num_classes"]), attributes_of(members[0].meta)
     counts = members[0].meta.get("train_class_counts")
     if counts is None and getattr(DECISIONS[rule], "grid", None):
         raise EnsembleError(f"decision rule {rule} needs the training class frequencies, which "
@@ -265,11 +268,11 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     cv_ok = fitting and len(labels) >= 2 * n_folds
 
     def argmax_score(p):
-        return score(labels, decide("argmax", p, nc, prior), nc)
+        return score(labels, decide("argmax", p, nc, prior), nc, attrs)
 
     def oof(ps, weights=a.weights):
         return cross_validate(weights, ps, labels, nc, a.combine, a.per_attribute, n_folds, a.seed, rule, prior,
-                              a.metric, member_folds) if cv_ok else None
+                              a.metric, member_folds, attrs) if cv_ok else None
 
     member_rows = []
     for name in names:
@@ -279,7 +282,7 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     uniform = argmax_score(combine(probs, np.ones(len(probs)), nc, a.combine))
     in_sample = combine(probs, weights, nc, a.combine)
     params = fit_rule(rule, in_sample, labels, nc, prior, a.metric)
-    fitted = score(labels, decide(rule, in_sample, nc, prior, params), nc)
+    fitted = score(labels, decide(rule, in_sample, nc, prior, params), nc, attrs)
     cv = oof(probs)
     if cv is not None:
         honest_probs, honest_pred, honest = cv.probs, cv.pred, cv.score
@@ -302,7 +305,7 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
             w_plain = weighting(list(plain.values()), labels, nc, a.combine, a.per_attribute, a.seed, a.metric)
             comb = combine(list(plain.values()), w_plain, nc, a.combine)
             plain_pred = decide(rule, comb, nc, prior, fit_rule(rule, comb, labels, nc, prior, a.metric))
-    plain_score = score(labels, plain_pred, nc)
+    plain_score = score(labels, plain_pred, nc, attrs)
     adjusted = rule != "argmax"
     where = "val" if member_folds is None else "out-of-fold over train + val (k-fold members)"
     print(f"\nscores on {where} (n={len(labels)}), overall / class-average accuracy; target: {a.metric} "
@@ -328,7 +331,7 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     if params:
         print(f"{rule} parameters (fitted on all {'val' if member_folds is None else 'out-of-fold probabilities'} "
               f"(n={len(labels)}), used for the submission): "
-              + "; ".join(f"{k} " + " ".join(f"{at} {v:g}" for at, v in zip(ATTRIBUTES, vals))
+              + "; ".join(f"{k} " + " ".join(f"{at} {v:g}" for at, v in zip(attrs, vals))
                           for k, vals in params.items()))
     test_comb = combine(list(test.values()), weights, nc, a.combine)
     pred = decide(rule, test_comb, nc, prior, params)
@@ -346,7 +349,7 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
                               for n, p_s, t_s, m_cv in member_rows},
               "config": {"dataset": members[0].meta["config"]["dataset"]},
               "dataset": members[0].meta["config"]["dataset"],
-              "num_classes": list(nc), "class_names": members[0].meta["class_names"],
+              "num_classes": list(nc), "attributes": list(attrs), "class_names": members[0].meta["class_names"],
               "train_class_counts": counts,
               "params": sum(m.meta.get("params", 0) for m in members),
               "gflops": round(sum(m.meta.get("gflops", 0) for m in members) * len(views), 3),
@@ -355,7 +358,7 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     hidden = Path(a.data or members[0].meta["data_root"]) / "hidden" / "test_attr.txt"
     if hidden.exists():  # demo data only: its test labels exist for exactly this
-        result["demo_test"] = score(read_predictions(hidden, nc), pred, nc)
+        result["demo_test"] = score(read_predictions(hidden, nc, attributes=attrs), pred, nc, attrs)
         print(format_score(result["demo_test"], "demo test split (hidden labels)"))
     edir = Path(a.runs_dir) / "_ensembles" / a.name
     edir.mkdir(parents=True, exist_ok=True)

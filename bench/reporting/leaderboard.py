@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bench.artifacts import RunArtifacts, atomic_write, find_runs
-from bench.data import ATTRIBUTES, class_counts
+from bench.data import attributes_of, class_counts
 from bench.metrics import TARGETS, image_parts, majority_from_counts, probs_to_pred, score
 from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
 
@@ -146,7 +146,7 @@ def majority_baseline(key: str, group: list[Entry]) -> Entry | None:
     labels = base.extra["labels"]
     fold = next((e.extra["fold"] for e in group if "fold" in e.extra), None)
     nc = tuple(base.meta["num_classes"])
-    meta = {"num_classes": list(nc), "scored_on": key}
+    meta = {"num_classes": list(nc), "attributes": list(attributes_of(base.meta)), "scored_on": key}
     if fold is None:
         counts = next((e.meta["train_class_counts"] for e in group if "train_class_counts" in e.meta), None)
         if counts is None:
@@ -162,7 +162,7 @@ def majority_baseline(key: str, group: list[Entry]) -> Entry | None:
             pred[rows] = majority_from_counts(class_counts(labels[~rows], nc), int(rows.sum()))
         meta["val_scoring"] = "out-of-fold (fit per fold on the other folds' counts)"
         label = f"majority baseline ({key})"
-    return Entry(label, "baseline", meta, pred, pred == labels, score(labels, pred, nc))
+    return Entry(label, "baseline", meta, pred, pred == labels, score(labels, pred, nc, meta["attributes"]))
 
 
 def groups(entries: list[Entry]) -> dict[str, list[Entry]]:
@@ -202,7 +202,8 @@ def make_entry(art: RunArtifacts, probs: dict) -> Entry:
     hist_path = art.dir / "history.csv"
     history = pd.read_csv(hist_path) if hist_path.exists() else None
     extra = {"labels": labels, "dir": art.dir, **({"fold": probs["fold"]} if "fold" in probs else {})}
-    return Entry(art.label, kind, art.meta, pred, pred == labels, score(labels, pred, nc), tta_pred, tta_views,
+    return Entry(art.label, kind, art.meta, pred, pred == labels, score(labels, pred, nc, attributes_of(art.meta)),
+                 tta_pred, tta_views,
                  history, extra, views)
 
 
@@ -235,7 +236,7 @@ def leaderboard_frame(entries: list[Entry], sort: str = "overall_acc", metric: s
     entry's declared TTA views (columns tta_*)."""
     entries = sorted(entries, key=lambda e: (-e.score[sort], e.label))
     base = next(e for e in entries if "labels" in e.extra)  # the baseline carries none; all share the val labels
-    labels, nc = base.extra["labels"], tuple(base.meta["num_classes"])
+    labels, nc, attributes = base.extra["labels"], tuple(base.meta["num_classes"]), attributes_of(base.meta)
     parts = {m: {e.label: image_parts(labels, e.correct, nc, m) for e in entries} for m in TARGETS}
     plain = compare_with_leader({e.label: e.pred for e in entries}, labels, nc, metric)
     # TTA: each entry at its declared views; the baseline's constant prediction has no views to add
@@ -247,7 +248,7 @@ def leaderboard_frame(entries: list[Entry], sort: str = "overall_acc", metric: s
         m, s = e.meta, e.score
         lo, hi = bootstrap_ci(*parts["overall"][e.label][:1], den=parts["overall"][e.label][1])
         clo, chi = bootstrap_ci(*parts["class"][e.label][:1], den=parts["class"][e.label][1])
-        ts = score(labels, e.tta_pred, nc) if e.tta_pred is not None and e.kind != "baseline" else None
+        ts = score(labels, e.tta_pred, nc, attributes) if e.tta_pred is not None and e.kind != "baseline" else None
         row = {"rank": rank, "entry": e.label, "kind": e.kind, "init": init_label(m) if e.kind == "model" else "-",
                "val_scoring": val_scoring(e, by_label), "decision": decision_label(e), "views": e.views,
                "overall_acc": s["overall_acc"], "ci_lo": lo, "ci_hi": hi,
@@ -255,7 +256,7 @@ def leaderboard_frame(entries: list[Entry], sort: str = "overall_acc", metric: s
                "tta_views": e.tta_views if ts else "-", "tta_overall_acc": ts["overall_acc"] if ts else None,
                "tta_class_avg_acc": ts["class_avg_acc"] if ts else None,
                "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
-               **{a: s["attr_acc"][a] for a in ATTRIBUTES},
+               **{a: s["attr_acc"][a] for a in attributes},
                "params_M": round(m["params"] / 1e6, 2) if "params" in m else None, "gflops": m.get("gflops"),
                "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device"),
                "leader": e.label == plain["leader"], "n": len(labels), "scored_on": e.meta.get("scored_on", "val"),
@@ -285,7 +286,7 @@ def markdown_table(df: pd.DataFrame, columns: list[tuple[str, str]]) -> str:
     return "\n".join([head, sep, *body])
 
 
-def render_leaderboard(df: pd.DataFrame) -> str:
+def render_leaderboard(df: pd.DataFrame, attributes) -> str:
     view = pd.DataFrame({
         "rank": df["rank"], "entry": "`" + df["entry"] + "`", "init": df["init"], "scoring": df["val_scoring"],
         "n": df["n"],
@@ -296,7 +297,7 @@ def render_leaderboard(df: pd.DataFrame) -> str:
         "cavg": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
                  zip(df["class_avg_acc"], df["class_ci_lo"], df["class_ci_hi"])],
         "mca": df["mean_class_acc"].map(_fmt),
-        "f1": df["macro_f1"].map(_fmt), **{a: df[a].map(lambda v: _fmt(v, ".3f")) for a in ATTRIBUTES},
+        "f1": df["macro_f1"].map(_fmt), **{a: df[a].map(lambda v: _fmt(v, ".3f")) for a in attributes},
         "params": df["params_M"].map(lambda v: _fmt(v, ".1f")), "gflops": df["gflops"].map(lambda v: _fmt(v, ".2f")),
         "time": df["train_time_s"].map(lambda v: _fmt(v, ".0f")), "ips": df["img_per_s"].map(lambda v: _fmt(v, ".0f")),
         "device": df["device"].map(lambda v: _fmt(v, "")),
@@ -305,7 +306,7 @@ def render_leaderboard(df: pd.DataFrame) -> str:
             ("n", "n"), ("views", "views"), ("overall", "overall acc [95% CI]"),
             ("cavg", "class-average acc (2024) [95% CI]"), ("tta_views", "TTA views"), ("tta", "TTA overall"),
             ("tta_cavg", "TTA class-average"), ("decision", "decision"),
-            ("mca", "balanced acc."), ("f1", "macro-F1"), *[(a, a) for a in ATTRIBUTES],
+            ("mca", "balanced acc."), ("f1", "macro-F1"), *[(a, a) for a in attributes],
             ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s (sum of epochs)"),
             ("ips", "img/s (median epoch)"), ("device", "device")]
     return markdown_table(view, cols)
@@ -344,11 +345,11 @@ def render_comparisons(df: pd.DataFrame, metric: str) -> list[str]:
     return md
 
 
-def render_per_class(entries: list[Entry], class_names) -> str:
+def render_per_class(entries: list[Entry], class_names, attributes) -> str:
     rows = []
     for a, names in enumerate(class_names):
         for c, name in enumerate(names):
-            row = {"attribute": ATTRIBUTES[a], "class": name}
+            row = {"attribute": attributes[a], "class": name}
             for e in entries:
                 v = e.score["class_acc"][a][c]
                 row[e.label] = "n/a" if v is None else f"{v:.2f}"
@@ -409,10 +410,15 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     files.mkdir(parents=True, exist_ok=True)
     if named:
         atomic_write(out / TARGET_FILE, lambda tmp: tmp.write_text(metric + "\n"))
+    schema = entries[0].meta if entries else None
+    attributes = attributes_of(schema) if schema else ()
+    n_attr = len(attributes) if schema else "A"
+    n_class = sum(schema["num_classes"]) if schema else "K"
     md = ["# fashion-bench leaderboard", "",
           f"Built by `python -m bench.report` from the artifacts in `{runs_dir}/`. Overall accuracy = correct "
-          "attribute predictions / (N x 6) (2023 challenge); class-average accuracy = accuracy of each of the 26 "
-          "classes, then their plain mean (2024 challenge); 95% intervals bootstrap over images. Target metric: "
+          f"attribute predictions / (N x {n_attr}) (2023 challenge); class-average accuracy = accuracy of each of the "
+          f"{n_class} classes, then their plain mean over the classes present (2024 challenge); 95% intervals "
+          "bootstrap over images. Target metric: "
           f"`{TARGETS[metric]}` ({chosen}): the default sort, the leader and the comparisons are on it.", "",
           "**What the scores are.** Each section scores its entries on the images its heading names (the "
           "validation split, or out-of-fold over train + val for k-fold members). Where those images chose a "
@@ -448,22 +454,23 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     ordered = [e for group in by_set.values() for e in sorted(group, key=lambda e: (-e.score[sort], e.label))]
     md += ["", f"Dataset fingerprint `{fp}`, sorted by `{sort}`, target metric `{TARGETS[metric]}`. Entries are "
            "ranked and compared only with entries scored on the same images (the column *n*).", "",
-           f"## Leaderboard: {describe_group(first, by_set[first])}", "", render_leaderboard(df), "",
+           f"## Leaderboard: {describe_group(first, by_set[first])}", "", render_leaderboard(df, attributes), "",
            "## Is the difference real?", "",
            f"Each entry against the leader on `{TARGETS[metric]}`, on the same images and like with like: "
            "plain-view scores with plain-view scores, TTA scores with TTA scores (the columns *views* and *TTA "
-           "views* say which views each score used). Images are the independent units (errors on one image's 6 "
-           "attributes are correlated): Δ has a paired bootstrap interval over images (per comparison, not "
+           "views* say which views each score used). Images are the independent units (errors on one image's "
+           f"{n_attr} attributes are correlated): Δ has a paired bootstrap interval over images (per comparison, not "
            "adjusted); p is a paired sign-flip permutation test of each image's share of the difference "
            "(correct attributes for overall accuracy; for the class average, each right attribute weighted by "
-           f"1 / (26 x images of its class)) ({N_PERM:,} seeded random flips). The comparisons of one table "
+           f"1 / ({n_class} x images of its class)) ({N_PERM:,} seeded random flips). The comparisons of one table "
            "with its leader are one family: their p-values are Holm-Bonferroni adjusted, and *different at 5%?* "
            "uses the adjusted p (chance of any false \"yes\" <= 5% per table). The leader was itself picked on "
            "these images, which favours it.", "", *render_comparisons(df, metric)]
     for key in rest:
         md += [f"## Leaderboard: {describe_group(key, by_set[key])}", "",
                "k-fold members and ensembles of them: every image scored by a model that did not train on it.", "",
-               render_leaderboard(frames[key]), "", f"Against this table's leader on `{TARGETS[metric]}`, as above.",
+               render_leaderboard(frames[key], attributes), "",
+               f"Against this table's leader on `{TARGETS[metric]}`, as above.",
                "", *render_comparisons(frames[key], metric)]
     md += ["## Accuracy vs cost", "",
            "GFLOPs per image count every model a test prediction runs (a k-fold member: its K fold models; an "
@@ -494,19 +501,19 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
             w = [class_weights(c, scheme) for c in counts]
             if not any(all(np.allclose(a, b) for a, b in zip(w, seen)) for seen in weights.values()):
                 weights[scheme] = w
-        rp.class_distribution(counts, class_names, weights, files / "class_distribution.png")
+        rp.class_distribution(counts, class_names, weights, files / "class_distribution.png", attributes)
         md += ["Training counts per class (bars) and the weight each class-weighting scheme gives it (lines, "
                "normalised so the mean weight per training image is 1).", "",
                "![class distribution](leaderboard_files/class_distribution.png)", ""]
     else:
         md += ["_No training class counts recorded in the runs._", ""]
-    md += ["## Per-class accuracy (recall)", "", render_per_class(ordered, class_names), "",
+    md += ["## Per-class accuracy (recall)", "", render_per_class(ordered, class_names, attributes), "",
            "## Confusion matrices", ""]
     for e in ordered:
         if e.kind == "baseline":
             continue
         name = f"confusion-{slug(e.label)}.png"
-        rp.confusion(e.extra["labels"], e.pred, class_names, files / name, e.label)
+        rp.confusion(e.extra["labels"], e.pred, class_names, files / name, e.label, attributes)
         md += [f"<details><summary><code>{e.label}</code></summary>", "", f"![confusion {e.label}](leaderboard_files/{name})",
                "", "</details>", ""]
     if notes:

@@ -7,7 +7,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix
 
 from bench.artifacts import atomic_write
-from bench.data import ATTRIBUTES
+from bench.data import attribute_names
 from bench.plots import plt
 
 
@@ -65,14 +65,25 @@ def curves(entries, path: Path) -> bool:
     return _save(fig, path)
 
 
-def class_distribution(counts, class_names, weights: dict, path: Path) -> bool:
-    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
-    for a, ax in enumerate(axes.ravel()):
+def _attribute_grid(class_names, attributes, height: float):
+    """One panel per attribute, three to a row, the unused panels of the last row hidden; and the panels' titles."""
+    n = len(class_names)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(13 if cols == 3 else 4.5 * cols, height * rows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        ax.set_visible(False)
+    return fig, axes.ravel()[:n], attribute_names([len(c) for c in class_names], attributes)
+
+
+def class_distribution(counts, class_names, weights: dict, path: Path, attributes=None) -> bool:
+    fig, axes, attributes = _attribute_grid(class_names, attributes, 3.25)
+    for a, ax in enumerate(axes):
         x = np.arange(len(counts[a]))
         ax.bar(x, counts[a], color="#bbb")
         ax.set_yscale("log"), ax.set_ylim(0.8, max(counts[a]) * 1.5), ax.set_ylabel("train images")
         ax.set_xticks(x, class_names[a], rotation=45, ha="right", fontsize=7)
-        ax.set_title(ATTRIBUTES[a])
+        ax.set_title(attributes[a])
         tw = ax.twinx()
         for scheme, w in weights.items():
             tw.plot(x, w[a], marker="o", ms=3, lw=1, label=scheme)
@@ -82,9 +93,9 @@ def class_distribution(counts, class_names, weights: dict, path: Path) -> bool:
     return _save(fig, path)
 
 
-def confusion(labels: np.ndarray, pred: np.ndarray, class_names, path: Path, title: str) -> bool:
-    fig, axes = plt.subplots(2, 3, figsize=(13, 8))
-    for a, ax in enumerate(axes.ravel()):
+def confusion(labels: np.ndarray, pred: np.ndarray, class_names, path: Path, title: str, attributes=None) -> bool:
+    fig, axes, attributes = _attribute_grid(class_names, attributes, 4)
+    for a, ax in enumerate(axes):
         k = len(class_names[a])
         cm = confusion_matrix(labels[:, a], pred[:, a], labels=np.arange(k))
         ax.imshow(cm, cmap="Blues")
@@ -94,6 +105,7 @@ def confusion(labels: np.ndarray, pred: np.ndarray, class_names, path: Path, tit
                         color="white" if cm[i, j] > cm.max() / 2 else "black")
         ax.set_xticks(range(k), class_names[a], rotation=45, ha="right", fontsize=6)
         ax.set_yticks(range(k), class_names[a], fontsize=6)
-        ax.set_title(ATTRIBUTES[a], fontsize=9), ax.set_xlabel("predicted", fontsize=7), ax.set_ylabel("true", fontsize=7)
+        ax.set_title(attributes[a], fontsize=9)
+        ax.set_xlabel("predicted", fontsize=7), ax.set_ylabel("true", fontsize=7)
     fig.suptitle(title)
     return _save(fig, path)

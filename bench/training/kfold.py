@@ -1,7 +1,7 @@
 """Use every labelled image: k-fold cross-fitting over train + val, and refitting on train + val.
 
 K-fold (`bench.run --folds K`): the labelled pool is train + val (train rows first, then val rows, in split order).
-It is split into K folds stratified over all 6 attributes (bench/data/folds.py, seeded; the fold of every image is
+It is split into K folds stratified over all attributes (bench/data/folds.py, seeded; the fold of every image is
 recorded in folds.json). Fold model f trains on the other K-1 folds and predicts fold f and the test split; its
 "val" split is fold f, which by default only shows on its curves: the recipes `scratch` and `finetune` keep their
 last epoch, so no image's out-of-fold prediction comes from a model selected on it. A recipe that selects its epoch
@@ -82,7 +82,7 @@ def fold_dataset(ds: FashionDataset, train_rows: np.ndarray, val_rows: np.ndarra
     paths, labels = pool(ds)
     pick = lambda name, rows: Split(name, tuple(paths[i] for i in rows), labels[rows])  # noqa: E731
     return FashionDataset(ds.root, ds.class_names, {"train": pick("train", train_rows), "val": pick("val", val_rows),
-                                                    "test": ds.splits["test"]})
+                                                    "test": ds.splits["test"]}, ds.attributes)
 
 
 def train_kfold(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe, size: int, member_dir: Path,
@@ -144,7 +144,7 @@ def _write_member(name, ds, plan, metas, member_dir: Path, optimistic: bool, ext
     save_probs(member_dir / "probs_test.npz", **test)
     first = metas[0]
     meta = {**{key: first[key] for key in ("name", "init", "params", "input", "device", "torch",
-                                           "data_root", "num_classes", "class_names") if key in first},
+                                           "data_root", "num_classes", "attributes", "class_names") if key in first},
             # a test prediction runs all K fold models: K x one model's cost per image
             "gflops": round(k * first["gflops"], 4), "gflops_per_model": first["gflops"],
             "kind": "model", "status": "done", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -156,8 +156,8 @@ def _write_member(name, ds, plan, metas, member_dir: Path, optimistic: bool, ext
             "train_time_s": round(sum(m["train_time_s"] for m in metas), 2),
             "img_per_s": float(np.median([m["img_per_s"] for m in metas])),
             "best_epoch": [m["best_epoch"] for m in metas],
-            "val": score(labels, probs_to_pred(oof["plain"], nc), nc),
-            "val_tta": score(labels, probs_to_pred((oof["plain"] + oof["flip"]) / 2, nc), nc),
+            "val": score(labels, probs_to_pred(oof["plain"], nc), nc, ds.attributes),
+            "val_tta": score(labels, probs_to_pred((oof["plain"] + oof["flip"]) / 2, nc), nc, ds.attributes),
             **(extra or {})}
     write_json(meta, member_dir / "run.json")
     v = meta["val"]

@@ -5,7 +5,7 @@ applied). Why per-sample weights and not PyTorch's `cross_entropy(weight=w, labe
 weights each class's smoothing term by w_c, which pulls every prediction toward rare classes (with weights
 [1, 1, 100] and e = 0.1 a class-0 label is best answered with p = [0.22, 0.01, 0.78]). Here the loss of a one-hot
 label is minimised by predicting that label, for every scheme and e < 1 - 1/K.
-Task weighting: `uniform` sums the 6 losses; `uncertainty` learns one log-variance s_i per attribute:
+Task weighting: `uniform` sums the per-attribute losses; `uncertainty` learns one log-variance s_i per attribute:
 sum_i exp(-s_i) L_i + s_i / 2 (Kendall et al., CVPR 2018).
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from bench.artifacts import atomic_write, claim, read_run, save_probs, write_json
-from bench.data import FashionDataset, class_counts
+from bench.data import FashionDataset, attributes_of, class_counts
 from bench.data.images import load_images
 from bench.metrics import probs_to_pred, score
 from bench.plots import plot_curves
@@ -150,7 +150,8 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
             "input": model.input_config, "compiled": trainer.compiled,
             "device": device_name(device) + (f" x {dist.world} (DDP, {dist.backend})" if dist.enabled else ""),
             "torch": torch.__version__, "data_root": str(ds.root),
-            "num_classes": list(ds.num_classes), "class_names": [list(c) for c in ds.class_names],
+            "num_classes": list(ds.num_classes), "attributes": list(ds.attributes),
+            "class_names": [list(c) for c in ds.class_names],
             "train_class_counts": [c.tolist() for c in class_counts(labels["train"], ds.num_classes)],
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra_meta or {})}
     if dist.enabled:
@@ -229,8 +230,8 @@ def finalize(meta: dict, trainer: Trainer, splits: dict[str, Split], labels: dic
         "micro_batch_final": trainer.micro_batch,
         "train_time_s": round(float(hist["epoch_s"].sum()), 2),
         "img_per_s": round(float(hist["img_per_s"].median()), 1),
-        "val": score(labels["val"], probs_to_pred(plain, nc), nc),
-        "val_tta": score(labels["val"], probs_to_pred((plain + flip) / 2, nc), nc),
+        "val": score(labels["val"], probs_to_pred(plain, nc), nc, attributes_of(meta)),
+        "val_tta": score(labels["val"], probs_to_pred((plain + flip) / 2, nc), nc, attributes_of(meta)),
     })
     if main:
         write_json(meta, model_dir / "run.json")
