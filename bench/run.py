@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-claimed", action="store_true",
                    help="move on to the next model when another process or host holds one's claim, instead of "
                         "stopping (what --devices children do; start the same command per host sharing OUT)")
+    p.add_argument("--data-mode", default="auto", choices=["auto", "resident", "stream"],
+                   help="resident: each decoded split one tensor on the device; stream: batches read from the "
+                        "memory-mapped decode cache (datasets larger than memory); auto (default): resident when it "
+                        "fits comfortably in the available memory, printed with the bytes (not part of the config)")
     p.add_argument("--compile", default="off", choices=["auto", "on", "off"],
                    help="torch.compile the training step: on, off, or auto (on for CUDA) (default off)")
     p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
@@ -124,7 +128,8 @@ def main(argv=None) -> list[dict]:
     from bench.training.trainer import ConfigMismatch, NonFiniteLoss, OutOfMemory, pick_device
     from bench.training.distributed import check_batch
     from bench.training.kfold import refit, train_kfold
-    from bench.training.train import ImageStore, demo_settings, resolve_recipe, train_model
+    from bench.training.train import (ImageStore, choose_data_mode, decoded_bytes, demo_settings, resolve_recipe,
+                                      train_model)
     from zoo import UnknownModel, zoo_table
     if a.list:
         print(pd.DataFrame(zoo_table()).to_string(index=False))
@@ -195,7 +200,9 @@ def main(argv=None) -> list[dict]:
     print(f"[run] artifacts in {out / run}/<model>/")
     if len(devices) > 1:
         return fan_out(parser, a, names, devices, out / run, out, a.metric or (metric if a.from_study else None))
-    store = ImageStore(ds, device, progress=not a.no_progress, dist=dist)
+    mode, why = choose_data_mode(a.data_mode, decoded_bytes(ds, [(r, z) for _, r, z in plans], dist), device)
+    print(f"[data] {mode}: {why}")
+    store = ImageStore(ds, device, progress=not a.no_progress, dist=dist, mode=mode, mode_reason=why)
     results = []
     for name, recipe, size in plans:
         model_dir = out / run / name

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from bench.artifacts import atomic_write, read_run, save_probs, write_json
 from bench.data import FashionDataset, Split, class_counts
@@ -32,6 +33,7 @@ from bench.data.folds import stratified_folds
 from bench.errors import ConfigMismatch
 from bench.metrics import probs_to_pred, score
 from bench.training.train import ImageStore, train_model
+from bench.training.trainer import MappedImages, Split as TrainSplit
 from zoo import Recipe
 
 
@@ -43,7 +45,7 @@ class SubsetStore(ImageStore):
         if parent.dist.enabled:
             raise ValueError("k-fold and refit runs are single-process: run them without torchrun (or use --devices "
                              "to train several models at once)")
-        super().__init__(ds, parent.device, parent.progress)
+        super().__init__(ds, parent.device, parent.progress, mode=parent.mode, mode_reason=parent.mode_reason)
         self.parent, self.sources = parent, sources
 
     def array(self, name: str, size: int, policy: str) -> np.ndarray:
@@ -52,6 +54,16 @@ class SubsetStore(ImageStore):
             self._arrays[key] = np.concatenate([self.parent.array(src, size, policy)[rows]
                                                 for src, rows in self.sources[name]])
         return self._arrays[key]
+
+    def split(self, name: str, size: int, policy: str) -> TrainSplit:
+        """Stream mode: rows read from the parent's memory-mapped files, never gathered into one array."""
+        key = (name, size, policy)
+        if self.mode == "stream" and key not in self._splits:
+            labels = self.ds.splits[name].labels
+            parts = [(self.parent.array(src, size, policy), rows) for src, rows in self.sources[name]]
+            self._splits[key] = TrainSplit(MappedImages(parts, self.device), None if labels is None else
+                                           torch.from_numpy(labels).to(self.device))
+        return super().split(name, size, policy)
 
 
 def pool(ds: FashionDataset) -> tuple[tuple[str, ...], np.ndarray]:

@@ -20,7 +20,8 @@ from bench.data.images import load_images
 from bench.metrics import probs_to_pred, score
 from bench.plots import plot_curves
 from bench.training.distributed import SINGLE, Dist
-from bench.training.trainer import ConfigMismatch, NonFiniteLoss, Split, Trainer, device_name, seed_everything
+from bench.training.trainer import (DATA_MODES, ConfigMismatch, NonFiniteLoss, Split, Trainer, device_name,
+                                    seed_everything)
 from zoo import RECIPES, Recipe, create_model, get_entry, get_recipe
 from zoo.pretrained import expects_weights
 from zoo.recipes import recipe_name_for
@@ -50,12 +51,18 @@ def resolve_recipe(model: str, recipe_name: str | None, overrides: dict,
 
 
 class ImageStore:
-    """Decoded splits per (size, policy), loaded once per process and kept resident on the training device, so
-    every model and every tuning trial that needs them shares one copy. In data-parallel training (`dist`) a process
-    decodes and keeps only its shard of each split (distributed.py), never the whole split, not even on the host."""
+    """Decoded splits per (size, policy), loaded once per process and shared by every model and every tuning trial
+    that needs them. Data mode `resident` (the default) keeps each split as one tensor on the training device (and
+    its array in host memory); `stream` keeps only the memory-mapped cache files and reads each batch from them
+    (datasets larger than memory; `choose_data_mode`). In data-parallel training (`dist`) a process decodes and
+    keeps only its shard of each split (distributed.py), never the whole split, not even on the host."""
 
-    def __init__(self, ds: FashionDataset, device: torch.device, progress: bool = True, dist: Dist = SINGLE):
+    def __init__(self, ds: FashionDataset, device: torch.device, progress: bool = True, dist: Dist = SINGLE,
+                 mode: str = "resident", mode_reason: str = ""):
+        if mode not in DATA_MODES:
+            raise ValueError(f"data mode {mode!r}: one of {', '.join(DATA_MODES)}")
         self.ds, self.device, self.dist = ds, torch.device(device), dist
+        self.mode, self.mode_reason = mode, mode_reason
         self.progress = progress and dist.main
         self._arrays, self._splits = {}, {}
 
@@ -64,11 +71,13 @@ class ImageStore:
         return self.dist.shard(len(self.ds.splits[name].paths))
 
     def array(self, name: str, size: int, policy: str) -> np.ndarray:
-        """Split `name` decoded at `size` x `size` by `policy` (uint8 NHWC), decoded once and kept."""
+        """Split `name` decoded at `size` x `size` by `policy` (uint8 NHWC), decoded once and kept (`stream`: the
+        memory-mapped cache file)."""
         key = (name, size, policy)
         if key not in self._arrays:
             files = self.ds.files(name)
-            self._arrays[key] = load_images([files[i] for i in self.rows(name)], size, policy, progress=self.progress)
+            self._arrays[key] = load_images([files[i] for i in self.rows(name)], size, policy, progress=self.progress,
+                                            mmap=self.mode == "stream")
         return self._arrays[key]
 
     def arrays(self, size: int, policy: str) -> dict[str, np.ndarray]:
@@ -81,8 +90,62 @@ class ImageStore:
             self._splits[key] = Split.from_numpy(self.array(name, size, policy),
                                                  labels[rows] if labels is not None else None, self.device,
                                                  index=rows if self.dist.enabled else None,
-                                                 total=len(self.ds.splits[name].paths))
+                                                 total=len(self.ds.splits[name].paths), mode=self.mode)
         return self._splits[key]
+
+    def describe(self) -> dict:
+        """The data mode and why, for run.json."""
+        return {"mode": self.mode, "reason": self.mode_reason}
+
+
+# Host memory a resident split costs per decoded byte: on the CPU the numpy array, the channels-first tensor and
+# allocator slack, measured 2.32-2.50x (reports/reference/scaling.md); on CUDA the host keeps the array and briefly a
+# channels-first copy (2x), and the GPU holds the tensor (1x).
+HOST_FACTOR = {"cpu": 2.4, "cuda": 2.0}
+FIT_SHARE = 0.8  # resident only when it needs at most this share of the available memory (the rest: model, others)
+GPU_SHARE = 0.5  # on CUDA the data may take at most half the free GPU memory (the model's working set needs the rest)
+
+
+def decoded_bytes(ds: FashionDataset, plans: list[tuple[Recipe, int]], dist: Dist = SINGLE) -> int:
+    """Bytes of every decoded split this process holds for these (recipe, size) plans: each distinct (split, side,
+    resize policy) once, as ImageStore keeps them."""
+    keys = set()
+    for recipe, size in plans:
+        keys |= {("train", train_side(size, recipe), recipe.resize), ("val", size, recipe.resize),
+                 ("test", size, recipe.resize)}
+    return sum(len(dist.shard(len(ds.splits[s].paths))) * side * side * 3 for s, side, _ in keys)
+
+
+def mem_available() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes (None where there is none: not Linux)."""
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def choose_data_mode(requested: str, needed: int, device: torch.device) -> tuple[str, str]:
+    """(mode, reason): `auto` is `resident` when the decoded splits (`needed` bytes) fit comfortably in the available
+    host memory (x HOST_FACTOR) and, on CUDA, in the free GPU memory; otherwise `stream`."""
+    gib = lambda b: f"{b / 2**30:.2f} GiB"  # noqa: E731
+    device = torch.device(device)
+    factor = HOST_FACTOR["cuda" if device.type == "cuda" else "cpu"]
+    host, avail = needed * factor, mem_available()
+    facts = f"decoded splits {gib(needed)}; resident needs ~{gib(host)} of host memory ({factor}x)"
+    facts += f", {gib(avail)} available (MemAvailable)" if avail is not None else ", available memory unknown"
+    fits = avail is None or host <= FIT_SHARE * avail
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        facts += f"; {gib(needed)} of GPU memory, {gib(free)} free"
+        fits = fits and needed <= GPU_SHARE * free
+    if requested != "auto":
+        return requested, f"--data-mode {requested} (given); {facts}"
+    if fits:
+        return "resident", f"auto: fits ({facts}; resident up to {FIT_SHARE:.0%} of it)"
+    return "stream", f"auto: does not fit comfortably ({facts}; resident up to {FIT_SHARE:.0%} of it)"
 
 
 def train_side(size: int, recipe: Recipe) -> int:
@@ -153,6 +216,7 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
             "num_classes": list(ds.num_classes), "attributes": list(ds.attributes),
             "class_names": [list(c) for c in ds.class_names],
             "train_class_counts": [c.tolist() for c in class_counts(labels["train"], ds.num_classes)],
+            "data_mode": store.describe(),
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra_meta or {})}
     if dist.enabled:
         meta["distributed"] = {"world_size": dist.world, "backend": dist.backend,

@@ -5,6 +5,12 @@ Fast path (CUDA): the decoded dataset sits on the GPU as uint8, batches are gath
 channels_last, optionally through torch.compile. Nothing in a training step waits for the host: the loss is checked
 for NaN/inf once per epoch. The same code runs on the CPU in fp32.
 
+Data larger than memory (data mode `stream`, `Split.x` a MappedImages): the decoded splits stay in their
+memory-mapped cache files and each batch's rows are read from them, by a host thread one batch ahead while the
+current batch trains; on CUDA they go through pinned staging buffers and are copied non_blocking on a side stream,
+which the compute stream waits for (the host waits only for the copy of two batches ago before reusing its buffer).
+The rows are the resident tensor's, so both modes give the same numbers (bit for bit on the CPU).
+
 Resume: the full state (model, optimizer, scheduler, EMA, loss weights, RNGs, history) is written atomically to
 `last.pt` at the first epoch boundary after `checkpoint_every` seconds have passed since the last save; by default
 that interval is 50x the measured cost of one save, so checkpointing costs < 2% of training time. State exists only
@@ -32,7 +38,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -57,13 +63,108 @@ SELECT_MODES = {"overall_acc": "max", "class_avg_acc": "max", "mean_class_acc": 
 from bench.errors import ConfigMismatch, NonFiniteLoss, OutOfMemory  # noqa: E402,F401  (re-exported)
 
 
+class MappedImages:
+    """Decoded uint8 images that stay in memory-mapped cache files (bench/data/images.py) and are read by row: the
+    `stream` data mode, for datasets larger than memory. It stands in for a split's resident (N, 3, S, S) uint8
+    tensor: indexing with a slice or with rows (a tensor or array) gathers those rows from the files and returns them
+    as one channels-first uint8 tensor on `device`, equal to the resident tensor's rows. On CUDA the rows go through
+    a pinned host staging buffer (two, used in turn) and are copied non_blocking on a side stream, which the compute
+    stream waits for. `parts` are (memory-mapped NHWC array, its rows or None for all), concatenated in order (a
+    k-fold split is rows of train followed by rows of val)."""
+
+    def __init__(self, parts: list[tuple[np.ndarray, np.ndarray | None]], device):
+        self.parts = [(a, None if r is None else np.asarray(r, dtype=np.int64)) for a, r in parts]
+        self.starts = np.cumsum([0, *(len(a) if r is None else len(r) for a, r in self.parts)])
+        side = self.parts[0][0].shape[1]
+        self.shape = torch.Size((int(self.starts[-1]), 3, side, side))
+        self.device, self.dtype = torch.device(device), torch.uint8
+        self._slots: list[list] = []  # CUDA: [pinned buffer, event of its last copy]
+        self._turn = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape))
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """Rows `idx` (positions in this split), NHWC uint8 in host memory, read from the files."""
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(self.parts) == 1:
+            a, r = self.parts[0]
+            return a[idx if r is None else r[idx]]
+        out = np.empty((len(idx), *self.parts[0][0].shape[1:]), dtype=np.uint8)
+        part = np.searchsorted(self.starts, idx, side="right") - 1
+        for p, (a, r) in enumerate(self.parts):
+            m = part == p
+            if m.any():
+                local = idx[m] - self.starts[p]
+                out[m] = a[local if r is None else r[local]]
+        return out
+
+    def __getitem__(self, key) -> torch.Tensor:
+        if isinstance(key, slice):
+            idx = np.arange(*key.indices(len(self)))
+        elif isinstance(key, torch.Tensor):
+            idx = key.cpu().numpy()
+        else:
+            idx = np.asarray(key)
+        return self.to_device(self.rows(idx))
+
+    def to_device(self, rows: np.ndarray) -> torch.Tensor:
+        """NHWC host rows -> (n, 3, S, S) uint8 on the device (CUDA: through a pinned buffer, non_blocking)."""
+        t = torch.from_numpy(rows).permute(0, 3, 1, 2)
+        if self.device.type != "cuda":
+            return t.contiguous()
+        if not self._slots:
+            self._copy_stream = torch.cuda.Stream(self.device)
+            self._slots = [[None, torch.cuda.Event()] for _ in range(2)]
+        slot = self._slots[self._turn]
+        self._turn = 1 - self._turn
+        slot[1].synchronize()  # this buffer's previous copy (two batches ago) has left it
+        if slot[0] is None or len(slot[0]) < len(t):
+            slot[0] = torch.empty((max(len(t), 1), *t.shape[1:]), dtype=torch.uint8, pin_memory=True)
+        buf = slot[0][:len(t)]
+        buf.copy_(t)  # the channels-first layout is made here, in pinned memory
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            out = buf.to(self.device, non_blocking=True)
+            slot[1].record(self._copy_stream)
+        compute.wait_event(slot[1])
+        out.record_stream(compute)
+        return out
+
+    def prefetch(self, batches) -> "Iterator[tuple[torch.Tensor, torch.Tensor]]":
+        """(rows, their images on the device) for each batch of rows: a host thread reads batch k + 1 from the files
+        while the caller trains on batch k (on CUDA its copy then overlaps the compute too). The rows of the whole
+        epoch come to the host once, at the start (the one wait for the device per epoch)."""
+        from concurrent.futures import ThreadPoolExecutor
+        batches = list(batches)
+        if not batches:
+            return
+        host = torch.cat(batches).cpu().numpy().reshape(len(batches), -1)  # batches are equal in size
+        with ThreadPoolExecutor(1) as pool:
+            ahead = pool.submit(self.rows, host[0])
+            for k, idx in enumerate(batches):
+                rows = ahead.result()
+                if k + 1 < len(batches):
+                    ahead = pool.submit(self.rows, host[k + 1])
+                yield idx, self.to_device(rows)
+
+
+DATA_MODES = ("resident", "stream")
+
+
 @dataclass
 class Split:
-    """One split's decoded images (N, 3, S, S) uint8 and labels (N, 6), resident on the training device.
+    """One split's decoded images (N, 3, S, S) uint8 and labels (N, 6) on the training device. `x` is a resident
+    tensor (data mode `resident`) or a MappedImages that reads rows from the memory-mapped cache files (`stream`);
+    both give the same batches, so training and prediction give the same numbers in either mode.
 
     In data-parallel training a Split is one rank's shard: `index` holds the positions of its rows in the whole
     split and `total` the whole split's length (None and len(x) in a single process)."""
-    x: torch.Tensor
+    x: "torch.Tensor | MappedImages"
     y: torch.Tensor | None
     index: torch.Tensor | None = None
     total: int | None = None
@@ -72,10 +173,19 @@ class Split:
         if self.total is None:
             self.total = len(self.x)
 
+    @property
+    def mode(self) -> str:
+        return "stream" if isinstance(self.x, MappedImages) else "resident"
+
     @classmethod
     def from_numpy(cls, images: np.ndarray, labels: np.ndarray | None, device, index: np.ndarray | None = None,
-                   total: int | None = None) -> "Split":
-        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
+                   total: int | None = None, mode: str = "resident") -> "Split":
+        """`resident`: the images become one tensor on the device; `stream`: `images` (memory-mapped) stay where
+        they are and batches are read from them."""
+        if mode == "stream":
+            x = MappedImages([(images, None)], device)
+        else:
+            x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous().to(device)
         y = torch.from_numpy(labels).to(device) if labels is not None else None
         pos = torch.from_numpy(np.asarray(index, dtype=np.int64)).to(device) if index is not None else None
         return cls(x, y, pos, total)
@@ -454,11 +564,19 @@ class Trainer:
         print(f"  CUDA out of memory at micro-batch {old}: epoch {self.epoch + 1} goes on with micro-batches of "
               f"{self.micro_batch} and gradient accumulation (effective batch {self.batch_size}, unchanged)")
 
-    def augment_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """The recipe's augmentation of these training rows, resized to the model's input size (train images decoded
-        larger by the recipe's train_margin are cropped down to it)."""
+    def _gathered(self):
+        """(rows, their uint8 images on the device) for each training batch of this epoch; a streamed split reads
+        the next batch while this one trains."""
+        if isinstance(self.train.x, MappedImages):
+            return self.train.x.prefetch(self._batches())
+        return ((idx, self.train.x[idx]) for idx in self._batches())
+
+    def augment_batch(self, idx: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """The recipe's augmentation of these training rows (`images`: the rows already gathered), resized to the
+        model's input size (train images decoded larger by the recipe's train_margin are cropped down to it)."""
         r = self.recipe
-        return augment(self.train.x[idx], self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter,
+        images = self.train.x[idx] if images is None else images
+        return augment(images, self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter,
                        out_size=self.size, crop_ratio=r.crop_ratio, crop_sampling=r.crop_sampling,
                        antialias=r.crop_antialias)
 
@@ -477,10 +595,10 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t0 = time.perf_counter()
-        for step, idx in enumerate(self._batches()):
+        for step, (idx, images) in enumerate(self._gathered()):
             if step == steps:
                 break
-            x, y = self.augment_batch(idx), self.train.y[idx]
+            x, y = self.augment_batch(idx, images), self.train.y[idx]
             while True:
                 try:
                     losses.append(self._step(x, y))
@@ -532,7 +650,9 @@ class Trainer:
         probs = self.predict_split(self.val)
         y = self.dist.gather_rows(self.val.y, self.val.index, self.val.total)
         parts = torch.split(probs, list(self.num_classes), dim=1)
-        val_loss = sum(F.nll_loss(torch.log(p.clamp_min(1e-8)), y[:, i]) for i, p in enumerate(parts))
+        # per head, the mean over its labelled images (a missing label, -1, is ignored; a head without any adds 0)
+        val_loss = sum(F.nll_loss(torch.log(p.clamp_min(1e-8)), y[:, i], ignore_index=-1, reduction="sum")
+                       / (y[:, i] >= 0).sum().clamp_min(1) for i, p in enumerate(parts))
         pred = torch.stack([p.argmax(1) for p in parts], 1)
         s = score(y.cpu().numpy(), pred.cpu().numpy(), self.num_classes)
         return {"val_loss": float(val_loss), "overall_acc": s["overall_acc"], "class_avg_acc": s["class_avg_acc"],
