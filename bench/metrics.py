@@ -9,6 +9,10 @@ mean per-class acc.   (key mean_class_acc) balanced accuracy: recall of every cl
                       within each attribute, then over the A attributes, so a 3-class attribute weighs as much as
                       a 7-class one; NOT the challenge's class average above
 macro-F1              sklearn's macro F1 per attribute, averaged over the A attributes
+
+A label of -1 is missing (a CSV dataset's empty cell): every metric counts labelled cells only. Overall accuracy is
+correct / labelled (image, attribute) cells, an attribute's accuracy is over its labelled images, and a class is
+present when it has labelled images; `missing` counts the missing cells.
 """
 from __future__ import annotations
 
@@ -30,17 +34,23 @@ def _check(y_true: np.ndarray, y_pred: np.ndarray) -> None:
         raise ValueError(f"labels {y_true.shape} and predictions {y_pred.shape} must both be (N, attributes)")
 
 
+MISSING = -1  # the label of a missing (image, attribute) cell
+
+
 def overall_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Correct / labelled cells."""
     _check(y_true, y_pred)
-    return float((y_true == y_pred).mean())
+    labelled = y_true != MISSING
+    return float((y_true == y_pred)[labelled].sum() / max(labelled.sum(), 1))
 
 
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> list[np.ndarray]:
     """Recall of each class per attribute; NaN for classes absent from the labels."""
     out = []
     for a, k in enumerate(num_classes):
-        present = np.bincount(y_true[:, a], minlength=k) > 0
-        rec = recall_score(y_true[:, a], y_pred[:, a], labels=np.arange(k), average=None, zero_division=0)
+        t, p = _labelled(y_true, y_pred, a)
+        present = np.bincount(t, minlength=k) > 0
+        rec = recall_score(t, p, labels=np.arange(k), average=None, zero_division=0) if len(t) else np.zeros(k)
         out.append(np.where(present, rec, np.nan))
     return out
 
@@ -51,24 +61,32 @@ def class_average_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) 
     return float(np.nanmean(np.concatenate(per_class_accuracy(y_true, y_pred, num_classes))))
 
 
+def _labelled(y_true: np.ndarray, y_pred: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
+    """Attribute a's labels and predictions on its labelled images."""
+    keep = y_true[:, a] != MISSING
+    return y_true[keep, a], y_pred[keep, a]
+
+
 def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes, attributes=None) -> dict:
     """All leaderboard metrics as plain floats/lists (JSON-ready); `attr_acc` is keyed by the attribute names
     (`attributes`, else bench.data.attribute_names' fallback)."""
     _check(y_true, y_pred)
-    per_attr = [float((y_true[:, a] == y_pred[:, a]).mean()) for a in range(y_true.shape[1])]
+    cols = [_labelled(y_true, y_pred, a) for a in range(y_true.shape[1])]
+    per_attr = [float((t == p).mean()) if len(t) else float("nan") for t, p in cols]
     with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected on small splits
         warnings.simplefilter("ignore", UserWarning)
-        balanced = [float(balanced_accuracy_score(y_true[:, a], y_pred[:, a])) for a in range(y_true.shape[1])]
-    f1 = [float(f1_score(y_true[:, a], y_pred[:, a], average="macro")) for a in range(y_true.shape[1])]
+        balanced = [float(balanced_accuracy_score(t, p)) if len(t) else float("nan") for t, p in cols]
+    f1 = [float(f1_score(t, p, average="macro")) if len(t) else float("nan") for t, p in cols]
     return {
         "overall_acc": overall_accuracy(y_true, y_pred),
         "class_avg_acc": class_average_accuracy(y_true, y_pred, num_classes),
-        "mean_class_acc": float(np.mean(balanced)),
-        "macro_f1": float(np.mean(f1)),
+        "mean_class_acc": float(np.nanmean(balanced)) if not np.isnan(balanced).all() else float("nan"),
+        "macro_f1": float(np.nanmean(f1)) if not np.isnan(f1).all() else float("nan"),
         "attr_acc": dict(zip(attribute_names(num_classes, attributes), per_attr)),
         "class_acc": [[None if np.isnan(v) else float(v) for v in c]
                       for c in per_class_accuracy(y_true, y_pred, num_classes)],
         "n": int(len(y_true)),
+        "missing": int((y_true == MISSING).sum()),
     }
 
 
@@ -92,7 +110,9 @@ def probs_to_pred(probs: np.ndarray, num_classes) -> np.ndarray:
 
 def format_score(s: dict, title: str = "") -> str:
     lines = [title] if title else []
-    lines.append(f"overall accuracy     {s['overall_acc']:.4f}   (n={s['n']} images x {len(s['attr_acc'])} attributes)")
+    missing = f", {s['missing']} missing labels" if s.get("missing") else ""
+    lines.append(f"overall accuracy     {s['overall_acc']:.4f}   (n={s['n']} images x {len(s['attr_acc'])} attributes"
+                 f"{missing})")
     lines.append(f"class-average acc.   {s['class_avg_acc']:.4f}   (mean accuracy over the classes present; 2024 challenge)")
     lines.append(f"balanced acc.        {s['mean_class_acc']:.4f}   (per attribute, then mean over attributes)")
     lines.append(f"macro-F1             {s['macro_f1']:.4f}")
@@ -104,29 +124,37 @@ def image_parts(y_true: np.ndarray, correct: np.ndarray, num_classes, metric: st
     """A metric as a ratio of per-image sums: (num, den), both (N, G), such that the metric is the mean over the
     groups g with any image of sum_i num_ig / sum_i den_ig. Resampling or sign-flipping images then works for
     both challenge metrics alike (bench/stats.py).
-      overall  G = 1: num_i = correct attributes of image i / A, den_i = 1
+      overall  G = 1: num_i = correct labelled attributes of image i, den_i = its labelled attributes
       class    G = every class of every attribute: num_ig = 1 if image i is of class g and predicted right, den_ig = 1 if of class g
-    """
-    correct = np.asarray(correct, bool).reshape(len(correct), -1)
+    Missing cells (label -1) count in neither."""
+    y_true = np.asarray(y_true)
+    labelled = y_true != MISSING
+    correct = np.asarray(correct, bool).reshape(len(correct), -1) & labelled
     if TARGETS.get(metric, metric) == "overall_acc":
-        return correct.mean(1, keepdims=True), np.ones((len(correct), 1))
+        return correct.sum(1, keepdims=True).astype(float), labelled.sum(1, keepdims=True).astype(float)
     if TARGETS.get(metric, metric) != "class_avg_acc":
         raise ValueError(f"no per-image form for metric {metric!r}; choose one of {', '.join(TARGETS)}")
     offsets = np.cumsum([0, *num_classes])[:-1]
     den = np.zeros((len(correct), int(sum(num_classes))))
-    rows = np.arange(len(correct))[:, None]
-    den[rows, y_true + offsets] = 1
+    rows, cols = np.nonzero(labelled)
+    g = y_true[rows, cols] + offsets[cols]
+    den[rows, g] = 1
     num = np.zeros_like(den)
-    num[rows, y_true + offsets] = correct
+    num[rows, g] = correct[rows, cols]
     return num, den
 
 
 def attribute_gain(y_true: np.ndarray, y_pred: np.ndarray, k: int, metric: str) -> float:
     """One attribute's share of a target metric, up to a constant factor common to all attributes: its accuracy
     (overall) or the sum of its present classes' recalls (class). Both metrics are sums of these over attributes,
-    so a per-attribute decision parameter can be fitted attribute by attribute."""
+    so a per-attribute decision parameter can be fitted attribute by attribute. Missing labels (-1) count
+    nowhere: for overall, its correct labelled cells / all images (the images, not its labelled ones, so that the
+    sum over attributes stays proportional to correct / labelled cells)."""
+    keep = y_true != MISSING
+    n_images = max(len(y_true), 1)
+    y_true, y_pred = y_true[keep], y_pred[keep]
     if TARGETS.get(metric, metric) == "overall_acc":
-        return float((y_true == y_pred).mean())
+        return float((y_true == y_pred).sum() / n_images)
     n = np.bincount(y_true, minlength=k)
     hit = np.bincount(y_true[y_true == y_pred], minlength=k)
     present = n > 0

@@ -84,3 +84,78 @@ def test_three_attribute_runs_ensemble_and_report_with_their_own_names(tmp_path,
     assert "| season | s10 |" in md  # the per-class table
     assert (tmp_path / "rep/leaderboard_files/confusion-a-resnet18.png").exists()
     assert (tmp_path / "rep/leaderboard_files/class_distribution.png").exists()
+
+
+# Missing labels (-1): four images, three attributes of 2, 2 and 3 classes, 3 of the 12 cells missing.
+Y = np.array([[0, 1, -1], [1, -1, 2], [1, 0, 2], [-1, 0, 0]])
+P = np.array([[0, 0, 1], [1, 1, 2], [0, 0, 1], [1, 0, 1]])
+K3 = (2, 2, 3)
+
+
+def test_metrics_count_labelled_cells_only_by_hand():
+    s = score(Y, P, K3, ("a", "b", "c"))
+    # correct labelled cells: image 0: a; image 1: a, c; image 2: b; image 3: b -> 5 of 9 labelled
+    assert s["overall_acc"] == pytest.approx(5 / 9) and s["missing"] == 3 and s["n"] == 4
+    # a over images 0-2 (right, right, wrong); b over 0, 2, 3 (wrong, right, right); c over 1-3 (right, wrong, wrong)
+    assert s["attr_acc"] == pytest.approx({"a": 2 / 3, "b": 2 / 3, "c": 1 / 3})
+    # recall of each class with labelled images: a0 1/1, a1 1/2, b0 2/2, b1 0/1, c0 0/1, c2 1/2 (c1 has none)
+    assert s["class_acc"][2][1] is None
+    assert s["class_avg_acc"] == pytest.approx((1 + 0.5 + 1 + 0 + 0 + 0.5) / 6)
+    assert s["mean_class_acc"] == pytest.approx(((1 + .5) / 2 + (1 + 0) / 2 + (0 + .5) / 2) / 3)
+    from bench.metrics import attribute_gain, format_score, majority_from_counts
+    assert "3 missing labels" in format_score(s)
+    assert attribute_gain(Y[:, 2], P[:, 2], 3, "overall") == pytest.approx(1 / 4)  # right labelled cells / images
+    assert attribute_gain(Y[:, 2], P[:, 2], 3, "class") == pytest.approx(0 + 0.5)
+    from bench.data import class_counts
+    counts = class_counts(Y, K3)
+    assert [c.tolist() for c in counts] == [[1, 2], [2, 1], [1, 0, 2]]
+    assert majority_from_counts(counts, 2).tolist() == [[1, 0, 2]] * 2
+
+
+def test_per_image_parts_stay_exact_with_missing_labels():
+    from bench.metrics import image_parts
+    from bench.stats import image_diff
+    num, den = image_parts(Y, P == Y, K3, "overall")
+    assert num[:, 0].tolist() == [1, 2, 1, 1] and den[:, 0].tolist() == [2, 2, 3, 2]
+    num, den = image_parts(Y, P == Y, K3, "class")
+    present = den.sum(0) > 0
+    assert present.sum() == 6 and np.mean(num.sum(0)[present] / den.sum(0)[present]) == pytest.approx(0.5)
+    perfect = np.where(Y >= 0, Y, 0)
+    for metric, key in (("overall", "overall_acc"), ("class", "class_avg_acc")):
+        a, d = image_parts(Y, P == Y, K3, metric)
+        b, _ = image_parts(Y, perfect == Y, K3, metric)
+        want = score(Y, P, K3)[key] - score(Y, perfect, K3)[key]
+        assert image_diff(a, b, d).sum() == pytest.approx(want)  # the shares sum to the difference
+
+
+def test_loss_masks_missing_labels_per_head():
+    import torch
+
+    from bench.training.losses import MultiAttributeLoss
+    loss = MultiAttributeLoss([np.array([5, 5]), np.array([5, 5])], label_smoothing=0.1)
+    torch.manual_seed(0)
+    z = [torch.randn(4, 2, requires_grad=True), torch.randn(4, 2, requires_grad=True)]
+    y = torch.tensor([[0, -1], [1, -1], [-1, -1], [1, -1]])  # head 2 has no label in this batch
+    per = loss.per_attribute(z, y)
+    assert per[1] == 0 and torch.isfinite(per).all()
+    rows = torch.tensor([0, 1, 3])
+    alone = loss.per_attribute([z[0][rows], z[1][rows]], torch.tensor([[0, 0], [1, 0], [1, 0]]))[0]
+    assert float(per[0]) == pytest.approx(float(alone.detach()))  # the mean over the labelled images only
+    loss(z, y).backward()
+    assert torch.isfinite(z[0].grad).all() and (z[0].grad[2] == 0).all() and (z[1].grad == 0).all()
+
+
+def test_stratified_folds_ignore_missing_cells():
+    from bench.data.folds import stratified_folds
+    rng = np.random.default_rng(0)
+    y = np.stack([rng.integers(0, k, 200) for k in (2, 5, 11)], 1)
+    y[rng.random(y.shape) < 0.2] = -1
+    y[:5] = -1  # images with no label at all still get a fold
+    fold = stratified_folds(y, 5, seed=0)
+    assert sorted(np.bincount(fold).tolist()) == [40] * 5
+    for a in range(3):
+        for c in np.unique(y[:, a][y[:, a] >= 0]):
+            if (y[:, a] == c).sum() >= 5:
+                assert len(np.unique(fold[y[:, a] == c])) == 5  # every class with >= k images in every fold
+    full = np.where(y >= 0, y, 0)
+    assert (stratified_folds(full, 5, 0) == stratified_folds(full, 5, 0)).all()

@@ -263,4 +263,5 @@ def cache_home() -> Path:
 
 
 def class_counts(labels: np.ndarray, num_classes: tuple[int, ...]) -> list[np.ndarray]:
-    return [np.bincount(labels[:, a], minlength=k) for a, k in enumerate(num_classes)]
+    """Labelled images per class of each attribute (a missing label, -1, counts nowhere)."""
+    return [np.bincount(labels[labels[:, a] >= 0, a], minlength=k) for a, k in enumerate(num_classes)]

@@ -18,8 +18,12 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
     """
     labels = np.asarray(labels, np.int64).reshape(len(labels), -1)
     n = len(labels)
-    ids = labels + np.cumsum([0, *(labels.max(0) + 1)])[:-1]  # (N, attributes) global label ids, distinct per row
+    # (N, attributes) global label ids, distinct per row; a missing label (-1) gets one id of its own per attribute,
+    # never stratified on (its count stays 0)
+    ids = labels + 1 + np.cumsum([0, *(labels.max(0) + 2)])[:-1]
+    missing = labels < 0
     remaining = np.bincount(ids.ravel())
+    remaining[ids[missing]] = 0
     want = np.tile(remaining / k, (k, 1))  # rows each fold still lacks per label
     size = np.full(k, n / k)  # rows each fold still lacks
     fold = np.full(n, -1)
@@ -37,15 +41,17 @@ def stratified_folds(labels: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
             want[f, ids[r]] -= 1
             size[f] -= 1
             remaining[ids[r]] -= 1
-    return _repair(fold, ids, k)
+    return _repair(fold, ids, k, np.unique(ids[missing]))
 
 
-def _repair(fold: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
+def _repair(fold: np.ndarray, ids: np.ndarray, k: int, unlabelled=()) -> np.ndarray:
     """What the greedy pass can leave: a label with >= k rows missing from a fold (fixed by swapping rows between
     folds where a swap empties no other such label), and fold sizes apart by more than one (fixed by moving rows
-    from the largest fold to the smallest, preferring rows whose labels the largest has most surplus of)."""
+    from the largest fold to the smallest, preferring rows whose labels the largest has most surplus of). The ids in
+    `unlabelled` (missing labels) are never needed."""
     total = np.bincount(ids.ravel())
     needed = total >= k
+    needed[np.asarray(unlabelled, np.int64)] = False
     cnt = np.zeros((k, len(total)), int)
     np.add.at(cnt, (fold[:, None], ids), 1)
 

@@ -99,5 +99,9 @@ def caruana(probs, labels, num_classes, method="mean", per_attribute: bool = Fal
 
 
 def _attr_nll(probs: np.ndarray, labels: np.ndarray, num_classes) -> np.ndarray:
-    return np.array([-np.log(np.clip(p[np.arange(len(p)), labels[:, a]], 1e-8, 1)).mean()
-                     for a, p in enumerate(split_probs(probs, num_classes))])
+    """Mean log-loss per attribute over its labelled images (a missing label, -1, counts nowhere; 0 without any)."""
+    out = []
+    for a, p in enumerate(split_probs(probs, num_classes)):
+        rows = np.flatnonzero(labels[:, a] >= 0)
+        out.append(-np.log(np.clip(p[rows, labels[rows, a]], 1e-8, 1)).mean() if len(rows) else 0.0)
+    return np.array(out)

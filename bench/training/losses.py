@@ -42,9 +42,12 @@ class MultiAttributeLoss(nn.Module):
         self.log_vars = nn.Parameter(torch.zeros(self.n)) if task_weighting == "uncertainty" else None
 
     def per_attribute(self, logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+        """Each head's mean loss over the images labelled for it: a missing label (-1) is masked out, and a head
+        with no label in the batch contributes 0 (not NaN)."""
         losses = []
         for i, z in enumerate(logits):
-            z, t = z.float(), targets[:, i]
+            z, labelled = z.float(), targets[:, i] >= 0
+            t = targets[:, i].clamp_min(0)
             if hasattr(self, f"o{i}"):
                 z = z + getattr(self, f"o{i}")
             logp = F.log_softmax(z, -1)
@@ -57,7 +60,7 @@ class MultiAttributeLoss(nn.Module):
                 # clamped: for gamma < 1 the derivative of (1 - p)^gamma is infinite at p = 1, which a confidently
                 # fitted sample reaches in float32 (NaN gradients); 1e-12^gamma is negligible anyway
                 ce = (-torch.expm1(logp_true)).clamp_min(1e-12).pow(self.gammas[i]) * ce
-            losses.append(ce.mean())
+            losses.append((ce * labelled).sum() / labelled.sum().clamp_min(1))
         return torch.stack(losses)
 
     def forward(self, logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
