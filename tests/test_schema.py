@@ -140,7 +140,7 @@ def test_loss_masks_missing_labels_per_head():
     assert per[1] == 0 and torch.isfinite(per).all()
     rows = torch.tensor([0, 1, 3])
     alone = loss.per_attribute([z[0][rows], z[1][rows]], torch.tensor([[0, 0], [1, 0], [1, 0]]))[0]
-    assert float(per[0]) == pytest.approx(float(alone.detach()))  # the mean over the labelled images only
+    assert float(per[0].detach()) == pytest.approx(float(alone.detach()))  # the mean over the labelled images only
     loss(z, y).backward()
     assert torch.isfinite(z[0].grad).all() and (z[0].grad[2] == 0).all() and (z[1].grad == 0).all()
 
@@ -159,3 +159,102 @@ def test_stratified_folds_ignore_missing_cells():
                 assert len(np.unique(fold[y[:, a] == c])) == 5  # every class with >= k images in every fold
     full = np.where(y >= 0, y, 0)
     assert (stratified_folds(full, 5, 0) == stratified_folds(full, 5, 0)).all()
+
+
+@pytest.fixture(scope="module")
+def csv_root(tmp_path_factory):
+    """A 3-attribute CSV-layout demo (2, 5 and 11 classes) with 10% of train/val labels missing."""
+    from bench.data.demo import DemoSpec, parse_schema, write_demo
+    spec = DemoSpec(seed=0, train=60, val=30, test=10, width=32, height=40,
+                    schema=parse_schema("colour:2,category:5,season:11"), missing=0.1)
+    return write_demo(tmp_path_factory.mktemp("csv") / "ds", spec)
+
+
+def snapshot(root):
+    return {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+def test_csv_demo_opens_with_its_schema_and_missing_labels(csv_root):
+    from bench.data import open_dataset
+    before = snapshot(csv_root)
+    ds = open_dataset(csv_root)
+    assert ds.attributes == ("colour", "category", "season") and ds.num_classes == (2, 5, 11)
+    assert ds.class_names[2][10] == "season_10" and ds.layout == {"layout": "csv", "labels": None}
+    assert [len(ds.splits[s]) for s in ("train", "val", "test")] == [60, 30, 10] and ds.splits["test"].labels is None
+    lab = np.concatenate([ds.splits["train"].labels, ds.splits["val"].labels])
+    assert 0.05 < (lab == -1).mean() < 0.15
+    assert snapshot(csv_root) == before  # nothing in ROOT written
+
+
+def test_csv_layout_reports_every_problem_with_file_line_and_column(csv_root, tmp_path):
+    from bench.data import DatasetError, open_dataset
+    root = tmp_path / "ds"
+    import shutil
+    shutil.copytree(csv_root, root)
+    lines = (root / "labels.csv").read_text().splitlines()
+    lines[2] = lines[2].replace(",train,", ",holdout,")             # unknown split value (line 3, column 2)
+    lines[3] = lines[4].split(",")[0] + ",val," + ",".join(lines[3].split(",")[2:])  # image 4 also in val
+    lines[5] = lines[5].replace("img/", "img/nope-")                  # a missing image
+    lines[6] = "../outside.jpg," + lines[6].split(",", 1)[1]          # a path outside ROOT
+    row = lines[61].split(",")                                         # the first val row
+    row[4] = "season_99"                                               # a class seen only in val
+    lines[61] = ",".join(row)
+    lines[7] = lines[7] + ",extra"                                     # too many fields
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    before = snapshot(root)
+    with pytest.raises(DatasetError) as e:
+        open_dataset(root)
+    probs = e.value.problems
+    where = str(root / "labels.csv")
+    assert any(p.startswith(f"{where}:3:2: unknown split 'holdout'") for p in probs)
+    assert any(p.startswith(f"{where}:5:1: ") and "also in split 'val'" in p for p in probs)
+    assert any(p.startswith(f"{where}:6:1: ") and "listed but missing" in p for p in probs)
+    assert any(p.startswith(f"{where}:7:1: ") and "inside it" in p for p in probs)
+    assert any(p.startswith(f"{where}:8: expected 5 fields") for p in probs)
+    assert any(p.startswith(f"{where}:62:5: class 'season_99'") and "never in train" in p for p in probs)
+    assert snapshot(root) == before
+    # a constant attribute column and a duplicate path within one split
+    (root / "labels.csv").write_text("image,split,colour,one\nimg/00000.jpg,train,a,x\nimg/00001.jpg,train,b,x\n"
+                                     "img/00001.jpg,train,b,x\nimg/00002.jpg,val,a,x\n")
+    with pytest.raises(DatasetError) as e:
+        open_dataset(root)
+    assert any(p.startswith(f"{where}:1:4: attribute 'one' has one class only") for p in e.value.problems)
+    assert any(p.startswith(f"{where}:4:1: ") and "listed twice" in p for p in e.value.problems)
+
+
+def test_csv_without_split_column_carves_a_stratified_val_split(csv_root, tmp_path):
+    import shutil
+
+    from bench.data import open_dataset
+    root = tmp_path / "ds"
+    shutil.copytree(csv_root, root)
+    rows = [line.split(",") for line in (root / "labels.csv").read_text().splitlines()]
+    (root / "labels.csv").write_text("\n".join(",".join([r[0], *r[2:]]) for r in rows if r[1] != "test") + "\n")
+    ds = open_dataset(root, val_fraction=0.25, split_seed=3)
+    assert len(ds.splits["val"]) in (22, 23) and len(ds.splits["train"]) + len(ds.splits["val"]) == 90
+    assert ds.layout["val_fraction"] == 0.25 and ds.layout["split_seed"] == 3
+    again = open_dataset(root, val_fraction=0.25, split_seed=3)
+    assert again.splits["val"].paths == ds.splits["val"].paths and again.fingerprint() == ds.fingerprint()
+
+
+def test_run_ensemble_report_on_a_three_attribute_csv_dataset_with_missing_labels(csv_root, tmp_path, capsys):
+    from bench.run import main as run_main
+    runs = tmp_path / "runs"
+    common = ["--data", str(csv_root), "--out", str(runs), "--size", "32", "--epochs", "1", "--batch-size", "16",
+              "--pretrained", "none", "--no-progress", "--no-report"]
+    run_main(["--models", "resnet18", *common])
+    run_main(["--models", "resnet18", "--run", "b", "--seed", "1", *common])
+    meta = json.loads((runs / "default/resnet18/run.json").read_text())
+    assert meta["attributes"] == ["colour", "category", "season"] and meta["num_classes"] == [2, 5, 11]
+    assert meta["data_layout"]["layout"] == "csv" and meta["val"]["missing"] > 0
+    result = ensemble_main(["--runs-dir", str(runs), "--out", str(tmp_path / "sub"), "--no-report",
+                            "--tta", "plain,crop0.9"])  # crop0.9 is recomputed from best.pt: the dataset reopens
+    assert result["attributes"] == meta["attributes"]
+    pred = (tmp_path / "sub/prediction.csv").read_text().splitlines()
+    assert pred[0] == "image,colour,category,season" and len(pred) == 11
+    assert pred[1].split(",")[0] == "img/00090.jpg" and pred[1].split(",")[3].startswith("season_")
+    assert not (tmp_path / "sub/prediction.txt").exists()
+    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    assert "| colour | category | season |" in md and "texture" not in md
+    missing = int((np.load(runs / "default/resnet18/probs_val.npz")["labels"] == -1).sum())
+    assert missing > 0 and f"Missing labels: {missing} of the 90 (image, attribute) cells" in md

@@ -1,4 +1,5 @@
-"""Stage 1, files -> validated dataset: the FashionDataset reader (dataset.py), the decode cache (images.py) with its
+"""Stage 1, files -> validated dataset: the FashionDataset reader (dataset.py), the CSV layout (csv_layout.py;
+`open_dataset` below detects which), the decode cache (images.py) with its
 resize policies (resize.py), the demo dataset (demo.py), prediction files (predictions.py) and stratified folds
 (folds.py). Nothing here imports torch."""
 from __future__ import annotations
@@ -7,14 +8,27 @@ import os
 from pathlib import Path
 
 from bench.data.dataset import (ATTRIBUTES, DEFAULT_CLASS_NAMES, LABELLED_SPLITS, SPLITS, DatasetError, FashionDataset,
-                                Split, attribute_names, attributes_of, cache_home, class_counts, open_dataset,
-                                parse_label_lines)
-from bench.data.predictions import DEFAULT_NUM_CLASSES, format_predictions, read_predictions
+                                Split, attribute_names, attributes_of, cache_home, class_counts,
+                                open_fashion_dataset, parse_label_lines, reopen_args)
+from bench.data.csv_layout import is_csv_root, open_csv_dataset
+from bench.data.predictions import (DEFAULT_NUM_CLASSES, format_prediction_csv, format_predictions,
+                                    read_prediction_csv, read_predictions)
 
 __all__ = ["ATTRIBUTES", "DEFAULT_CLASS_NAMES", "DEFAULT_NUM_CLASSES", "LABELLED_SPLITS", "SPLITS", "DatasetError",
            "FashionDataset", "Split", "attribute_names", "attributes_of", "cache_home", "class_counts",
-           "format_predictions", "open_dataset",
-           "parse_label_lines", "read_predictions", "resolve_root"]
+           "format_prediction_csv", "format_predictions", "open_dataset", "read_prediction_csv",
+           "parse_label_lines", "read_predictions", "reopen_args", "resolve_root"]
+
+
+def open_dataset(root: str | Path, check_images: bool = True, labels: str | Path | None = None,
+                 val_fraction: float | None = None, split_seed: int = 0, layout: str | None = None) -> FashionDataset:
+    """Validate a dataset root; raise DatasetError listing every problem found. The layout is detected: the CSV
+    layout (bench/data/csv_layout.py) when `labels` or `val_fraction` is given or ROOT/labels.csv exists without
+    ROOT/split/, else the FashionDataset's."""
+    root = Path(root)
+    if layout == "csv" or labels or val_fraction is not None or (layout is None and is_csv_root(root)):
+        return open_csv_dataset(root, labels, val_fraction, split_seed, check_images)
+    return open_fashion_dataset(root, check_images)
 
 
 def resolve_root(data: str | None) -> Path:

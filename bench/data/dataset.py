@@ -168,6 +168,7 @@ class FashionDataset:
     class_names: tuple[tuple[str, ...], ...]
     splits: dict[str, Split] = field(default_factory=dict)
     attributes: tuple[str, ...] | None = None  # one name per label column; None: see attribute_names
+    layout: dict = field(default_factory=lambda: {"layout": "fashion"})  # how to open it again (open_dataset's args)
 
     def __post_init__(self):
         self.attributes = attribute_names(self.num_classes, self.attributes)
@@ -206,8 +207,25 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def open_dataset(root: str | Path, check_images: bool = True) -> FashionDataset:
-    """Validate a FashionDataset root; raise DatasetError listing every problem found."""
+def reopen_args(layout: dict | None) -> dict:
+    """open_dataset's arguments that open a dataset again as run.json's `data_layout` records it (none for the
+    FashionDataset layout, or a run.json written before layouts were recorded)."""
+    if not layout or layout.get("layout") != "csv":
+        return {}
+    return {"layout": "csv", "labels": layout.get("labels"), "val_fraction": layout.get("val_fraction"),
+            "split_seed": layout.get("split_seed", 0)}
+
+
+def check_image_files(root: Path, paths) -> list[str]:
+    """Decode every listed image that exists (in parallel threads); one problem per unreadable one."""
+    existing = [root / p for p in paths if (root / p).is_file()]
+    results = Parallel(n_jobs=-1, prefer="threads", batch_size=64)(delayed(_check_image)(f) for f in existing)
+    return [r for r in results if r]
+
+
+def open_fashion_dataset(root: str | Path, check_images: bool = True) -> FashionDataset:
+    """Validate a FashionDataset root; raise DatasetError listing every problem found (bench.data.open_dataset
+    detects the layout)."""
     root = Path(root)
     problems: list[str] = []
     if not root.is_dir():
@@ -249,9 +267,7 @@ def open_dataset(root: str | Path, check_images: bool = True) -> FashionDataset:
                                     f"{len(paths)} image(s); the two files must match line for line")
         splits[name] = Split(name, paths, labels)
     if check_images:
-        existing = [root / p for p in seen if (root / p).is_file()]
-        results = Parallel(n_jobs=-1, prefer="threads", batch_size=64)(delayed(_check_image)(f) for f in existing)
-        problems.extend(r for r in results if r)
+        problems.extend(check_image_files(root, seen))
     if problems:
         raise DatasetError(problems, f"dataset {root}")
     return FashionDataset(root, class_names, splits)

@@ -11,10 +11,19 @@ Every attribute is visibly encoded, so a model can genuinely learn it:
 Labels are drawn independently from the real train-split class frequencies, so the imbalance is the real one.
 Test labels go to ROOT/hidden/test_attr.txt, outside split/, for scoring demo predictions only.
 
+With a schema (`--schema colour:2,category:5,season:11 [--missing 0.1]`) it writes the CSV layout instead
+(bench/data/csv_layout.py): ROOT/labels.csv with columns image, split and one per attribute, whose classes are named
+`<attribute>_<index>` (two digits) and drawn with falling frequencies (class c about 1 / (c + 1)); each image shows
+one horizontal band per attribute, its colour the class's hue. `missing` is the fraction of train and val cells left
+empty (missing labels); every class still appears labelled in train. Test labels (class indices) go to
+ROOT/hidden/test_attr.txt as above.
+
     python -m bench.demo --out DIR [--seed 0] [--train 800 --val 200 --test 200 --width 96 --height 128]
+                                   [--schema NAME:CLASSES,... [--missing FRACTION]]
 """
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from dataclasses import asdict, dataclass
@@ -45,6 +54,22 @@ class DemoSpec:
     test: int = 200
     width: int = 96
     height: int = 128
+    schema: tuple[tuple[str, int], ...] = ()  # (attribute, classes) each: the CSV layout; () the FashionDataset's
+    missing: float = 0.0                      # CSV layout only: fraction of train/val label cells left empty
+
+
+def parse_schema(text: str) -> tuple[tuple[str, int], ...]:
+    """'colour:2,category:5' -> (('colour', 2), ('category', 5)); ValueError naming the bad entry."""
+    out = []
+    for part in text.split(","):
+        name, _, k = part.strip().partition(":")
+        if not name or not k.isdigit() or int(k) < 2 or name in ("image", "split"):
+            raise ValueError(f"schema entry {part!r}: expected NAME:CLASSES with CLASSES >= 2 (and NAME not image "
+                             f"or split)")
+        out.append((name, int(k)))
+    if len({n for n, _ in out}) != len(out):
+        raise ValueError(f"schema {text!r} names an attribute twice")
+    return tuple(out)
 
 
 def sample_labels(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -194,11 +219,62 @@ def draw_garment(labels: np.ndarray, rng: np.random.Generator, width: int, heigh
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def draw_bands(labels, num_classes, rng, width: int, height: int) -> np.ndarray:
+    """One horizontal band per attribute; its hue says the class (-1, missing, still draws the drawn class)."""
+    img = np.full((height, width, 3), 128, np.float32)
+    edges = np.linspace(0, height, len(num_classes) + 1).astype(int)
+    for a, (c, k) in enumerate(zip(labels, num_classes)):
+        h = 6 * c / k
+        x = 1 - abs(h % 2 - 1)
+        rgb = [(1, x, 0), (x, 1, 0), (0, 1, x), (0, x, 1), (x, 0, 1), (1, 0, x)][int(h) % 6]
+        img[edges[a]:edges[a + 1]] = np.array(rgb) * 200 + 30
+    img += rng.normal(0, 12, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _write_csv_demo(out: Path, spec: DemoSpec) -> Path:
+    names = [n for n, _ in spec.schema]
+    ks = [k for _, k in spec.schema]
+    rng = np.random.default_rng([spec.seed, 2])
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    (out / "hidden").mkdir(exist_ok=True)
+    rows, index = [], 0
+    for split, n in (("train", spec.train), ("val", spec.val), ("test", spec.test)):
+        labels = np.stack([rng.choice(k, n, p=(p := 1 / np.arange(1, k + 1)) / p.sum()) for k in ks], 1)
+        if split == "train":  # every class labelled at least once in train
+            for a, k in enumerate(ks):
+                labels[:min(k, n), a] = np.arange(min(k, n))
+        shown = labels.copy()
+        if split != "test" and spec.missing:
+            drop = rng.random(labels.shape) < spec.missing
+            if split == "train":
+                drop[:max(ks)] = False
+            labels = np.where(drop, -1, labels)
+        for row, true in zip(labels, shown):
+            rel = f"img/{index:05d}.jpg"
+            Image.fromarray(draw_bands(true, ks, np.random.default_rng([spec.seed, 3, index]), spec.width,
+                                       spec.height)).save(out / rel, quality=92)
+            cells = ["" if split == "test" or c < 0 else f"{name}_{c:02d}" for name, c in zip(names, row)]
+            rows.append([rel, split, *cells])
+            index += 1
+        if split == "test":
+            (out / "hidden" / "test_attr.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in shown))
+    with open(out / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "split", *names], *rows])
+    (out / "hidden" / "README.txt").write_text(
+        "Demo test labels (class indices), for `python -m bench.score prediction.txt --labels hidden/test_attr.txt` "
+        f"only.\nGenerated by bench.demo with {asdict(spec)}.\n")
+    return out
+
+
 def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
-    """Write a complete FashionDataset at `out` (which must not exist yet, or be empty)."""
+    """Write a complete FashionDataset at `out` (which must not exist yet, or be empty); with `spec.schema`, a
+    CSV-layout dataset of that schema."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty; choose a new --out folder")
+    if spec.schema:
+        return _write_csv_demo(out, spec)
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "split").mkdir(exist_ok=True)
     (out / "hidden").mkdir(exist_ok=True)

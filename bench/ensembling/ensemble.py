@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs, write_json
-from bench.data import DatasetError, attributes_of, class_counts, format_predictions, read_predictions
+from bench.data import (DatasetError, attributes_of, class_counts, format_prediction_csv, format_predictions,
+                        open_dataset, read_prediction_csv, read_predictions, reopen_args)
 from bench.data.folds import stratified_folds
 from bench.ensembling.combiners import COMBINERS, combine
 from bench.ensembling.decisions import DECISIONS, decide, fit_rule, prior_from_counts
@@ -173,7 +174,7 @@ def cross_validate(scheme, probs, labels, num_classes, method="mean", per_attrib
 
 def check_out(out: Path, force: bool) -> None:
     """Refuse an existing submission unless --force (checked before any work, and again before writing)."""
-    for f in (out / "prediction.txt", out / "prediction.zip"):
+    for f in (out / "prediction.txt", out / "prediction.zip", out / "prediction.csv"):
         if f.exists() and not force:
             raise EnsembleError(f"{f} exists; pass --force to overwrite it or choose another --out")
 
@@ -205,6 +206,24 @@ def write_submission(pred: np.ndarray, out: Path, num_classes, force: bool = Fal
         tmp_txt.unlink(missing_ok=True)
         tmp_zip.unlink(missing_ok=True)
     return txt, zpath
+
+
+def write_prediction_csv(pred: np.ndarray, out: Path, paths, attributes, class_names, force: bool = False) -> Path:
+    """A CSV dataset's submission, OUT/prediction.csv (image path and class name per attribute), written under a
+    unique temporary name, read back with the scorer's validator, then renamed into place."""
+    check_out(out, force)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "prediction.csv"
+    tmp = out / f".prediction-{os.getpid()}-{uuid.uuid4().hex[:8]}.csv.tmp"
+    try:
+        tmp.write_text(format_prediction_csv(paths, pred, attributes, class_names))
+        back_paths, back = read_prediction_csv(tmp, attributes, class_names)
+        if back_paths != list(paths) or not (back == pred).all():
+            raise EnsembleError(f"{tmp}: the prediction CSV does not read back as written")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 @dataclass
@@ -335,8 +354,18 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
                           for k, vals in params.items()))
     test_comb = combine(list(test.values()), weights, nc, a.combine)
     pred = decide(rule, test_comb, nc, prior, params)
-    txt, zpath = write_submission(pred, Path(a.out), nc, a.force)
-    print(f"wrote {txt} ({len(pred)} lines, {rule}) and {zpath}")
+    layout = members[0].meta.get("data_layout")
+    if reopen_args(layout):  # a CSV dataset: image paths and class names, not the challenge's int lines
+        root = Path(a.data or members[0].meta["data_root"])
+        paths = open_dataset(root, check_images=False, **reopen_args(layout)).splits["test"].paths
+        if len(paths) != len(pred):
+            raise EnsembleError(f"the test split at {root} lists {len(paths)} images, the members predicted "
+                                f"{len(pred)}; pass --data")
+        txt = write_prediction_csv(pred, Path(a.out), paths, attrs, members[0].meta["class_names"], a.force)
+        print(f"wrote {txt} ({len(pred)} images, {rule}; class names per attribute)")
+    else:
+        txt, zpath = write_submission(pred, Path(a.out), nc, a.force)
+        print(f"wrote {txt} ({len(pred)} lines, {rule}) and {zpath}")
     result = {"kind": "ensemble", "status": "done", "name": a.name, "members": names, "views": views,
               "scored_on": scored_on(members[0].meta),
               "combine": a.combine, "weighting": a.weights, "metric": a.metric, "decision": rule,

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 
 from bench.artifacts import RunArtifacts
-from bench.data import open_dataset
+from bench.data import open_dataset, reopen_args
 from bench.data.images import load_images
 from bench.ensembling.views import view_images
 from bench.training.trainer import predict
@@ -47,7 +47,7 @@ def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root
                             f"there is no checkpoint {member.checkpoint(split)} to recompute them")
     cfg, recipe = meta["config"], meta["config"]["recipe"]
     root = Path(data_root or meta["data_root"])
-    ds = open_dataset(root, check_images=False)
+    ds = open_dataset(root, check_images=False, **reopen_args(meta.get("data_layout")))
     if ds.fingerprint() != cfg["dataset"]:
         raise ViewError(f"{member.label}: dataset at {root} differs from the one it was trained on; pass --data")
     models, out = {}, {}

@@ -182,6 +182,18 @@ def describe_group(key: str, entries: list[Entry]) -> str:
     return f"out-of-fold over train + val, {k} folds `{key}` (n = {n} images)"
 
 
+def missing_note(entries: list[Entry], attributes) -> list[str]:
+    """A line counting the missing labels (-1) of the scored images, per attribute; none when every cell is
+    labelled."""
+    labels = next(e for e in entries if "labels" in e.extra).extra["labels"]
+    missing = (labels < 0).sum(0)
+    if not missing.any():
+        return []
+    per = ", ".join(f"{a} {int(m)}" for a, m in zip(attributes, missing) if m)
+    return [f"Missing labels: {int(missing.sum())} of the {labels.size} (image, attribute) cells of these images "
+            f"({per}); they count in no metric (overall accuracy is correct / labelled cells).", ""]
+
+
 def make_entry(art: RunArtifacts, probs: dict) -> Entry:
     nc = tuple(art.meta["num_classes"])
     labels = probs["labels"]
@@ -454,7 +466,8 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     ordered = [e for group in by_set.values() for e in sorted(group, key=lambda e: (-e.score[sort], e.label))]
     md += ["", f"Dataset fingerprint `{fp}`, sorted by `{sort}`, target metric `{TARGETS[metric]}`. Entries are "
            "ranked and compared only with entries scored on the same images (the column *n*).", "",
-           f"## Leaderboard: {describe_group(first, by_set[first])}", "", render_leaderboard(df, attributes), "",
+           f"## Leaderboard: {describe_group(first, by_set[first])}", "", *missing_note(by_set[first], attributes),
+           render_leaderboard(df, attributes), "",
            "## Is the difference real?", "",
            f"Each entry against the leader on `{TARGETS[metric]}`, on the same images and like with like: "
            "plain-view scores with plain-view scores, TTA scores with TTA scores (the columns *views* and *TTA "
@@ -469,6 +482,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     for key in rest:
         md += [f"## Leaderboard: {describe_group(key, by_set[key])}", "",
                "k-fold members and ensembles of them: every image scored by a model that did not train on it.", "",
+               *missing_note(by_set[key], attributes),
                render_leaderboard(frames[key], attributes), "",
                f"Against this table's leader on `{TARGETS[metric]}`, as above.",
                "", *render_comparisons(frames[key], metric)]

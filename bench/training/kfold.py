@@ -94,7 +94,7 @@ def fold_dataset(ds: FashionDataset, train_rows: np.ndarray, val_rows: np.ndarra
     paths, labels = pool(ds)
     pick = lambda name, rows: Split(name, tuple(paths[i] for i in rows), labels[rows])  # noqa: E731
     return FashionDataset(ds.root, ds.class_names, {"train": pick("train", train_rows), "val": pick("val", val_rows),
-                                                    "test": ds.splits["test"]}, ds.attributes)
+                                                    "test": ds.splits["test"]}, ds.attributes, ds.layout)
 
 
 def train_kfold(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe, size: int, member_dir: Path,

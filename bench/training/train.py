@@ -213,7 +213,7 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
             "input": model.input_config, "compiled": trainer.compiled,
             "device": device_name(device) + (f" x {dist.world} (DDP, {dist.backend})" if dist.enabled else ""),
             "torch": torch.__version__, "data_root": str(ds.root),
-            "num_classes": list(ds.num_classes), "attributes": list(ds.attributes),
+            "data_layout": ds.layout, "num_classes": list(ds.num_classes), "attributes": list(ds.attributes),
             "class_names": [list(c) for c in ds.class_names],
             "train_class_counts": [c.tolist() for c in class_counts(labels["train"], ds.num_classes)],
             "data_mode": store.describe(),
