@@ -28,17 +28,13 @@ RECIPE_FLAGS = {"epochs": int, "size": int, "batch_size": int, "lr": float, "wei
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from bench.data import add_layout_arguments
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet18,effb3", help="comma-separated zoo names or timm model names")
     p.add_argument("--list", action="store_true", help="print the zoo and exit")
     p.add_argument("--data", help="dataset root (default $FASHION_DATA, else the built-in demo set): a FashionDataset "
                    "(ROOT/split/) or a CSV dataset (ROOT/labels.csv)")
-    p.add_argument("--labels", help="CSV layout: the label file (columns image, split and one per attribute; default "
-                   "ROOT/labels.csv)")
-    p.add_argument("--val-fraction", type=float,
-                   help="CSV layout without a split column: the fraction of rows carved into a stratified val split "
-                        "(default 0.2)")
-    p.add_argument("--split-seed", type=int, default=0, help="seed of the --val-fraction split (recorded)")
+    add_layout_arguments(p)
     p.add_argument("--recipe", choices=RECIPE_NAMES,
                    help="recipe preset (zoo/recipes.py); default: finetune when the backbone starts from pretrained "
                         "weights, scratch when it starts from random init")
@@ -131,7 +127,7 @@ def main(argv=None) -> list[dict]:
 
     from bench.artifacts import ClaimError
     from bench.errors import StorageError
-    from bench.data import DatasetError, open_dataset, resolve_root
+    from bench.data import DatasetError, layout_args, open_dataset, resolve_root
     from bench.training.trainer import ConfigMismatch, NonFiniteLoss, OutOfMemory, pick_device
     from bench.training.distributed import check_batch
     from bench.training.kfold import refit, train_kfold
@@ -178,7 +174,7 @@ def main(argv=None) -> list[dict]:
         device = [pick_device(d) for d in devices][0]  # every device is checked before any work starts
         device = dist.device if dist.enabled else device
         root = resolve_root(a.data)
-        ds = open_dataset(root, labels=a.labels, val_fraction=a.val_fraction, split_seed=a.split_seed)
+        ds = open_dataset(root, **layout_args(a))
         metric = a.metric or "overall"
         if a.from_study:  # the study's parameters, trial budget, base recipe and metric, where no flag set them
             from bench.tuning.storage import best_params, default_url, study_base

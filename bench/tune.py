@@ -27,7 +27,7 @@ import optuna
 
 from bench import workdir
 from bench.fanout import check_devices, follow_parent, run_children, to_argv
-from bench.data import DatasetError, open_dataset, resolve_root
+from bench.data import DatasetError, add_layout_arguments, layout_args, open_dataset, resolve_root
 from bench.tuning.study import (FINISHED, OBJECTIVES, StudyStopped, budget_of, counted, make_objective, make_pruner,
                                 run_study)
 from bench.metrics import TARGET_HELP, TARGETS
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wait-timeout", type=float, default=600,
                    help="storages without heartbeat (journal:): seconds to wait for other workers' stalled trials")
     p.add_argument("--data", help="dataset root (default $FASHION_DATA, else the demo set)")
+    add_layout_arguments(p)
     p.add_argument("--recipe", help="base recipe (default: the model's)")
     p.add_argument("--epochs", type=int, help="epochs per trial (default: the recipe's)")
     p.add_argument("--size", type=int)
@@ -102,7 +103,7 @@ def main(argv=None) -> optuna.Study:
     overrides = {"epochs": a.epochs, "size": a.size, "batch_size": a.batch_size, "pretrained": a.pretrained}
     try:
         root = resolve_root(a.data)
-        ds = open_dataset(root)
+        ds = open_dataset(root, **layout_args(a))
         overrides = demo_settings(a.data, overrides, root)
         select_metric = target if target in ("overall", "class") else None  # which score picks a trial's epoch
         recipe, size = resolve_recipe(a.model, a.recipe, overrides, select_metric)

@@ -258,3 +258,16 @@ def test_run_ensemble_report_on_a_three_attribute_csv_dataset_with_missing_label
     assert "| colour | category | season |" in md and "texture" not in md
     missing = int((np.load(runs / "default/resnet18/probs_val.npz")["labels"] == -1).sum())
     assert missing > 0 and f"Missing labels: {missing} of the 90 (image, attribute) cells" in md
+
+
+def test_a_label_file_given_with_labels_is_recorded_and_reopens(csv_root, tmp_path):
+    import shutil
+
+    from bench.data import open_dataset, reopen_args
+    other = tmp_path / "elsewhere.csv"
+    shutil.copy(csv_root / "labels.csv", other)
+    ds = open_dataset(csv_root, labels=other)
+    assert ds.layout == {"layout": "csv", "labels": str(other.resolve())}
+    again = open_dataset(csv_root, check_images=False, **reopen_args(ds.layout))
+    assert again.fingerprint() == ds.fingerprint() == open_dataset(csv_root).fingerprint()
+    assert reopen_args({"layout": "fashion"}) == {} == reopen_args(None)  # older run.json files: no layout

@@ -15,8 +15,8 @@ from bench.data.predictions import (DEFAULT_NUM_CLASSES, format_prediction_csv, 
                                     read_prediction_csv, read_predictions)
 
 __all__ = ["ATTRIBUTES", "DEFAULT_CLASS_NAMES", "DEFAULT_NUM_CLASSES", "LABELLED_SPLITS", "SPLITS", "DatasetError",
-           "FashionDataset", "Split", "attribute_names", "attributes_of", "cache_home", "class_counts",
-           "format_prediction_csv", "format_predictions", "open_dataset", "read_prediction_csv",
+           "FashionDataset", "Split", "add_layout_arguments", "attribute_names", "attributes_of", "cache_home", "class_counts",
+           "format_prediction_csv", "format_predictions", "layout_args", "open_dataset", "read_prediction_csv",
            "parse_label_lines", "read_predictions", "reopen_args", "resolve_root"]
 
 
@@ -29,6 +29,21 @@ def open_dataset(root: str | Path, check_images: bool = True, labels: str | Path
     if layout == "csv" or labels or val_fraction is not None or (layout is None and is_csv_root(root)):
         return open_csv_dataset(root, labels, val_fraction, split_seed, check_images)
     return open_fashion_dataset(root, check_images)
+
+
+def add_layout_arguments(p) -> None:
+    """--labels, --val-fraction and --split-seed: how a command that takes --data opens a CSV-layout dataset."""
+    p.add_argument("--labels", help="CSV layout: the label file (columns image, split and one per attribute; default "
+                   "ROOT/labels.csv)")
+    p.add_argument("--val-fraction", type=float,
+                   help="CSV layout without a split column: the fraction of rows carved into a stratified val split "
+                        "(default 0.2)")
+    p.add_argument("--split-seed", type=int, default=0, help="seed of the --val-fraction split (recorded)")
+
+
+def layout_args(a) -> dict:
+    """open_dataset's keyword arguments from the parsed add_layout_arguments flags."""
+    return {"labels": a.labels, "val_fraction": a.val_fraction, "split_seed": a.split_seed}
 
 
 def resolve_root(data: str | None) -> Path:

@@ -156,7 +156,8 @@ def _write_member(name, ds, plan, metas, member_dir: Path, optimistic: bool, ext
     save_probs(member_dir / "probs_test.npz", **test)
     first = metas[0]
     meta = {**{key: first[key] for key in ("name", "init", "params", "input", "device", "torch",
-                                           "data_root", "num_classes", "attributes", "class_names") if key in first},
+                                           "data_root", "data_layout", "num_classes", "attributes", "class_names")
+                                           if key in first},
             # a test prediction runs all K fold models: K x one model's cost per image
             "gflops": round(k * first["gflops"], 4), "gflops_per_model": first["gflops"],
             "kind": "model", "status": "done", "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
