@@ -3,6 +3,7 @@
     python -m bench.score prediction.txt --labels ROOT/split/val_attr.txt
     python -m bench.score prediction.txt --data ROOT --split val
     python -m bench.score --baseline majority --data ROOT --split val
+    python -m bench.score prediction.csv --data ROOT --split val      (a CSV dataset: image path, class names)
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data import DEFAULT_NUM_CLASSES, DatasetError, open_dataset, read_predictions, resolve_root
+from bench.data import (DEFAULT_NUM_CLASSES, DatasetError, open_dataset, read_prediction_csv, read_predictions,
+                        resolve_root)
 from bench.metrics import format_score, majority_prediction, score
 
 def main(argv=None) -> dict:
@@ -40,6 +42,14 @@ def main(argv=None) -> dict:
             raise DatasetError([f"{a.labels}: no label lines; there is nothing to score"], f"label file {a.labels}")
         if a.baseline:
             pred, title = majority_prediction(train, num_classes, len(labels)), "majority-class baseline"
+        elif a.prediction.endswith(".csv") and not a.labels:  # a CSV dataset's prediction.csv, by image path
+            paths, pred = read_prediction_csv(a.prediction, ds.attributes, ds.class_names)
+            want = ds.splits[a.split].paths
+            if sorted(paths) != sorted(want) or len(set(paths)) != len(paths):
+                raise DatasetError([f"{a.prediction}: its {len(paths)} image paths are not the {len(want)} of the "
+                                    f"{a.split} split, each once"], f"prediction file {a.prediction}")
+            order = {p: i for i, p in enumerate(paths)}
+            pred, title = pred[[order[p] for p in want]], a.prediction
         else:
             pred, title = read_predictions(a.prediction, num_classes, len(labels), attributes), a.prediction
     except DatasetError as e:

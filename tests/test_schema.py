@@ -271,3 +271,20 @@ def test_a_label_file_given_with_labels_is_recorded_and_reopens(csv_root, tmp_pa
     again = open_dataset(csv_root, check_images=False, **reopen_args(ds.layout))
     assert again.fingerprint() == ds.fingerprint() == open_dataset(csv_root).fingerprint()
     assert reopen_args({"layout": "fashion"}) == {} == reopen_args(None)  # older run.json files: no layout
+
+
+def test_score_reads_a_csv_datasets_prediction_csv(csv_root, tmp_path, capsys):
+    from bench.data import format_prediction_csv, open_dataset
+    from bench.score import main as score_main
+    ds = open_dataset(csv_root, check_images=False)
+    val = ds.splits["val"]
+    guess = np.where(val.labels >= 0, val.labels, 0)
+    guess[:3, 2] = (guess[:3, 2] + 1) % 11  # three season cells wrong (all labelled? count them)
+    wrong = int((val.labels[:3, 2] >= 0).sum())
+    order = np.arange(len(val))[::-1]  # any row order: rows are matched by image path
+    (tmp_path / "p.csv").write_text(format_prediction_csv([val.paths[i] for i in order], guess[order],
+                                                          ds.attributes, ds.class_names))
+    s = score_main([str(tmp_path / "p.csv"), "--data", str(csv_root), "--split", "val"])
+    labelled = int((val.labels >= 0).sum())
+    assert s["overall_acc"] == pytest.approx((labelled - wrong) / labelled) and s["missing"] == val.labels.size - labelled
+    assert "season" in capsys.readouterr().out
