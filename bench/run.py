@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from bench import workdir
-from bench.fanout import follow_parent, parse_devices, run_children, to_argv
+from bench.fanout import check_devices, follow_parent, run_children, to_argv
 from bench.metrics import TARGET_HELP, TARGETS
 from bench.training.schemes import LOSSES
 from zoo.recipes import RECIPE_NAMES, RECIPES, parse_setting
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=TARGET_HELP + " (default overall; with --from-study the study's); recipes that pick their "
                         "epoch on val pick it by this metric (the finetune and scratch recipes keep their last "
                         "epoch); both metrics are always printed")
-    p.add_argument("--run", help="run name: artifacts go to OUT/RUN/MODEL (default: the recipe name)")
+    p.add_argument("--run", help="run name: artifacts go to OUT/RUN/MODEL (default: the --recipe given, else default)")
     p.add_argument("--folds", type=int, metavar="K",
                    help="k-fold cross-fitting over train + val: K models per member, each predicting the fold it did "
                         "not see (out-of-fold scores on every labelled image), test = their mean "
@@ -170,8 +170,8 @@ def main(argv=None) -> list[dict]:
         if a.devices is not None and a.device != "auto":
             raise ValueError(f"--device {a.device} and --devices {a.devices}: give one of them (--devices runs one "
                              f"process per device)")
-        devices = parse_devices(a.devices) if a.devices is not None else [a.device]
-        device = [pick_device(d) for d in devices][0]  # every device is checked before any work starts
+        devices = check_devices(a.devices, a.device, pick_device)  # every device checked before any work starts
+        device = pick_device(devices[0])
         device = dist.device if dist.enabled else device
         root = resolve_root(a.data)
         ds = open_dataset(root, **layout_args(a))
@@ -197,7 +197,7 @@ def main(argv=None) -> list[dict]:
             raise ValueError("--folds and --refit run in one process: start them without torchrun (--devices "
                              "trains several models at once)")
     except (DatasetError, UnknownModel, KeyError, ValueError, FileNotFoundError, StorageError) as e:
-        fail(str(e).strip("'\""))
+        fail(e.args[0] if isinstance(e, KeyError) and e.args else str(e))  # a KeyError's str() adds quotes
     run = a.run or a.recipe or "default"
     out = Path(a.out) if a.out else wd.runs
     print(f"[run] artifacts in {out / run}/<model>/")

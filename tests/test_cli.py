@@ -102,3 +102,24 @@ def test_ensemble_names_an_unknown_run_and_lists_the_finished_ones(flags, messag
     assert e.value.code == 2
     assert capsys.readouterr().err.startswith(f"error: {message.format(runs=demo_runs)}")
     assert not (tmp_path / "sub").exists()
+
+
+def test_the_last_problem_line_keeps_its_closing_quote(tiny_copy, tmp_path, capsys):
+    """bench.run stripped quotes off the whole message, so the last problem lost its closing one."""
+    from bench.run import main as run_main
+    path = tiny_copy / "split/val_attr.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines[:-1], "1 2 3"]) + "\n")
+    with pytest.raises(SystemExit) as e:
+        run_main(["--models", "resnet18", "--data", str(tiny_copy), "--out", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.rstrip("\n").endswith("'1 2 3'")
+
+
+def test_a_bad_entry_of_devices_is_named_as_part_of_devices(tiny_root, tmp_path, capsys):
+    from bench.run import main as run_main
+    with pytest.raises(SystemExit) as e:
+        run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(tmp_path / "runs"),
+                  "--devices", "cpu,cuda:7"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: --devices cpu,cuda:7 (cuda:7): ") and "--device " not in err
