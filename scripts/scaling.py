@@ -3,11 +3,18 @@
 Each point runs in a fresh process (so its resident set starts clean) and prints one JSON line:
     python scripts/scaling.py point --data ROOT --size 64 --model resnet18     # one process
     torchrun --nproc-per-node 2 scripts/scaling.py point --data ROOT ...        # per rank, data parallel
+    python scripts/scaling.py point --data ROOT --data-mode stream --repeat 10  # batches read from the cache file;
+                                                                                # the train split listed 10 times
 The whole table (demo sets of 1x/2x/4x a base size, generated under --work, each point --runs times):
     python scripts/scaling.py table --work /tmp/scaling --base 400 --size 64 --model resnet18 --runs 2
+Resident vs stream data mode on a real dataset, its train split as it is and repeated (a list of repeated paths:
+nothing is copied), each point in a fresh process after printing the load average (`uptime`):
+    python scripts/scaling.py modes --data ROOT --repeats 1,10 --size 64 --model resnet18 --batch-size 64 --runs 1
 Resident set = VmRSS of /proc/self/status (Linux), peak = VmHWM; "data" is the growth of the resident set while the
 decoded uint8 splits are loaded and made training tensors (Split), "trainer" its further growth through the trainer's
-construction and one epoch (train + validation).
+construction and one epoch (train + validation). In stream mode the pages of the memory-mapped cache file that a
+process has read count in its resident set too (RssFile), but the kernel may drop them under memory pressure;
+RssAnon is the memory it cannot.
 """
 import argparse
 import json
@@ -27,6 +34,16 @@ def rss_mib(field: str = "VmRSS") -> float:
     raise RuntimeError(f"{field} not in /proc/self/status (Linux only)")
 
 
+def repeated(ds, k: int):
+    """`ds` with its train split listed k times over (paths and labels): a k-times larger set, nothing copied."""
+    import dataclasses
+
+    import numpy as np
+    tr = ds.splits["train"]
+    train = dataclasses.replace(tr, paths=tr.paths * k, labels=np.tile(tr.labels, (k, 1)))
+    return dataclasses.replace(ds, splits={**ds.splits, "train": train})
+
+
 def point(a) -> None:
     import numpy as np
     import torch
@@ -41,9 +58,11 @@ def point(a) -> None:
     cuda = device.type == "cuda"
     torch.set_num_threads(a.threads or max(1, (os.cpu_count() or 1) // dist.world))
     ds = open_dataset(a.data)
+    if a.repeat > 1:
+        ds = repeated(ds, a.repeat)
     recipe, size = resolve_recipe(a.model, "scratch", {"size": a.size, "epochs": 1, "batch_size": a.batch_size,
                                                        "pretrained": "none"})
-    store = ImageStore(ds, device, progress=False, dist=dist)
+    store = ImageStore(ds, device, progress=False, dist=dist, mode=a.data_mode)
     base = rss_mib()
     t0 = time.perf_counter()
     arrays = store.arrays(size, recipe.resize)
@@ -60,7 +79,7 @@ def point(a) -> None:
     tr = Trainer(model, recipe, train, val, Path(a.tmp), class_counts(ds.splits["train"].labels, ds.num_classes),
                  size=size, progress=False, persist=False, dist=dist)
     t0 = time.perf_counter()
-    tr.train_epoch()
+    tr.train_epoch(max_steps=a.max_steps)
     epoch_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     tr.validate()
@@ -71,8 +90,12 @@ def point(a) -> None:
            "rss_base_mib": round(base, 1), "data_mib": round(after_splits - base, 1),
            "arrays_mib": round(after_arrays - base, 1), "trainer_mib": round(rss_mib() - after_splits, 1),
            "rss_mib": round(rss_mib(), 1), "peak_mib": round(rss_mib("VmHWM"), 1),
+           "rss_anon_mib": round(rss_mib("RssAnon"), 1), "rss_file_mib": round(rss_mib("RssFile"), 1),
            "epoch_s": round(epoch_s, 2), "val_s": round(val_s, 2), "img_per_s": round(
-               tr.steps_per_epoch * tr.batch_size / epoch_s, 1), "numpy": np.__version__, "device": str(device)}
+               min(tr.steps_per_epoch, a.max_steps or tr.steps_per_epoch) * tr.batch_size / epoch_s, 1),
+           "numpy": np.__version__, "device": str(device),
+           "data_mode": a.data_mode, "repeat": a.repeat, "steps": a.max_steps, "torch": torch.__version__,
+           "python": sys.version.split()[0]}
     if cuda:  # on the GPU: the resident data and the peak of training on top of it
         row.update(gpu_data_mib=round(gpu_data, 1),
                    gpu_peak_mib=round(torch.cuda.max_memory_allocated(device) / 2**20, 1))
@@ -122,6 +145,44 @@ def table(a) -> None:
               f"| {r['trainer_mib']} | {r['peak_mib']} | {r['epoch_s']} | {r['img_per_s']} |")
 
 
+def load_average() -> float:
+    """The 1-minute load average (the CPU is shared: recorded next to every number)."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def modes(a) -> None:
+    """Epoch time and peak resident set of each data mode at each size of the set, a fresh process per point; before
+    each point, wait (up to --wait s) for the 1-minute load average to fall to --max-load, and record it."""
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    os.environ["FASHION_BENCH_CACHE"] = str(work / "cache")
+    rows = []
+    common = ["--data", a.data, "--size", str(a.size), "--model", a.model, "--batch-size", str(a.batch_size),
+              "--tmp", str(work / "t")]
+    for k in map(int, a.repeats.split(",")):
+        run_point([*common, "--repeat", str(k), "--data-mode", "stream", "--max-steps", "1"])  # decode, not timed
+        for _ in range(a.runs):
+            for mode in a.modes.split(","):
+                deadline = time.time() + a.wait
+                while load_average() > a.max_load and time.time() < deadline:
+                    time.sleep(10)
+                before = load_average()
+                steps = ["--max-steps", str(a.max_steps)] if a.max_steps and k > 1 else []
+                r = run_point([*common, "--repeat", str(k), "--data-mode", mode, *steps])[0]
+                r.update(load_before=before, load_after=load_average(), uptime=subprocess.run(
+                    ["uptime"], capture_output=True, text=True).stdout.strip())
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+    print("\n| train images | mode | epoch s (steps timed) | img/s | val s | peak RSS MiB (VmHWM) | RssAnon MiB "
+          "| RssFile MiB | decoded MiB | load avg (1 min) before / after |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    for r in rows:
+        timed = f" ({r['steps']} steps)" if r.get("steps") else ""
+        print(f"| {r['train_images']} | {r['data_mode']} | {r['epoch_s']}{timed} | {r['img_per_s']} | {r['val_s']} "
+              f"| {r['peak_mib']} | {r['rss_anon_mib']} | {r['rss_file_mib']} | {r['decoded_bytes'] / 2**20:.0f} "
+              f"| {r['load_before']:.2f} / {r['load_after']:.2f} |")
+
+
 def sizes(a) -> None:
     """Decoded bytes per image and the resident set they add, at each input size, in a fresh process each."""
     work = Path(a.work)
@@ -148,6 +209,22 @@ if __name__ == "__main__":
     q.add_argument("--threads", type=int)
     q.add_argument("--tmp", default="/tmp/scaling-run")
     q.add_argument("--device", default="cpu", help="cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
+    q.add_argument("--data-mode", default="resident", choices=["resident", "stream"])
+    q.add_argument("--repeat", type=int, default=1, help="list the train split this many times")
+    q.add_argument("--max-steps", type=int, help="stop the epoch after this many steps")
+    m = sub.add_parser("modes")
+    m.add_argument("--data", required=True)
+    m.add_argument("--work", default="/tmp/scaling-modes", help="decode cache and scratch (outside the repository)")
+    m.add_argument("--repeats", default="1,10")
+    m.add_argument("--modes", default="resident,stream")
+    m.add_argument("--size", type=int, default=64)
+    m.add_argument("--model", default="resnet18")
+    m.add_argument("--batch-size", type=int, default=64)
+    m.add_argument("--runs", type=int, default=1)
+    m.add_argument("--max-load", type=float, default=1.5)
+    m.add_argument("--wait", type=float, default=120, help="seconds to wait for the load to fall, per point")
+    m.add_argument("--max-steps", type=int,
+                   help="on the repeated sets, time this many steps instead of the whole epoch (a loaded CPU)")
     t = sub.add_parser("table")
     t.add_argument("--work", default="/tmp/scaling")
     t.add_argument("--base", type=int, default=400)
@@ -163,4 +240,4 @@ if __name__ == "__main__":
     z.add_argument("--sizes", default="64,128,224,300")
     z.add_argument("--model", default="test_resnet")
     a = p.parse_args()
-    {"point": point, "table": table, "sizes": sizes}[a.cmd](a)
+    {"point": point, "table": table, "sizes": sizes, "modes": modes}[a.cmd](a)
