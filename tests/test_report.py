@@ -354,3 +354,23 @@ def test_bench_run_and_bench_tune_pass_their_metric_to_the_leaderboard(demo_runs
     assert "Target metric: `overall_acc` (`--metric overall`)" in md.read_text()
     tune_main(["--trials", "2", "--epochs", "1", "--metric", "both", "--study", "b", *tiny])  # no leaderboard metric
     assert "Target metric: `overall_acc` (`--metric overall`, named by an earlier command" in md.read_text()
+
+
+def test_an_attribute_named_like_a_leaderboard_column_keeps_both(tmp_path):
+    """A CSV dataset's attribute called `n` (or `rank`, `device`) overwrote the leaderboard's own column."""
+    from bench.artifacts import save_probs, write_json
+    labels = np.array([[0, 1], [1, 1], [1, 0], [0, 0]])
+    pred = np.array([[0, 1], [1, 0], [1, 0], [1, 0]])  # n: 3 of 4 right, rank: 3 of 4 right
+    d = tmp_path / "runs/r/m"
+    d.mkdir(parents=True)
+    probs = np.concatenate([np.eye(2)[pred[:, 0]], np.eye(2)[pred[:, 1]]], 1)
+    save_probs(d / "probs_val.npz", plain=probs, flip=probs, labels=labels)
+    write_json({"kind": "model", "status": "done", "num_classes": [2, 2], "attributes": ["n", "rank"],
+                "dataset": "fp", "config": {"dataset": "fp", "recipe": {"select": "last"}},
+                "class_names": [["a", "b"], ["c", "d"]]}, d / "run.json")
+    md = build_report(tmp_path / "runs", tmp_path / "rep", quiet=True).read_text()
+    row = pd.read_csv(tmp_path / "rep/leaderboard.csv").iloc[0]
+    assert row["n"] == 4 and row["rank"] == 1  # the leaderboard's own columns
+    assert row["acc_n"] == pytest.approx(3 / 4) and row["acc_rank"] == pytest.approx(3 / 4)  # the attributes'
+    header = next(line for line in md.splitlines() if line.startswith("| # | entry |"))
+    assert header.count("| n |") == 2 and "| rank |" in header  # the count and the attribute, each shown

@@ -254,7 +254,7 @@ def leaderboard_frame(entries: list[Entry], sort: str = "overall_acc", metric: s
     # TTA: each entry at its declared views; the baseline's constant prediction has no views to add
     tta = compare_with_leader({e.label: e.pred if e.kind == "baseline" else e.tta_pred for e in entries}, labels, nc,
                               metric)
-    rows = []
+    rows, columns = [], None
     by_label = {x.label: x for x in entries}
     for rank, e in enumerate(entries, 1):
         m, s = e.meta, e.score
@@ -268,14 +268,19 @@ def leaderboard_frame(entries: list[Entry], sort: str = "overall_acc", metric: s
                "tta_views": e.tta_views if ts else "-", "tta_overall_acc": ts["overall_acc"] if ts else None,
                "tta_class_avg_acc": ts["class_avg_acc"] if ts else None,
                "mean_class_acc": s["mean_class_acc"], "macro_f1": s["macro_f1"],
-               **{a: s["attr_acc"][a] for a in attributes},
                "params_M": round(m["params"] / 1e6, 2) if "params" in m else None, "gflops": m.get("gflops"),
                "train_time_s": m.get("train_time_s"), "img_per_s": m.get("img_per_s"), "device": m.get("device"),
                "leader": e.label == plain["leader"], "n": len(labels), "scored_on": e.meta.get("scored_on", "val"),
                **plain[e.label], "tta_leader": e.label == tta["leader"],
                **{f"tta_{k}": v for k, v in tta.get(e.label, dict.fromkeys(plain[e.label])).items()}}
+        # an attribute's accuracy column is its name, or acc_<name> where the row has a column of that name
+        # already (a CSV dataset may call an attribute `n`, `rank` or `device`)
+        columns = columns or {a: f"acc_{a}" if a in row else a for a in attributes}
+        row.update({columns[a]: s["attr_acc"][a] for a in attributes})
         rows.append(row)
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    df.attrs["attribute_columns"] = columns or {a: a for a in attributes}
+    return df
 
 
 def decision_label(e: Entry) -> str:
@@ -309,7 +314,8 @@ def render_leaderboard(df: pd.DataFrame, attributes) -> str:
         "cavg": [f"**{_fmt(a)}** [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]" for a, lo, hi in
                  zip(df["class_avg_acc"], df["class_ci_lo"], df["class_ci_hi"])],
         "mca": df["mean_class_acc"].map(_fmt),
-        "f1": df["macro_f1"].map(_fmt), **{a: df[a].map(lambda v: _fmt(v, ".3f")) for a in attributes},
+        "f1": df["macro_f1"].map(_fmt),
+        **{f"attr:{a}": df[df.attrs["attribute_columns"][a]].map(lambda v: _fmt(v, ".3f")) for a in attributes},
         "params": df["params_M"].map(lambda v: _fmt(v, ".1f")), "gflops": df["gflops"].map(lambda v: _fmt(v, ".2f")),
         "time": df["train_time_s"].map(lambda v: _fmt(v, ".0f")), "ips": df["img_per_s"].map(lambda v: _fmt(v, ".0f")),
         "device": df["device"].map(lambda v: _fmt(v, "")),
@@ -318,7 +324,7 @@ def render_leaderboard(df: pd.DataFrame, attributes) -> str:
             ("n", "n"), ("views", "views"), ("overall", "overall acc [95% CI]"),
             ("cavg", "class-average acc (2024) [95% CI]"), ("tta_views", "TTA views"), ("tta", "TTA overall"),
             ("tta_cavg", "TTA class-average"), ("decision", "decision"),
-            ("mca", "balanced acc."), ("f1", "macro-F1"), *[(a, a) for a in attributes],
+            ("mca", "balanced acc."), ("f1", "macro-F1"), *[(f"attr:{a}", a) for a in attributes],
             ("params", "params (M)"), ("gflops", "GFLOPs"), ("time", "train s (sum of epochs)"),
             ("ips", "img/s (median epoch)"), ("device", "device")]
     return markdown_table(view, cols)
