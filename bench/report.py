@@ -1,11 +1,12 @@
 """Leaderboard report rebuilt from run artifacts alone (no retraining); same artifacts, same report.
 
     python -m bench.report [--workdir PATH] [--runs-dir RUNS] [--out DIR] [--metric overall|class] [--sort KEY]
-                           [--dataset FINGERPRINT]
+                           [--dataset FINGERPRINT] [--gallery ENTRY]
 
 A report belongs to its runs folder: by default a folder named `runs` reports to `reports/` beside it
 (WORKDIR/runs -> WORKDIR/reports), any other RUNS to RUNS/_report/, so training elsewhere never overwrites another
-leaderboard. Writes OUT/leaderboard.md, its CSV twin OUT/leaderboard.csv, and figures in OUT/leaderboard_files/.
+leaderboard. Writes OUT/leaderboard.md, its CSV twin OUT/leaderboard.csv, and figures in OUT/leaderboard_files/,
+among them galleries of the leader's most confident mistakes on val (and of ENTRY's with --gallery).
 With nothing to rank it says so on stderr and exits 1. The library is bench/reporting/; this module parses arguments.
 """
 from __future__ import annotations
@@ -29,9 +30,16 @@ def main(argv=None):
                         "keep it too)")
     p.add_argument("--sort", choices=SORT_KEYS, help="reorder rows by another column (default: the --metric)")
     p.add_argument("--dataset", help="dataset fingerprint to report (default: the one with most runs)")
+    p.add_argument("--gallery", metavar="ENTRY",
+                   help="also draw ENTRY's galleries (a leaderboard entry: run/model or _ensembles/NAME): its most "
+                        "confident wrong predictions per attribute and the rarest classes' images, on the dataset's "
+                        "original photos; the leader's are always drawn")
     a = p.parse_args(argv)
     runs_dir = Path(a.runs_dir) if a.runs_dir else workdir.resolve(a.workdir).runs
-    path = build_report(runs_dir, a.out, a.sort, a.dataset, metric=a.metric)
+    try:
+        path = build_report(runs_dir, a.out, a.sort, a.dataset, metric=a.metric, gallery=a.gallery)
+    except ValueError as e:  # --gallery naming no entry (with the valid names), checked before anything is written
+        p.error(str(e))
     if path is None:  # build_report said why on stderr
         raise SystemExit(1)
     return path

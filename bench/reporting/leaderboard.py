@@ -101,6 +101,8 @@ def val_scoring(e: Entry, others: dict[str, Entry] | None = None) -> str:
         text = "last epoch (val chose nothing)" if last else "epoch selected on val (optimistic)"
     if "refit" in e.meta:
         text += f"; test predictions from a refit on train + val ({e.meta['refit']['epochs']} epochs)"
+    if "distill" in e.meta:  # bench.distill's student: its teacher and what of it was chosen on val or saw test
+        text += "; " + e.meta["distill"].get("provenance", f"distilled from `{e.meta['distill'].get('teacher')}`")
     return text
 
 
@@ -363,7 +365,8 @@ def render_comparisons(df: pd.DataFrame, metric: str) -> list[str]:
     return md
 
 
-def render_per_class(entries: list[Entry], class_names, attributes) -> str:
+def render_per_class(entries: list[Entry], class_names, attributes, extra: dict | None = None) -> str:
+    """`extra`: more columns, title -> {(attribute index, class): cell} (the galleries' wrong / labelled links)."""
     rows = []
     for a, names in enumerate(class_names):
         for c, name in enumerate(names):
@@ -371,10 +374,42 @@ def render_per_class(entries: list[Entry], class_names, attributes) -> str:
             for e in entries:
                 v = e.score["class_acc"][a][c]
                 row[e.label] = "n/a" if v is None else f"{v:.2f}"
+            row.update({title: cells[a, c] for title, cells in (extra or {}).items()})
             rows.append(row)
     df = pd.DataFrame(rows)
     return markdown_table(df, [("attribute", "attribute"), ("class", "class"),
-                               *[(e.label, f"`{e.label}`") for e in entries]])
+                               *[(e.label, f"`{e.label}`") for e in entries], *[(t, t) for t in extra or {}]])
+
+
+def unknown_gallery(entries: list[Entry], name: str) -> str | None:
+    """Why `--gallery name` names no entry (with the valid names), or None when it is one."""
+    valid = sorted(e.label for e in entries if e.kind != "baseline")
+    if name in valid:
+        return None
+    return f"--gallery {name!r}: no such entry; valid entries: {', '.join(valid) or 'none'}"
+
+
+def galleries(entries: list[Entry], labels: list[str], runs_dir: Path, files: Path) -> tuple[dict, list[str]]:
+    """Draw the galleries of the named entries (bench/reporting/gallery.py): the per-class table's extra columns
+    and the report's section; a gallery that cannot be drawn gets one line saying why."""
+    from bench.reporting import gallery as rg
+    extra, md = {}, ["## Mistakes you can see", "",
+                     "The most confident wrong predictions per attribute (true / predicted class / p, the "
+                     "probability of the predicted class, highest first), and the rarest classes' images with what "
+                     "was predicted. The per-class table links each class's wrong / labelled count to its "
+                     "attribute's grid.", ""]
+    for label in labels:
+        e = next(x for x in entries if x.label == label)
+        try:
+            with np.load(e.extra["dir"] / "probs_val.npz") as z:
+                probs = {k: z[k] for k in z.files}
+            g = rg.build_gallery(e.label, e.kind, e.meta, probs, runs_dir, files)
+        except (rg.GalleryUnavailable, OSError) as err:
+            md += [f"_No gallery for `{label}`: {err}._", ""]
+            continue
+        extra[f"`{label}` wrong on {g.split}"] = rg.per_class_links(g)
+        md += rg.render(g)
+    return extra, md
 
 
 def _write(out: Path, md: list[str]) -> Path:
@@ -408,11 +443,14 @@ def resolve_target(out: Path, metric: str | None) -> tuple[str, str]:
 
 
 def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, sort: str | None = None,
-                 dataset: str | None = None, quiet: bool = False, metric: str | None = None) -> Path | None:
+                 dataset: str | None = None, quiet: bool = False, metric: str | None = None,
+                 gallery: str | None = None) -> Path | None:
     """Write the leaderboard of `runs_dir` to `out` (default report_dir(runs_dir)); its path, or None when nothing
     is ranked (a report listing the runs left out, and why, is still written when there are any). `metric` is the
     target (bench.metrics.TARGETS): the default sort, the leader and the comparisons; None keeps the one a command
-    last named for this report folder (resolve_target), else overall. `sort` reorders rows only."""
+    last named for this report folder (resolve_target), else overall. `sort` reorders rows only. The leader, and the
+    entry `gallery` names, get galleries of their mistakes (bench/reporting/gallery.py); a `gallery` naming no
+    entry raises ValueError (with the valid names) before anything is written."""
     from bench.reporting import plots as rp
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else report_dir(runs_dir)
@@ -420,6 +458,8 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     metric, chosen = resolve_target(out, metric)
     sort = sort or TARGETS[metric]
     entries, notes, fp = collect(runs_dir, dataset)
+    if gallery is not None and (why := unknown_gallery(entries, gallery)):
+        raise ValueError(why)
     if not entries and not notes:
         if not quiet:
             print(f"report: no runs under {runs_dir}/, nothing written", file=sys.stderr)
@@ -527,7 +567,12 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
                "![class distribution](leaderboard_files/class_distribution.png)", ""]
     else:
         md += ["_No training class counts recorded in the runs._", ""]
-    md += ["## Per-class accuracy (recall)", "", render_per_class(ordered, class_names, attributes), "",
+    # galleries: the first table's best entry on the target that has probabilities (not the baseline), and --gallery's
+    best = min((e for e in by_set[first] if e.kind != "baseline"), key=lambda e: (-e.score[TARGETS[metric]], e.label))
+    extra, gallery_md = galleries(entries, list(dict.fromkeys([best.label] + ([gallery] if gallery else []))),
+                                  runs_dir, files)
+    md += ["## Per-class accuracy (recall)", "", render_per_class(ordered, class_names, attributes, extra), "",
+           *gallery_md,
            "## Confusion matrices", ""]
     for e in ordered:
         if e.kind == "baseline":
