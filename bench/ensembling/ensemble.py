@@ -132,6 +132,13 @@ def checkpoint_key(member: RunArtifacts, split: str) -> str:
     return f"{ckpt.relative_to(member.dir)}-{st.st_size}-{st.st_mtime_ns}"
 
 
+def member_identity(member: RunArtifacts) -> dict:
+    """What an entry records of each member, so that a later reader (bench.distill) can tell a member retrained
+    since (`bench.run --force`, a new refit): the checkpoint identity of each split's weights and its finish time."""
+    return {"val": checkpoint_key(member, "val"), "test": checkpoint_key(member, "test"),
+            "finished": member.meta.get("finished")}
+
+
 def tta_mean(probs: dict[str, np.ndarray], views: list[str]) -> np.ndarray:
     return np.mean([probs[v] for v in views], axis=0)
 
@@ -384,6 +391,7 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
               "gflops": round(sum(m.meta.get("gflops", 0) for m in members) * len(views), 3),
               "train_time_s": round(sum(m.meta.get("train_time_s", 0) for m in members), 2),
               "device": members[0].meta.get("device"), "prediction": str(txt),
+              "member_identity": {m.label: member_identity(m) for m in members},
               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
     hidden = Path(a.data or members[0].meta["data_root"]) / "hidden" / "test_attr.txt"
     if hidden.exists():  # demo data only: its test labels exist for exactly this

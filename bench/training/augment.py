@@ -68,10 +68,11 @@ def pixel_boxes(sx, sy, tx, ty, h: int, w: int) -> torch.Tensor:
 
 def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35, hflip: bool = True,
             rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None,
-            crop_ratio: float = 4 / 3, crop_sampling: str = "area", antialias: bool = False) -> torch.Tensor:
+            crop_ratio: float = 4 / 3, crop_sampling: str = "area", antialias: bool = False,
+            return_mirror: bool = False):
     """Random resized crop (drawn by crop_boxes: area or side fraction per `crop_sampling`, aspect in [1/crop_ratio,
     crop_ratio]) resized to out_size, by one warp per batch or, with `antialias`, per image; rotation, flip, colour
-    jitter."""
+    jitter. `return_mirror`: also return which images were mirrored, (B,) bool (the same draws either way)."""
     b, _, h, w = x_uint8.shape
     dev = x_uint8.device
     x = x_uint8.float()
@@ -93,9 +94,10 @@ def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35,
         ], 1)
         grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    mirror = torch.zeros(b, dtype=torch.bool, device=dev)
     if hflip:
-        mirror = (torch.rand(b, generator=g, device=dev) < 0.5).view(b, 1, 1, 1)
-        x = torch.where(mirror, x.flip(3), x)
+        mirror = torch.rand(b, generator=g, device=dev) < 0.5
+        x = torch.where(mirror.view(b, 1, 1, 1), x.flip(3), x)
     if jitter:
         bright = _uniform(b, 1 - jitter, 1 + jitter, g, dev).view(b, 1, 1, 1)
         contrast = _uniform(b, 1 - jitter, 1 + jitter, g, dev).view(b, 1, 1, 1)
@@ -105,4 +107,5 @@ def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35,
         x = (x - grey.mean((2, 3), keepdim=True)) * contrast + grey.mean((2, 3), keepdim=True)
         grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = grey + (x - grey) * sat
-    return x.clamp_(0, 255).contiguous(memory_format=torch.channels_last)
+    x = x.clamp_(0, 255).contiguous(memory_format=torch.channels_last)
+    return (x, mirror) if return_mirror else x

@@ -170,8 +170,13 @@ ARTIFACTS = ("last.pt", "best.pt", "run.json", "history.csv", "curves.png", "pro
 def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe, size: int, model_dir: Path,
                 seed: int = 0, progress: bool = True, on_epoch=None, force: bool = False,
                 extra_meta: dict | None = None, persist: bool = True, compile: str = "off",
-                checkpoint_every: float | None = None) -> dict:
+                checkpoint_every: float | None = None, extra_config: dict | None = None,
+                make_trainer=None) -> dict:
     """Train (or resume, or skip if finished) one model; write its artifacts; return its run.json contents.
+
+    `extra_config` is merged into the run's config (a later call with another one stops with "different config");
+    `make_trainer` (default Trainer) builds the trainer with Trainer's arguments, e.g. a distillation trainer
+    (bench/distilling/): it is called only when there is training to do, inside the claim.
 
     persist=False (tune trials): no resumable state and no weight files are written, only run.json, history.csv
     and the probabilities. The folder is claimed while this runs (bench/artifacts.py `claim`): a second process or
@@ -183,14 +188,14 @@ def train_model(name: str, ds: FashionDataset, store: ImageStore, recipe: Recipe
 
         store.dist.on_main(take_claim)
         return _train_model(name, ds, store, recipe, size, Path(model_dir), seed, progress, on_epoch, force,
-                            extra_meta, persist, compile, checkpoint_every)
+                            extra_meta, persist, compile, checkpoint_every, extra_config, make_trainer)
 
 
 def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_epoch, force, extra_meta, persist,
-                 compile, checkpoint_every) -> dict:
+                 compile, checkpoint_every, extra_config=None, make_trainer=None) -> dict:
     entry = get_entry(name)
     config = {"model": name, "timm_name": entry.timm_name, "size": size, "seed": seed,
-              "dataset": ds.fingerprint(), "recipe": recipe.to_dict()}
+              "dataset": ds.fingerprint(), "recipe": recipe.to_dict(), **(extra_config or {})}
     meta_path = model_dir / "run.json"
     dist = store.dist
     old = dist.on_main(lambda: _prepare_folder(name, model_dir, config, force))  # rank 0 reads; all ranks agree
@@ -206,9 +211,10 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
         model, init = create_model(name, ds.num_classes, recipe.dropout, recipe.hidden, recipe.pretrained)
     for w in caught:
         print(f"[{name}] WARNING: {w.message}")
-    trainer = Trainer(model, recipe, train, val, model_dir, class_counts(labels["train"], ds.num_classes),
-                      seed=seed, size=size, progress=progress, on_epoch=on_epoch, persist=persist, compile=compile,
-                      checkpoint_every=checkpoint_every, dist=dist)
+    trainer = (make_trainer or Trainer)(model, recipe, train, val, model_dir,
+                                        class_counts(labels["train"], ds.num_classes), seed=seed, size=size,
+                                        progress=progress, on_epoch=on_epoch, persist=persist, compile=compile,
+                                        checkpoint_every=checkpoint_every, dist=dist)
     meta = {"name": name, "config": config, "status": "training", "init": init, **trainer.info(),
             "input": model.input_config, "compiled": trainer.compiled,
             "device": device_name(device) + (f" x {dist.world} (DDP, {dist.backend})" if dist.enabled else ""),

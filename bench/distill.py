@@ -1,0 +1,135 @@
+"""Distil an ensemble into one model: a student trained on the ensemble's soft targets and the labels.
+
+    python -m bench.distill --teacher ensemble --student tf_efficientnet_lite0 --pretrained PATH --size 128
+    python -m bench.distill --teacher default,b --student resnet18 --mode online   # a list of runs, uniform mean
+
+The teacher is an ensemble entry (RUNS/_ensembles/NAME, written by bench.ensemble --name NAME: its members, weights
+and combiner) or a comma list of runs (uniform mean). Loss per attribute head: alpha * T^2 * KL(teacher_T ||
+student_T) + (1 - alpha) * the recipe's loss on the label, summed over the heads (bench/distilling/kd.py). The
+student trains like `bench.run` into RUNS/<run>/<student>/ (re-running the same command resumes or skips it), is
+ranked on the leaderboard with `distilled from <teacher>`, and `bench.ensemble --runs <run>` fits its decision rule.
+The library is bench/distilling/; this module parses arguments (torch loads after --help).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import workdir
+from bench.metrics import TARGET_HELP, TARGETS
+from bench.training.arguments import add_recipe_arguments, recipe_overrides
+from zoo.recipes import RECIPE_NAMES
+
+MODE_HELP = ("cached (default on the CPU): the teacher's probabilities for every training image, plain and mirrored, "
+             "computed once and stored in the student's run folder (a resumed run reuses them); each step a "
+             "mirrored image gets the mirrored view's target, any other the plain view's (the teacher does not see "
+             "the crop, rotation or colour jitter). Cached targets on the teacher's own training images are "
+             "in-sample: its members trained on them, so they are more confident than on new images. online "
+             "(default on CUDA): every member runs on the student's augmented batch at each step (inference mode, "
+             "autocast), so the target matches what the student sees; costs a forward pass of every member per step")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bench.data import add_layout_arguments
+    from bench.distilling.kd import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+    p = argparse.ArgumentParser(prog="python -m bench.distill", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
+    p.add_argument("--teacher", required=True,
+                   help="an ensemble entry's name (RUNS/_ensembles/NAME; bench.ensemble --name) or a comma list of "
+                        "runs (run or run/model labels, uniform mean). An entry whose members were retrained after "
+                        "it was written is refused (rebuild it with bench.ensemble --force)")
+    p.add_argument("--student", required=True, help="a zoo name or any timm model name")
+    p.add_argument("--mode", default="auto", choices=["auto", "cached", "online"], help=MODE_HELP)
+    p.add_argument("--temperature", "-T", type=float, default=DEFAULT_TEMPERATURE,
+                   help=f"T: the teacher's combined distribution p becomes p^(1/T) renormalised, the student's "
+                        f"softmax(z / T) (default {DEFAULT_TEMPERATURE:g}; recorded in run.json)")
+    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                   help=f"weight of the distillation term (x T^2); 1 - alpha weighs the recipe's loss on the label "
+                        f"(default {DEFAULT_ALPHA:g}; 0: plain training, 1: the teacher alone)")
+    p.add_argument("--refit", action="store_true",
+                   help="after the val run, distil again on train + val for the epochs it used, the targets from the "
+                        "members' test weights (their refit models where they have them); its test probabilities "
+                        "become the student's, the val statistics stay the val run's (like bench.run --refit)")
+    p.add_argument("--unlabelled", metavar="test|FOLDER|LISTFILE",
+                   help="also train on these images, labelled by the teacher only (label -1: the distillation term "
+                        "alone): the test split (transductive; the leaderboard row says so), a folder of images, or "
+                        "a file listing image paths (relative to the file). Recorded in run.json; off by default")
+    p.add_argument("--recipe", choices=RECIPE_NAMES,
+                   help="recipe preset (zoo/recipes.py); default: finetune when the student starts from pretrained "
+                        "weights, scratch from random init")
+    p.add_argument("--metric", choices=list(TARGETS),
+                   help=TARGET_HELP + " (default overall); recipes that pick their epoch on val pick it by this metric")
+    p.add_argument("--run", help="run name: the student goes to OUT/RUN/STUDENT (default distill-<teacher>)")
+    p.add_argument("--out", help="runs folder, where the teacher's runs and entry are and the student goes (default "
+                                 "WORKDIR/runs)")
+    workdir.add_argument(p)
+    p.add_argument("--data", help="dataset root (default: the one the teacher's members trained on)")
+    add_layout_arguments(p)
+    add_recipe_arguments(p)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--data-mode", default="auto", choices=["auto", "resident", "stream"],
+                   help="as bench.run --data-mode (not part of the config)")
+    p.add_argument("--compile", default="off", choices=["auto", "on", "off"], help="torch.compile the student's step")
+    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   help="save the resumable state at the first epoch boundary after this many seconds (default: 50x "
+                        "the cost of one save)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="retrain the student (and recompute cached targets)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-report", action="store_true", help="skip rebuilding the leaderboard")
+    return p
+
+
+def fail(message: str, code: int = 2):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def main(argv=None) -> dict:
+    a = build_parser().parse_args(argv)
+    from bench.artifacts import ArtifactError, ClaimError
+    from bench.data import DatasetError, layout_args
+    from bench.distilling.distill import DistillSpec, distill
+    from bench.distilling.teacher import TeacherError
+    from bench.training.trainer import ConfigMismatch, NonFiniteLoss, OutOfMemory, pick_device
+    from zoo import UnknownModel
+    from zoo.recipes import RECIPES
+    wd = workdir.resolve(a.workdir)
+    out = Path(a.out) if a.out else wd.runs
+    if a.checkpoint_every is not None and not a.checkpoint_every >= 0:
+        fail(f"--checkpoint-every {a.checkpoint_every}: must be a number of seconds >= 0")
+    try:
+        overrides = recipe_overrides(a)
+        RECIPES[a.recipe if a.recipe in RECIPES else "scratch"].updated(**overrides)  # bad flags fail before data
+        device = pick_device(a.device)
+        layout = layout_args(a)
+        if not a.data and (layout["labels"] or layout["val_fraction"] is not None):
+            raise ValueError("--labels / --val-fraction need --data")
+        spec = DistillSpec(teacher=a.teacher, student=a.student, runs_dir=out, run=a.run, recipe=a.recipe,
+                           overrides=overrides, metric=a.metric or "overall", mode=a.mode, temperature=a.temperature,
+                           alpha=a.alpha, refit=a.refit, unlabelled=a.unlabelled,
+                           data=Path(a.data) if a.data else None,
+                           layout=layout if (layout["labels"] or layout["val_fraction"] is not None) else None,
+                           seed=a.seed, force=a.force, progress=not a.no_progress, data_mode=a.data_mode,
+                           compile=a.compile, checkpoint_every=a.checkpoint_every)
+        meta = distill(spec, device)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the student's last saved state is in {out}/<run>/{a.student}/last.pt; run the same "
+              f"command again to resume", file=sys.stderr)
+        raise SystemExit(130)
+    except (TeacherError, DatasetError, UnknownModel, ArtifactError, KeyError, ValueError, FileNotFoundError) as e:
+        fail(e.args[0] if isinstance(e, KeyError) and e.args else str(e))
+    except ClaimError as e:
+        fail(str(e), 1)
+    except (ConfigMismatch, NonFiniteLoss, OutOfMemory) as e:
+        fail(str(e), 1)
+    if not a.no_report:
+        from bench.reporting.leaderboard import build_report
+        build_report(out, metric=a.metric)
+    return meta
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Distil a teacher (an ensemble entry, or a list of runs) into one student model (library of bench.distill).
+
+The student is any zoo or timm model, trained by the shared trainer (bench/training/) into a normal run folder
+RUNS/<run>/<student>/ (claimed, resumable bit for bit, atomic artifacts, skipped when finished), so the leaderboard
+ranks it like any run and `bench.ensemble --runs <run>` fits its decision rule. Its loss is kd.py's: per attribute
+head, alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the recipe's loss on the label.
+
+Modes:
+- `cached` (default on the CPU): the teacher's combined probabilities for every training image, in its plain and
+  its mirrored view, are computed once (each member once per view) and stored in the student's run folder
+  (`teacher_targets.npz`, keyed to the teacher's checkpoints and the image list, so a resumed run reuses them and a
+  changed teacher recomputes them). Each step, an image the student's augmentation mirrored gets the mirrored view's
+  target, any other the plain view's; the crop, rotation and colour jitter of the augmentation are not seen by the
+  teacher (a crop gets the whole image's target). Costs about one training run plus one teacher pass per view.
+  Cached targets on the teacher's own training images are in-sample: the members trained on them, so they are more
+  confident (closer to the labels) than the teacher is on new images.
+- `online` (default on CUDA; "function matching", Beyer et al. 2022): every member runs on the student's augmented
+  batch at each step (inference mode, autocast, on the training device), so the target always matches exactly what
+  the student sees; nothing is precomputed. Costs a forward pass of every member per step.
+
+Honesty: the student is scored on val like any run; without --refit no val image is ever in its training split, so
+no teacher target of a val image reaches it (checked before training). Teacher members that chose their epoch or
+parameters on val are recorded and named on the student's leaderboard row (the student inherits that optimism).
+`refit`: like `bench.run --refit`, after the val run a second distillation on train + val for the epochs the val
+run used, whose test predictions become the student's; its teacher targets come from the members' test weights
+(their refit models, where they have them). `unlabelled` adds images (the test split, a folder, or a list file)
+that only the teacher labels: label -1 for every attribute, so only the KD term learns from them; on the test split
+this is transductive, and the row says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.artifacts import save_probs, write_json
+from bench.data import DatasetError, FashionDataset, Split, open_dataset, reopen_args
+from bench.data.dataset import cache_home, check_image_files
+from bench.distilling.kd import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DistillLoss
+from bench.distilling.teacher import OnlineTeacher, Teacher, TeacherError, cached_targets, load_teacher
+from bench.training.augment import augment
+from bench.training.kfold import refit as refit_model
+from bench.training.train import (ImageStore, choose_data_mode, decoded_bytes, demo_settings, resolve_recipe,
+                                  train_model)
+from bench.training.trainer import Trainer
+
+MODES = ("auto", "cached", "online")
+TARGETS_FILE = "teacher_targets.npz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class DistillTrainer(Trainer):
+    """The shared Trainer with the distillation loss: each step's teacher targets come from `source(rows, mirrored,
+    x)` (rows of the training split, which images the augmentation mirrored, the augmented batch) and reach the
+    loss before the step (DistillLoss.set_targets). Everything else (schedule, EMA, checkpoints, resume, OOM
+    micro-batches) is the Trainer's."""
+
+    def __init__(self, *args, source, temperature: float, alpha: float, **kw):
+        super().__init__(*args, **kw)
+        if self.dist.enabled:
+            raise ValueError("distillation runs in one process (no torchrun)")
+        self.criterion = DistillLoss(self.criterion, temperature, alpha)
+        self.source = source
+        self._batch = None
+
+    def augment_batch(self, idx: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """The Trainer's augmentation (the same draws), remembering the rows and which images it mirrored."""
+        r = self.recipe
+        images = self.train.x[idx] if images is None else images
+        x, mirror = augment(images, self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter, out_size=self.size,
+                            crop_ratio=r.crop_ratio, crop_sampling=r.crop_sampling, antialias=r.crop_antialias,
+                            return_mirror=True)
+        self._batch = (idx, mirror)
+        return x
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        idx, mirror = self._batch
+        self.criterion.set_targets(self.source(idx, mirror, x))
+        return super()._step(x, y)
+
+
+class CachedSource:
+    """Targets looked up per row: the mirrored view's for mirrored images, else the plain view's."""
+
+    def __init__(self, targets: dict[str, np.ndarray], device):
+        self.plain = torch.from_numpy(targets["plain"]).to(device)
+        self.flip = torch.from_numpy(targets["flip"]).to(device)
+
+    def __call__(self, idx, mirror, x) -> torch.Tensor:
+        return torch.where(mirror[:, None], self.flip[idx], self.plain[idx])
+
+
+class OnlineSource:
+    def __init__(self, teacher: OnlineTeacher):
+        self.teacher = teacher
+
+    def __call__(self, idx, mirror, x) -> torch.Tensor:
+        return self.teacher(x)
+
+
+def targets_key(teacher: Teacher, split: str, files: list[Path]) -> str:
+    """Identity of a set of cached targets: the teacher (members' checkpoints of `split`, weights, combiner) and
+    the images, in order."""
+    h = hashlib.sha256(json.dumps({"teacher": teacher.identity(), "split": split}, sort_keys=True).encode())
+    h.update("\n".join(map(str, files)).encode())
+    return h.hexdigest()[:16]
+
+
+def load_or_compute_targets(teacher: Teacher, split: str, files: list[Path], run_dir: Path, device) -> dict:
+    """The cached targets in run_dir/teacher_targets.npz when they are this teacher's for these images, else
+    computed now and stored there (atomically)."""
+    path, key = Path(run_dir) / TARGETS_FILE, targets_key(teacher, split, files)
+    if path.exists():
+        with np.load(path) as z:
+            if str(z["key"]) == key:
+                print(f"  teacher targets: reusing {path} ({len(z['plain'])} images)")
+                return {"plain": z["plain"], "flip": z["flip"]}
+        print(f"  teacher targets: {path} is another teacher's or other images': recomputing")
+    print(f"  teacher targets: {len(teacher.members)} member(s) x 2 views (plain, flip) on {len(files)} images "
+          f"(once; stored in {path})")
+    targets = cached_targets(teacher, split, files, device)
+    save_probs(path, **targets, key=np.array(key), files=np.array([str(f) for f in files]))
+    return targets
+
+
+def trainer_factory(teacher: Teacher, mode: str, split: str, files: list[Path], temperature: float, alpha: float):
+    """make_trainer for train_model: a DistillTrainer whose teacher labels `files` (the rows of the training split,
+    in order) from the members' `split` weights."""
+    def make(model, recipe, train, val, run_dir, counts, **kw):
+        if len(train.x) != len(files):
+            raise RuntimeError(f"training split has {len(train.x)} rows, the teacher's image list {len(files)}")
+        device = train.x.device
+        if mode == "cached":
+            source = CachedSource(load_or_compute_targets(teacher, split, files, run_dir, device), device)
+        else:
+            source = OnlineSource(OnlineTeacher(teacher, split, device))
+        return DistillTrainer(model, recipe, train, val, run_dir, counts, source=source, temperature=temperature,
+                              alpha=alpha, **kw)
+    return make
+
+
+@dataclass
+class ExtendedDataset(FashionDataset):
+    """The dataset with extra, teacher-labelled images appended to its train split (labels -1). Its fingerprint
+    stays the original dataset's, so the student ranks and ensembles with the runs of that dataset; the extra images
+    are part of the student's config (`distill.unlabelled`)."""
+    base_fingerprint: str = ""
+
+    def fingerprint(self) -> str:
+        return self.base_fingerprint
+
+
+def unlabelled_paths(ds: FashionDataset, source: str) -> tuple[list[str], dict]:
+    """Paths of --unlabelled images (relative to the dataset root, or absolute) and what run.json records."""
+    if source == "test":
+        paths = list(ds.splits["test"].paths)
+        info = {"source": "test", "transductive": True}
+    else:
+        where = Path(source)
+        if where.is_dir():
+            paths = sorted(str(p.resolve()) for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            info = {"source": str(where.resolve()), "kind": "folder", "transductive": False}
+        elif where.is_file():
+            lines = [ln.strip() for ln in where.read_text(encoding="utf-8-sig").splitlines()]
+            paths = [str((where.parent / ln).resolve()) if not Path(ln).is_absolute() else ln for ln in lines if ln]
+            info = {"source": str(where.resolve()), "kind": "list file", "transductive": False}
+        else:
+            raise DatasetError([f"--unlabelled {source}: not `test`, a folder of images or a list file"])
+        problems = [f"--unlabelled {source}: {p}: no such image" for p in paths if not (ds.root / p).is_file()]
+        problems += check_image_files(ds.root, [p for p in paths if (ds.root / p).is_file()])
+        if not paths:
+            problems.append(f"--unlabelled {source}: no images found")
+        if problems:
+            raise DatasetError(problems, "unlabelled images")
+        labelled = {str((ds.root / p).resolve()): s for s in ("train", "val") for p in ds.splits[s].paths}
+        clash = [f"{p}: already in the {labelled[str((ds.root / p).resolve())]} split" for p in paths
+                 if str((ds.root / p).resolve()) in labelled]
+        if clash:
+            raise DatasetError([f"--unlabelled {source}: " + c for c in clash], "unlabelled images")
+    info["images"] = len(paths)
+    return paths, info
+
+
+def with_unlabelled(ds: FashionDataset, paths: list[str]) -> FashionDataset:
+    tr = ds.splits["train"]
+    labels = np.concatenate([tr.labels, np.full((len(paths), tr.labels.shape[1]), -1, tr.labels.dtype)])
+    splits = {**ds.splits, "train": Split("train", tuple(tr.paths) + tuple(paths), labels)}
+    return ExtendedDataset(ds.root, ds.class_names, splits, ds.attributes, ds.layout,
+                           base_fingerprint=ds.fingerprint())
+
+
+@dataclass
+class DistillSpec:
+    """What to distil into what, and how: bench.distill's options (its --help says what each does)."""
+    teacher: str
+    student: str
+    runs_dir: Path = Path("runs")
+    run: str | None = None              # default distill-<teacher>
+    recipe: str | None = None           # zoo/recipes.py preset; None: by the student's init
+    overrides: dict = field(default_factory=dict)  # recipe fields (bench.run's flags)
+    metric: str = "overall"
+    mode: str = "auto"                  # MODES; auto: cached on the CPU, online on CUDA
+    temperature: float = DEFAULT_TEMPERATURE
+    alpha: float = DEFAULT_ALPHA
+    refit: bool = False
+    unlabelled: str | None = None       # test | FOLDER | LISTFILE
+    data: Path | None = None            # dataset root (default: the one the teacher's members trained on)
+    layout: dict | None = None          # open_dataset's CSV-layout arguments (default: the members')
+    seed: int = 0
+    force: bool = False
+    progress: bool = True
+    data_mode: str = "auto"
+    compile: str = "off"
+    checkpoint_every: float | None = None
+
+
+def default_run_name(teacher: str) -> str:
+    return "distill-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", teacher).strip("-")
+
+
+def provenance(teacher: Teacher, mode: str, temperature: float, alpha: float, unlabelled: dict | None) -> str:
+    """The student's leaderboard note: what it learned from, and what of that was chosen on val or seen test."""
+    text = f"distilled from `{teacher.name}` ({mode}, T {temperature:g}, alpha {alpha:g})"
+    if chose := teacher.selected_on_val():
+        text += f"; teacher members selected on val: {', '.join(chose)} (the student inherits that optimism)"
+    if unlabelled:
+        text += f"; --unlabelled {unlabelled['source']} ({unlabelled['images']} images labelled by the teacher"
+        text += ", transductive: the test split)" if unlabelled.get("transductive") else ")"
+    return text
+
+
+def prepare(spec: DistillSpec, device):
+    """Everything checked before any training: (teacher, mode, dataset with any unlabelled images, unlabelled info,
+    recipe, size). Raises TeacherError, DatasetError, ValueError."""
+    if spec.mode not in MODES:
+        raise ValueError(f"mode {spec.mode!r}: one of {', '.join(MODES)}")
+    if not spec.temperature > 0:
+        raise ValueError(f"--temperature {spec.temperature}: must be > 0")
+    if not 0 <= spec.alpha <= 1:
+        raise ValueError(f"--alpha {spec.alpha}: must be in [0, 1]")
+    mode = spec.mode if spec.mode != "auto" else ("online" if torch.device(device).type == "cuda" else "cached")
+    teacher = load_teacher(spec.runs_dir, spec.teacher)
+    first = teacher.members[0].meta
+    root = Path(spec.data or first["data_root"])
+    ds = open_dataset(root, **(spec.layout or reopen_args(first.get("data_layout"))))
+    if ds.fingerprint() != teacher.dataset:
+        raise TeacherError(f"the dataset at {root} (fingerprint {ds.fingerprint()}) is not the one the teacher's "
+                           f"members trained on ({teacher.dataset}); pass --data")
+    if ds.num_classes != teacher.num_classes:
+        raise TeacherError(f"teacher classes {teacher.num_classes} differ from the dataset's {ds.num_classes}")
+    info = None
+    if spec.unlabelled:
+        paths, info = unlabelled_paths(ds, spec.unlabelled)
+        ds = with_unlabelled(ds, paths)
+    overrides = spec.overrides
+    if spec.data is None and root.resolve().parent == cache_home().resolve() and root.name.startswith("demo-"):
+        overrides = demo_settings(None, overrides, root)  # the built-in demo data: bench.run's quick settings
+    recipe, size = resolve_recipe(spec.student, spec.recipe, overrides, spec.metric)
+    return teacher, mode, ds, info, recipe, size
+
+
+def distill(spec: DistillSpec, device, on_epoch=None) -> dict:
+    """Train (or resume, or skip when finished) the student; returns its run.json contents. Raises TeacherError,
+    DatasetError or ValueError before anything is written when the teacher or the options do not fit."""
+    teacher, mode, ds, info, recipe, size = prepare(spec, device)
+    run = spec.run or default_run_name(spec.teacher)
+    model_dir = Path(spec.runs_dir) / run / spec.student
+    train_files = ds.files("train")
+    val_files = {str(f.resolve()) for f in ds.files("val")}
+    leaked = [f for f in train_files if str(f.resolve()) in val_files]
+    if leaked:  # never: val images are not in train, and --unlabelled refuses them
+        raise ValueError(f"{len(leaked)} val image(s) in the student's training images, e.g. {leaked[0]}")
+    settings = {"teacher": spec.teacher, "mode": mode, "temperature": spec.temperature, "alpha": spec.alpha,
+                "unlabelled": info}
+    extra_config = {"distill": {**settings, "identity": teacher.identity()}}
+    extra_meta = {"distill": {**settings, "teacher_detail": teacher.describe("val"), "refit": spec.refit,
+                              "labelled_by_teacher": {"train": len(ds.splits["train"]) - (info or {}).get("images", 0),
+                                                      "unlabelled": (info or {}).get("images", 0),
+                                                      "val": 0 if not spec.refit else "refit only"},
+                              "provenance": provenance(teacher, mode, spec.temperature, spec.alpha, info),
+                              "in_sample_note": "cached targets on the teacher's own training images are in-sample "
+                                                "(its members trained on them)" if mode == "cached" else None}}
+    dm, why = choose_data_mode(spec.data_mode, decoded_bytes(ds, [(recipe, size)]), device)
+    print(f"[data] {dm}: {why}")
+    print(f"[distill] teacher {teacher.name} ({teacher.kind}: {', '.join(m.label for m in teacher.members)}; "
+          f"{teacher.combine}) -> {spec.student}, {mode}, T {spec.temperature:g}, alpha {spec.alpha:g}; "
+          f"artifacts in {model_dir}")
+    store = ImageStore(ds, device, progress=spec.progress, mode=dm, mode_reason=why)
+    if spec.force:
+        for f in (model_dir / TARGETS_FILE, model_dir / "refit" / TARGETS_FILE):
+            f.unlink(missing_ok=True)
+    kw = dict(progress=spec.progress, force=spec.force, compile=spec.compile, checkpoint_every=spec.checkpoint_every,
+              on_epoch=on_epoch)
+    meta = train_model(spec.student, ds, store, recipe, size, model_dir, spec.seed, extra_meta=extra_meta,
+                       extra_config=extra_config,
+                       make_trainer=trainer_factory(teacher, mode, "val", train_files, spec.temperature, spec.alpha),
+                       **kw)
+    if spec.refit:
+        pool_files = train_files + ds.files("val")
+        meta = refit_model(spec.student, ds, store, recipe, size, model_dir, spec.seed, extra_config=extra_config,
+                           make_trainer=trainer_factory(teacher, mode, "test", pool_files, spec.temperature,
+                                                        spec.alpha), **kw)
+        meta["distill"]["refit_teacher"] = teacher.describe("test")
+        write_json(meta, model_dir / "run.json")
+    return meta
