@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bench import workdir
 from bench.metrics import TARGET_HELP, TARGETS
+from bench.tracking import add_tracking_arguments, tracker_from_args
 from bench.training.arguments import add_recipe_arguments, recipe_overrides
 from zoo.recipes import RECIPE_NAMES
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain the student (and recompute cached targets)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip rebuilding the leaderboard")
+    add_tracking_arguments(p)
     return p
 
 
@@ -89,6 +91,7 @@ def fail(message: str, code: int = 2):
 
 def main(argv=None) -> dict:
     a = build_parser().parse_args(argv)
+    track = tracker_from_args(a)  # --track without a URI or without mlflow stops here, before any work
     from bench.artifacts import ArtifactError, ClaimError
     from bench.data import DatasetError, layout_args
     from bench.distilling.distill import DistillSpec, distill
@@ -114,7 +117,13 @@ def main(argv=None) -> dict:
                            layout=layout if (layout["labels"] or layout["val_fraction"] is not None) else None,
                            seed=a.seed, force=a.force, progress=not a.no_progress, data_mode=a.data_mode,
                            compile=a.compile, checkpoint_every=a.checkpoint_every)
-        meta = distill(spec, device)
+        from bench.distilling.distill import default_run_name
+        model_dir = out / (a.run or default_run_name(a.teacher)) / a.student
+        with track.model_run(f"{model_dir.parent.name}/{a.student}", model_dir) as tracked:  # bench/tracking.py
+            meta = distill(spec, device, on_epoch=None if a.refit else tracked.chain())  # refit: from artifacts
+            tracked.finish(meta)
+        if a.refit:
+            track.log_refit(model_dir, meta)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the student's last saved state is in {out}/<run>/{a.student}/last.pt; run the same "
               f"command again to resume", file=sys.stderr)

@@ -29,6 +29,7 @@ from bench.ensembling.decisions import DECISIONS
 from bench.ensembling.views import VIEWS
 from bench.ensembling.weightings import WEIGHTINGS
 from bench.metrics import TARGET_HELP, TARGETS
+from bench.tracking import add_tracking_arguments, tracker_from_args
 
 
 def parse_args(argv=None):
@@ -57,11 +58,13 @@ def parse_args(argv=None):
     p.add_argument("--force", action="store_true", help="overwrite an existing prediction file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-report", action="store_true", help="skip rebuilding the runs folder's leaderboard")
+    add_tracking_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     a = parse_args(argv)
+    track = tracker_from_args(a)  # --track without a URI or without mlflow stops here, before any work
     from bench.artifacts import ArtifactError
     from bench.data import DatasetError
     from bench.ensembling.ensemble import EnsembleError, EnsembleSpec, make_ensemble
@@ -79,6 +82,7 @@ def main(argv=None) -> dict:
     except (EnsembleError, ArtifactError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)
+    track.log_ensemble(result, spec.runs_dir / "_ensembles" / spec.name, a.folds, a.seed)  # weights, tau, scores
     if not a.no_report:
         from bench.reporting.leaderboard import build_report
         build_report(spec.runs_dir, metric=a.metric)

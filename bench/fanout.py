@@ -70,7 +70,7 @@ def to_argv(parser: argparse.ArgumentParser, ns: argparse.Namespace, **changes) 
         elif isinstance(action, argparse._StoreTrueAction):
             if value:
                 argv.append(long)
-        elif type(action) is argparse._StoreAction and action.nargs is None:
+        elif type(action) is argparse._StoreAction and action.nargs in (None, "?"):
             argv.append(f"{long}={value}")  # `=`: a value starting with '-' stays a value
         elif type(action) is argparse._AppendAction and action.nargs is None:
             argv.extend(f"{long}={v}" for v in value)

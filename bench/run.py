@@ -19,6 +19,7 @@ from pathlib import Path
 from bench import workdir
 from bench.fanout import check_devices, follow_parent, run_children, to_argv
 from bench.metrics import TARGET_HELP, TARGETS
+from bench.tracking import NullTracker, add_tracking_arguments, tracker_from_args
 from bench.training.schemes import LOSSES
 from zoo.recipes import RECIPE_NAMES, RECIPES, parse_setting
 
@@ -77,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true",
                    help="skip rebuilding the leaderboard (WORKDIR/reports/ for WORKDIR/runs, else OUT/_report/)")
+    add_tracking_arguments(p)
     for field, kind in RECIPE_FLAGS.items():
         if field == "loss":  # choices and their meaning from the loss-scheme registry
             p.add_argument("--loss", choices=LOSSES.names(), help="override the recipe's class-imbalance treatment: "
@@ -125,7 +127,7 @@ def main(argv=None) -> list[dict]:
     a = parser.parse_args(argv)
     import pandas as pd
 
-    from bench.artifacts import ClaimError
+    from bench.artifacts import ClaimError, read_run
     from bench.errors import StorageError
     from bench.data import DatasetError, layout_args, open_dataset, resolve_root
     from bench.training.trainer import ConfigMismatch, NonFiniteLoss, OutOfMemory, pick_device
@@ -162,6 +164,7 @@ def main(argv=None) -> list[dict]:
         if field in given:
             fail(f"--set {text} and {given[field]}: the recipe field {field} is given twice")
         overrides[field], given[field] = value, f"--set {text}"
+    track = tracker_from_args(a)  # before any work: --track without a URI or without mlflow stops here
     recipe_name = a.recipe
     wd = workdir.resolve(a.workdir)
     try:
@@ -206,6 +209,7 @@ def main(argv=None) -> list[dict]:
     mode, why = choose_data_mode(a.data_mode, decoded_bytes(ds, [(r, z) for _, r, z in plans], dist), device)
     print(f"[data] {mode}: {why}")
     store = ImageStore(ds, device, progress=not a.no_progress, dist=dist, mode=mode, mode_reason=why)
+    track = track if dist.main else NullTracker()  # under torchrun rank 0 alone logs
     results = []
     for name, recipe, size in plans:
         model_dir = out / run / name
@@ -213,14 +217,22 @@ def main(argv=None) -> list[dict]:
             kw = dict(progress=not a.no_progress, force=a.force, compile=a.compile,
                       checkpoint_every=a.checkpoint_every,
                       extra_meta={"from_study": a.from_study} if a.from_study else None)
-            if a.folds:
-                results.append(train_kfold(name, ds, store, recipe, size, model_dir, a.folds, a.seed, a.fold_seed,
-                                           **kw))
+            if a.folds:  # one MLflow run for the member, its folds nested (bench/tracking.py)
+                with track.model_run(f"{run}/{name}", model_dir, recipe, size, a.seed) as tracked:
+                    meta = train_kfold(name, ds, store, recipe, size, model_dir, a.folds, a.seed, a.fold_seed,
+                                       **kw)
+                    tracked.finish(meta)
+                results.append(meta)
                 continue
-            meta = train_model(name, ds, store, recipe, size, model_dir, a.seed, **kw)
-            if a.refit:
-                meta = refit(name, ds, store, recipe, size, model_dir, a.seed,
-                             **{k: v for k, v in kw.items() if k != "extra_meta"})
+            with track.model_run(f"{run}/{name}", model_dir, recipe, size, a.seed) as tracked:
+                meta = train_model(name, ds, store, recipe, size, model_dir, a.seed, on_epoch=tracked.chain(), **kw)
+                tracked.finish(meta)
+            if a.refit:  # the refit training nested in the val run's MLflow run
+                with track.under_dir(model_dir).model_run(f"{run}/{name}/refit", model_dir / "refit") as tracked:
+                    meta = refit(name, ds, store, recipe, size, model_dir, a.seed, on_epoch=tracked.chain(),
+                                 **{k: v for k, v in kw.items() if k != "extra_meta"})
+                    tracked.finish(read_run(model_dir / "refit").meta)
+                track.log_refit(model_dir, meta)
             results.append(meta)
         except KeyboardInterrupt:
             print(f"\ninterrupted: {name}'s last saved state is in {model_dir / 'last.pt'}; "

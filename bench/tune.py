@@ -32,6 +32,7 @@ from bench.tuning.study import (FINISHED, OBJECTIVES, StudyStopped, budget_of, c
                                 run_study)
 from bench.metrics import TARGET_HELP, TARGETS
 from bench.tuning.spaces import SPACES
+from bench.tracking import add_tracking_arguments, tracker_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     workdir.add_argument(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true")
+    add_tracking_arguments(p)
     return p
 
 
@@ -91,6 +93,7 @@ def main(argv=None) -> optuna.Study:
     from bench.training.train import ImageStore, demo_settings, resolve_recipe
     from bench.errors import StorageError
     from bench.tuning.storage import dashboard_command, default_url, open_storage, resolve_url, shown_url
+    track = tracker_from_args(a)  # before any work: --track without a URI or without mlflow stops here
     wd = workdir.resolve(a.workdir)
     trials_root = Path(a.trials_dir) if a.trials_dir else wd.studies / "trials"
     reports, runs_dir = Path(a.out) if a.out else wd.reports, Path(a.runs_dir) if a.runs_dir else wd.runs
@@ -143,11 +146,15 @@ def main(argv=None) -> optuna.Study:
     print(f"[tune] study {name}: {seeds}, training seed {a.seed}, trial budget {budget}, space {a.space}")
     print(f"[tune] storage {shown_url(url)}; trials in {trials_root / name}; report in {reports}")
     print(f"[tune] watch it live (pip install optuna-dashboard): {dashboard_command(url)}")
+    # one MLflow parent run per study and storage, found again by --workers children, other hosts and resumes
+    tracked = track.study_run(name, shown_url(url), {"model": a.model, "metric": target, "space": a.space,
+                                                     "pruner": a.pruner, "trials": a.trials, "recipe": recipe.name,
+                                                     "seed": a.seed, **budget})
     if workers > 1:
-        return fan_out(parser, a, study, devices, shown_url(url), reports, runs_dir)
+        return fan_out(parser, a, study, devices, shown_url(url), reports, runs_dir, tracked)
     store = ImageStore(ds, device, progress=not a.no_progress)
     objective = make_objective(a.model, ds, store, overrides, a.recipe, metrics, trials_root / name, a.trials, a.seed,
-                               not a.no_progress, sampler_seed, a.space, select_metric)
+                               not a.no_progress, sampler_seed, a.space, select_metric, tracked.children())
     stopped = None
     try:
         run_study(study, objective, a.trials, timeout=a.wait_timeout)
@@ -157,7 +164,7 @@ def main(argv=None) -> optuna.Study:
         raise SystemExit(130)
     except StudyStopped as e:
         stopped = e
-    finish(study, a.no_report, reports, runs_dir, leaderboard_metric(a))
+    finish(study, a.no_report, reports, runs_dir, leaderboard_metric(a), tracked)
     if stopped:
         print(f"error: {stopped}", file=sys.stderr)
         raise SystemExit(1)
@@ -171,9 +178,11 @@ def leaderboard_metric(a) -> str | None:
     return named if named in TARGETS else None
 
 
-def finish(study: optuna.Study, no_report: bool, reports: Path, runs_dir: Path, metric: str | None = None) -> None:
+def finish(study: optuna.Study, no_report: bool, reports: Path, runs_dir: Path, metric: str | None = None,
+           tracked=None) -> None:
     """The study's summary line, its report and the leaderboard (once per command, also with --workers), whose
-    target is `metric` (a leaderboard metric the command named; None keeps the report's own)."""
+    target is `metric` (a leaderboard metric the command named; None keeps the report's own); `tracked` (the
+    study's MLflow run, bench.tracking) gets the outcome and the report."""
     done = counted(study, FINISHED)
     failed = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("error")]
     print(f"[tune] study {study.study_name}: {len(done)} finished trials "
@@ -181,12 +190,14 @@ def finish(study: optuna.Study, no_report: bool, reports: Path, runs_dir: Path, 
     if not no_report:
         from bench.reporting.leaderboard import build_report
         from bench.tuning.report import write_tune_report
-        write_tune_report(study, reports)
+        report = write_tune_report(study, reports)
         build_report(runs_dir, metric=metric)
+    if tracked is not None:
+        tracked.finish_study(study, None if no_report else report)
 
 
 def fan_out(parser, a, study: optuna.Study, devices: list[str], url: str, reports: Path,
-            runs_dir: Path) -> optuna.Study:
+            runs_dir: Path, tracked=None) -> optuna.Study:
     """--workers N: N child `bench.tune` workers on `devices`, sharing the study this process created (so they do
     not race to create it); the report is written here, once, after all of them have finished."""
     args = [to_argv(parser, a, workers=None, devices=None, device=d, no_report=True, no_progress=True,
@@ -197,7 +208,7 @@ def fan_out(parser, a, study: optuna.Study, devices: list[str], url: str, report
         print(f"\ninterrupted: finished trials are stored in {url}; the same command continues the study",
               file=sys.stderr)
         raise SystemExit(130)
-    finish(study, a.no_report, reports, runs_dir, leaderboard_metric(a))
+    finish(study, a.no_report, reports, runs_dir, leaderboard_metric(a), tracked)
     if done.failed:
         for child in done.failed:
             print(f"error: {child.describe()}", file=sys.stderr)

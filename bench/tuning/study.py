@@ -13,6 +13,7 @@ import warnings
 import optuna
 
 from bench.errors import NonFiniteLoss
+from bench.tracking import NullTracker
 from bench.tuning.spaces import SPACES
 
 # --metric -> the val scores a trial returns: the two challenge metrics, alone or as a Pareto front (`both`);
@@ -49,7 +50,8 @@ def budget_of(recipe, size: int) -> dict:
 
 
 def make_objective(model, ds, store, base_overrides, recipe_name, metrics, trials_dir, target, seed, progress,
-                   sampler_seed=None, space: str = "default", select_metric: str | None = None):
+                   sampler_seed=None, space: str = "default", select_metric: str | None = None, track=None):
+    """`track` (bench.tracking.Tracker, None: nothing logged): each trial an MLflow run nested under the study's."""
     import torch
 
     from bench.training.train import resolve_recipe, train_model
@@ -75,18 +77,21 @@ def make_objective(model, ds, store, base_overrides, recipe_name, metrics, trial
                 if epoch < recipe.epochs and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at epoch {epoch}: {metrics[0]} {row[metrics[0]]:.4f}")
 
-        try:
-            meta = train_model(model, ds, store, recipe, size, model_dir, seed, progress=progress,
-                               on_epoch=on_epoch, force=True, persist=False,  # no weights or state written
-                               extra_meta={"study": trial.study.study_name, "trial": trial.number})
-        except NonFiniteLoss as e:  # a diverging recipe is a result, not a crash: the trial fails, the study goes on
-            trial.set_user_attr("error", f"non-finite loss: {e}")
-            raise
-        finally:
-            gc.collect()
-            if torch.cuda.is_available():
-                trial.set_user_attr("cuda_mem_allocated_mb", round(torch.cuda.memory_allocated() / 2**20, 1))
-                torch.cuda.empty_cache()
+        with (track or NullTracker()).model_run(f"{trial.study.study_name}/trial-{trial.number:04d}", model_dir,
+                                                recipe, size, seed) as tracked:
+            try:
+                meta = train_model(model, ds, store, recipe, size, model_dir, seed, progress=progress,
+                                   on_epoch=tracked.chain(on_epoch), force=True, persist=False,  # no weights/state
+                                   extra_meta={"study": trial.study.study_name, "trial": trial.number})
+            except NonFiniteLoss as e:  # a diverging recipe is a result, not a crash: the trial fails, the study goes on
+                trial.set_user_attr("error", f"non-finite loss: {e}")
+                raise
+            finally:
+                gc.collect()
+                if torch.cuda.is_available():
+                    trial.set_user_attr("cuda_mem_allocated_mb", round(torch.cuda.memory_allocated() / 2**20, 1))
+                    torch.cuda.empty_cache()
+            tracked.finish(meta)
         trial.set_user_attr("train_time_s", meta["train_time_s"])
         values = [meta["val"][m] for m in metrics]
         return values[0] if len(values) == 1 else values
