@@ -133,14 +133,14 @@ def history(run_dir):
 
 
 @pytest.mark.parametrize("mode", ["cached", "online"])
-def test_a_killed_distillation_resumes_to_the_uninterrupted_one(runs, tiny_root, mode):
+def test_a_killed_distillation_resumes_to_the_uninterrupted_one(runs, tiny_root, mode, capsys):
     spec = lambda run: DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs, run=run,  # noqa: E731
                                    mode=mode, data=tiny_root, progress=False, checkpoint_every=0,
-                                   overrides={"size": 32, "epochs": 3, "batch_size": 16, "pretrained": "none"})
+                                   overrides={"size": 32, "epochs": 2, "batch_size": 16, "pretrained": "none"})
     full = distill(spec("full"), "cpu")
 
-    def kill(epoch, row):
-        if epoch == 2:
+    def kill(epoch, row):  # after epoch 1 of 2, its state saved (checkpoint_every 0)
+        if epoch == 1:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -148,7 +148,10 @@ def test_a_killed_distillation_resumes_to_the_uninterrupted_one(runs, tiny_root,
     cut = runs / "cut" / "resnet18"
     if mode == "cached":
         stamp = (cut / TARGETS_FILE).stat().st_mtime_ns
+    assert len(pd.read_csv(cut / "history.csv")) == 1
+    capsys.readouterr()
     resumed = distill(spec("cut"), "cpu")
+    assert f"resuming {cut} after epoch 1/2" in capsys.readouterr().out  # resumed, not started again
     pd.testing.assert_frame_equal(history(runs / "full" / "resnet18"), history(cut))
     for split in ("val", "test"):
         a, b = np.load(runs / "full/resnet18" / f"probs_{split}.npz"), np.load(cut / f"probs_{split}.npz")
