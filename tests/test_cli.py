@@ -30,7 +30,8 @@ def test_second_process_on_the_same_run_folder_is_refused(tiny_root, tmp_path):
     assert not claim.exists()  # released on the way out
 
 
-@pytest.mark.parametrize("command", ["run", "tune", "ensemble", "report", "score", "speed", "demo", "images"])
+@pytest.mark.parametrize("command", ["run", "tune", "ensemble", "report", "score", "speed", "demo", "images",
+                                     "predict", "export"])
 def test_help_is_answered_before_torch_loads(command):
     """--help used to take 4-5 s because every command imported torch before parsing its arguments."""
     probe = ("import runpy, sys\n"
