@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -102,7 +103,10 @@ def test_stale_figures_and_entries_disappear_on_rebuild(demo_runs, tmp_path):
     md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
     assert not (files / "confusion-b-resnet18.png").exists() and (files / "confusion-default-resnet18.png").exists()
     assert "b/resnet18" not in md and "b/resnet18" not in (tmp_path / "rep/leaderboard.csv").read_text()
-    assert sorted(f.name for f in files.iterdir()) == sorted(set(FIGURES) - {"confusion-b-resnet18.png"})
+    galleries = set(re.findall(r"leaderboard_files/((?:gallery|rare)-[^)]+)", md))  # the leader's, now default's
+    assert galleries and all(re.fullmatch(r"(gallery-default-resnet18-\d-[a-z]+|rare-default-resnet18)\.png", g)
+                             for g in galleries)
+    assert sorted(f.name for f in files.iterdir()) == sorted(set(FIGURES) - {"confusion-b-resnet18.png"} | galleries)
 
 
 def test_default_report_folder_belongs_to_the_runs_folder(demo_runs, tmp_path, monkeypatch):
