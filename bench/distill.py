@@ -33,7 +33,7 @@ MODE_HELP = ("cached (default on the CPU): the teacher's probabilities for every
 
 def build_parser() -> argparse.ArgumentParser:
     from bench.data import add_layout_arguments
-    from bench.distilling.kd import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+    from bench.distilling import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
     p = argparse.ArgumentParser(prog="python -m bench.distill", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:3]))

@@ -31,7 +31,7 @@ def test_second_process_on_the_same_run_folder_is_refused(tiny_root, tmp_path):
 
 
 @pytest.mark.parametrize("command", ["run", "tune", "ensemble", "report", "score", "speed", "demo", "images",
-                                     "predict", "export"])
+                                     "predict", "export", "distill"])
 def test_help_is_answered_before_torch_loads(command):
     """--help used to take 4-5 s because every command imported torch before parsing its arguments."""
     probe = ("import runpy, sys\n"

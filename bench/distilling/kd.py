@@ -22,13 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Defaults (bench.distill --temperature / --alpha; recorded in run.json). T = 2: softer than the teacher's own
-# distribution, so the student sees the ensemble's ranking of the wrong classes (Hinton et al. used 2-20; for a
-# teacher whose members are already soft, small T is enough). alpha = 0.5: half labels, half teacher, the common
-# starting point for a short schedule where the labels still carry the most signal. Neither is measured on
-# fashion-dev yet (issue #25's measurement decides).
-DEFAULT_TEMPERATURE = 2.0
-DEFAULT_ALPHA = 0.5
+from bench.distilling import DEFAULT_ALPHA, DEFAULT_TEMPERATURE  # noqa: F401  (their reasons: __init__.py)
 
 
 def retemper(p: torch.Tensor, temperature: float) -> torch.Tensor:
