@@ -146,6 +146,7 @@ def thumbnail(path: Path, box: int = THUMB) -> np.ndarray | None:
     unreadable."""
     try:
         with Image.open(path) as im:
+            im.draft("RGB", (box, box))  # a JPEG decodes at the smallest DCT scale still >= the box: fast on big photos
             im = ImageOps.exif_transpose(im).convert("RGB")
             return np.asarray(ImageOps.contain(im, (box, box)))
     except Exception:  # PIL raises many types for bad files; the tile says "unreadable"
