@@ -162,7 +162,7 @@ def draw_grid(cells: list, path: Path, title: str, columns: int) -> None:
     from bench.plots import plt
     rows = max(1, -(-len(cells) // columns))
     cw, ch = THUMB + 12, THUMB + TEXT_H + 10
-    title = "\n".join(textwrap.fill(line, columns * cw // 7) for line in title.split("\n"))
+    title = "\n".join(textwrap.fill(line, columns * cw // 9) for line in title.split("\n"))  # ~9 px a bold char
     head = 16 * (title.count("\n") + 1) + 10
     canvas = np.full((head + rows * ch, columns * cw, 3), 255, np.uint8)
     fig = plt.figure(figsize=(canvas.shape[1] / DPI, canvas.shape[0] / DPI), dpi=DPI)
