@@ -5,7 +5,8 @@ An entry (RUNS/_ensembles/NAME/run.json, written by bench.ensemble) records each
 (`member_identity`: path, size and modification time of the weights of each split, and the run's finish time); a
 member retrained since (`bench.run --force`, a new --refit) no longer matches, and its weights are not the ones the
 entry's weights were fitted for: the teacher is refused, naming the member. Entries written before identities were
-recorded are checked by time: a member that finished after the entry was created was retrained.
+recorded are checked by time: a member that finished after the entry was created was retrained. The check is
+bench/ensembling/entries.py read_entry, the one bench.predict and bench.export use.
 
 The teacher's targets come from the weights that produced each split's probabilities (RunArtifacts.checkpoint):
 `val` (best.pt) for a distillation on train; `test` (a refit member's refit/best.pt, else best.pt) for --refit,
@@ -15,7 +16,6 @@ student's augmentation mirrored it; `online`: exactly the student's augmented ba
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.artifacts import ArtifactError, RunArtifacts, find_runs, read_run
+from bench.artifacts import RunArtifacts, find_runs
 from bench.data.images import load_images
 from bench.ensembling.combiners import COMBINERS, combine
 from bench.ensembling.ensemble import EnsembleError, check_members, check_names, member_identity
+from bench.ensembling.entries import read_entry
 from bench.ensembling.tta import load_trained
 from bench.training.trainer import autocast, predict
 
@@ -85,20 +86,12 @@ def load_teacher(runs_dir: Path, name: str) -> Teacher:
     runs_dir = Path(runs_dir)
     entry_file = runs_dir / "_ensembles" / name / "run.json"
     if entry_file.exists():
-        try:
-            entry = json.loads(entry_file.read_text())
-        except (OSError, ValueError) as e:
-            raise TeacherError(f"{entry_file}: unreadable ensemble entry ({e})") from e
-        members = []
-        for label in entry.get("members", []):
-            try:
-                members.append(read_run(runs_dir / label))
-            except ArtifactError as e:
-                raise TeacherError(f"teacher {name}: member {label} of {entry_file} is gone ({e}); rebuild the entry "
-                                   f"with python -m bench.ensemble --name {name} --force") from e
+        try:  # the entry, its members, and the refusal of a member retrained since (shared with bench.predict)
+            entry, members = read_entry(runs_dir, name)
+        except EnsembleError as e:
+            raise TeacherError(f"teacher {name}: {e}") from e
         teacher = Teacher(name, "ensemble", members, np.asarray(entry["weights"], float), entry.get("combine", "mean"),
                           list(entry.get("views", ["plain"])), entry)
-        check_unchanged(teacher, entry_file)
     else:
         labels = [x.strip() for x in name.split(",") if x.strip()]
         try:
@@ -126,23 +119,6 @@ def load_teacher(runs_dir: Path, name: str) -> Teacher:
         if not m.checkpoint("val").exists():
             raise TeacherError(f"teacher {name}: member {m.label} has no checkpoint {m.checkpoint('val')}")
     return teacher
-
-
-def check_unchanged(teacher: Teacher, entry_file: Path) -> None:
-    """Refuse a teacher whose members were retrained after its entry was written, naming them."""
-    recorded, created = teacher.entry.get("member_identity"), teacher.entry.get("created")
-    changed = []
-    for m in teacher.members:
-        if recorded is not None:
-            was, now = recorded.get(m.label), member_identity(m)
-            if was is None or was != now:
-                changed.append(f"{m.label} (recorded {was}, now {now})")
-        elif created and (m.meta.get("finished") or "") > created:  # same "%Y-%m-%d %H:%M:%S" format
-            changed.append(f"{m.label} (finished {m.meta.get('finished')}, after the entry's {created})")
-    if changed:
-        raise TeacherError(f"teacher {teacher.name}: member(s) retrained after {entry_file} was written: "
-                           f"{'; '.join(changed)}. The entry's weights were fitted for the old models; rebuild it "
-                           f"(python -m bench.ensemble --name {teacher.name} --force ...) or name the runs instead")
 
 
 def member_probs(member: RunArtifacts, ckpt: Path, files: list[Path], device, batch: int = 128,
