@@ -126,14 +126,15 @@ def test_run_logs_recipe_epochs_scores_and_artifacts_once(server, tiny_root, dem
 
 
 def test_a_dead_server_warns_once_and_changes_nothing(tiny_root, demo_runs, tmp_path, capsys):
-    started = time.monotonic()
     run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(tmp_path), "--epochs", "2", *TINY,
               "--track", f"http://127.0.0.1:{free_port()}"])  # nothing listens there
-    took = time.monotonic() - started
     err = capsys.readouterr().err
     assert err.count("warning: MLflow tracking") == 1 and "training goes on" in err, err
     same_run(tmp_path / "default" / "resnet18", demo_runs / "default" / "resnet18")
-    assert took < 120, took  # one quick failure, not minutes of retries
+    from bench.tracking import Tracker
+    started = time.monotonic()  # what the dead server cost: one quick failure, not mlflow's minutes of retries
+    assert Tracker(f"http://127.0.0.1:{free_port()}").create_run("x") is None
+    assert time.monotonic() - started < 30
 
 
 def test_tune_trials_are_nested_runs_of_one_study_run(server, tiny_root, tmp_path):
