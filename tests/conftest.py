@@ -1,11 +1,19 @@
 """Shared fixtures: a tiny demo dataset written once per test session, and an isolated cache folder."""
 import shutil
+import signal
 
 import pytest
 
 from bench.data.demo import DemoSpec, write_demo
 
 TINY = DemoSpec(seed=0, train=120, val=40, test=30, width=48, height=64)
+
+# A shell without job control starts a background job (`pytest ... &`, nohup, some CI runners) with SIGINT ignored,
+# and an ignored signal stays ignored across exec: every `bench.run` the Ctrl-C tests start would then ignore their
+# SIGINT and run on to the timeout. A handler (unlike SIG_IGN) resets to the default at exec, so the children get a
+# working Ctrl-C whatever started pytest.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def build_trainer(root, run_dir, recipe, device: str = "cpu", size: int = 32, **kw):
