@@ -20,12 +20,9 @@ from bench import workdir
 from bench.fanout import check_devices, follow_parent, run_children, to_argv
 from bench.metrics import TARGET_HELP, TARGETS
 from bench.tracking import NullTracker, add_tracking_arguments, tracker_from_args
-from bench.training.schemes import LOSSES
-from zoo.recipes import RECIPE_NAMES, RECIPES, parse_setting
+from bench.training.arguments import add_recipe_arguments, recipe_overrides
+from zoo.recipes import RECIPE_NAMES, RECIPES
 
-# Recipe fields settable from the command line (zoo/recipes.py says what each does).
-RECIPE_FLAGS = {"epochs": int, "size": int, "batch_size": int, "lr": float, "weight_decay": float, "dropout": float,
-                "label_smoothing": float, "loss": str}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "writes the test probabilities, the val statistics stay the val run's")
     p.add_argument("--out", help="runs folder (default WORKDIR/runs)")
     workdir.add_argument(p)
-    p.add_argument("--pretrained", help="auto | none | PATH to a weights file (default: the recipe's, auto)")
     p.add_argument("--from-study", help="train with the best parameters and trial budget of this Optuna study")
     p.add_argument("--storage", help="study storage URL for --from-study (default: WORKDIR/studies/fashion.db)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
@@ -79,16 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true",
                    help="skip rebuilding the leaderboard (WORKDIR/reports/ for WORKDIR/runs, else OUT/_report/)")
     add_tracking_arguments(p)
-    for field, kind in RECIPE_FLAGS.items():
-        if field == "loss":  # choices and their meaning from the loss-scheme registry
-            p.add_argument("--loss", choices=LOSSES.names(), help="override the recipe's class-imbalance treatment: "
-                           + LOSSES.describe())
-            continue
-        p.add_argument(f"--{field.replace('_', '-')}", type=kind, help=f"override the recipe's {field}")
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None, help="weight EMA on/off")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override any recipe field (the rows of --list; reasons in zoo/recipes.py), e.g. --set "
-                        "crop_antialias=true --set lr_floor=0; repeatable; checked like the recipe itself")
+    add_recipe_arguments(p)  # --pretrained, --epochs ... --loss, --ema, --set (shared with bench.distill)
     return p
 
 
@@ -154,16 +141,10 @@ def main(argv=None) -> list[dict]:
              "--refit follows a normal train/val run)")
     if a.folds is not None and a.folds < 2:
         fail(f"--folds {a.folds}: k-fold needs at least 2 folds")
-    overrides = {k: getattr(a, k) for k in (*RECIPE_FLAGS, "ema", "pretrained")}
-    given = {k: f"--{k.replace('_', '-')}" for k, v in overrides.items() if v is not None}  # field -> its flag
-    for text in a.set:
-        try:
-            field, value = parse_setting(text)
-        except ValueError as e:
-            fail(str(e))
-        if field in given:
-            fail(f"--set {text} and {given[field]}: the recipe field {field} is given twice")
-        overrides[field], given[field] = value, f"--set {text}"
+    try:
+        overrides = recipe_overrides(a)
+    except ValueError as e:  # a malformed --set, or a field given twice
+        fail(str(e))
     track = tracker_from_args(a)  # before any work: --track without a URI or without mlflow stops here
     recipe_name = a.recipe
     wd = workdir.resolve(a.workdir)
