@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from bench.artifacts import RunArtifacts, find_runs
 from bench.data.images import load_images
-from bench.ensembling.combiners import COMBINERS, combine
+from bench.ensembling.combiners import COMBINERS, TORCH_COMBINERS, combine
 from bench.ensembling.ensemble import EnsembleError, check_members, check_names, member_identity
 from bench.ensembling.entries import read_entry
 from bench.ensembling.tta import load_trained
@@ -141,9 +141,9 @@ def cached_targets(teacher: Teacher, split: str, files: list[Path], device) -> d
 
 
 def combine_torch(probs: list[torch.Tensor], weights: np.ndarray, num_classes, method: str) -> torch.Tensor:
-    """combiners.combine on torch tensors, on their device: `mean` and `geometric` directly; any other registered
-    combiner through its numpy function (a host round trip)."""
-    if method not in ("mean", "geometric"):
+    """combiners.combine on torch tensors, on their device: a combiner with a torch form (combiners.TORCH_COMBINERS)
+    directly; any other registered combiner through its numpy function (a host round trip)."""
+    if method not in TORCH_COMBINERS:
         out = combine([p.float().cpu().numpy() for p in probs], weights, num_classes, method)
         return torch.from_numpy(out.astype(np.float32)).to(probs[0].device)
     w = np.asarray(weights, float)
@@ -152,12 +152,7 @@ def combine_torch(probs: list[torch.Tensor], weights: np.ndarray, num_classes, m
     parts = []
     for a, block in enumerate(zip(*[torch.split(p.float(), list(num_classes), 1) for p in probs])):
         wa = torch.tensor(w[:, a] / max(w[:, a].sum(), 1e-12), dtype=torch.float32, device=block[0].device)
-        stack = torch.stack(block)
-        if method == "mean":
-            parts.append(torch.tensordot(wa, stack, 1))
-        else:
-            z = torch.tensordot(wa, torch.log(stack.clamp(1e-8, 1)), 1)
-            parts.append(torch.softmax(z, 1))  # = exp(z - max) / sum, as the numpy combiner
+        parts.append(TORCH_COMBINERS[method](torch.stack(block), wa.view(-1, 1, 1)))
     return torch.cat(parts, 1)
 
 

@@ -28,6 +28,15 @@ def geometric(stack: np.ndarray, w: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
+# The same combiners on torch tensors, for code that combines on the device or inside an exported graph (bench.distill's
+# online teacher, bench.export's ONNX graph): stack (M, N, k), w (M, 1, 1) summing to 1 over M. Each is its numpy
+# function's formula in ops that torch.onnx.export traces (probabilities are <= 1, so clamp_min is geometric's clip).
+TORCH_COMBINERS = {
+    "mean": lambda stack, w: (w * stack).sum(0),
+    "geometric": lambda stack, w: (w * stack.clamp_min(1e-8).log()).sum(0).softmax(-1),
+}
+
+
 def combine(probs: list[np.ndarray], weights: np.ndarray, num_classes, method: str = "mean") -> np.ndarray:
     """Weighted combination per attribute of (N, sum k) probability blocks. `weights` is (M,) or (M, attributes);
     each attribute's weights are normalised to sum to 1."""

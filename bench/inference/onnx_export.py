@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from bench.artifacts import atomic_path
+from bench.ensembling.combiners import TORCH_COMBINERS
 from bench.ensembling.views import view_images
 from bench.inference.predict import Plan, PredictError, check_weights
 
 OPSET = 18
-GRAPH_COMBINERS = ("mean", "geometric")
+GRAPH_COMBINERS = tuple(TORCH_COMBINERS)  # the combiners with a torch form (bench/ensembling/combiners.py)
 
 
 class PlanGraph(nn.Module):
@@ -66,12 +67,8 @@ class PlanGraph(nn.Module):
             w = self.weights[:, a].view(-1, 1, 1)
             if len(parts) == 1:
                 out.append(stack[0])
-            elif self.combine == "mean":
-                out.append((w * stack).sum(0))
             else:
-                # probabilities are <= 1 already, so clamp_min is combiners.geometric's clip (torch.export
-                # could not decompose a clamp with both bounds here)
-                out.append(torch.softmax((w * torch.log(stack.clamp_min(1e-8))).sum(0), 1))
+                out.append(TORCH_COMBINERS[self.combine](stack, w))
         return tuple(out)
 
 
