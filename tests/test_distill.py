@@ -230,3 +230,29 @@ def test_unlabelled_images_join_the_training_split_with_missing_labels(runs, tin
     with pytest.raises(DatasetError, match="already in the val split"):
         prepare(DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs, data=tiny_root,
                             unlabelled=str(listed)), "cpu")
+
+
+def test_refit_distils_again_on_train_and_val_and_writes_the_students_test_probabilities(runs, tiny_root):
+    """--refit: the val run's targets cover train only; the refit's cover train + val (its teacher labels the val
+    images too); the student's test probabilities become the refit model's, the val run's are kept aside."""
+    from bench.data import open_dataset
+    from bench.distill import main as distill_main
+    meta = distill_main(["--teacher", "default,b", "--student", "resnet18", "--run", "kd-refit", "--refit",
+                         "--out", str(runs), "--data", str(tiny_root), "--no-report", *COMMON])
+    student = runs / "kd-refit" / "resnet18"
+    ds = open_dataset(tiny_root)
+    train, val = [str(f) for f in ds.files("train")], [str(f) for f in ds.files("val")]
+    with np.load(student / TARGETS_FILE) as z:
+        assert [str(f) for f in z["files"]] == train  # the val run: no val image's target
+    with np.load(student / "refit" / TARGETS_FILE) as z:
+        assert [str(f) for f in z["files"]] == train + val
+    with np.load(student / "refit" / "probs_test.npz") as r, np.load(student / "probs_test.npz") as s, \
+            np.load(student / "probs_test_valrun.npz") as v:
+        np.testing.assert_array_equal(s["plain"], r["plain"])
+        assert not np.array_equal(s["plain"], v["plain"])
+    assert meta["distill"]["refit"] is True and meta["distill"]["refit_teacher"]["members"]
+    from bench.metrics import probs_to_pred, score
+    with np.load(student / "probs_val.npz") as z:  # the val statistics stay the val run's (refit trained on val)
+        expected = score(z["labels"], probs_to_pred(z["plain"], K), K)["overall_acc"]
+    last = pd.read_csv(student / "history.csv").iloc[-1]  # the val run's last epoch (the recipe keeps its last)
+    assert meta["val"]["overall_acc"] == pytest.approx(expected) == pytest.approx(last["overall_acc"])
