@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import workdir
 from bench.metrics import TARGET_HELP, TARGETS
 from bench.tracking import add_tracking_arguments, tracker_from_args
-from bench.training.arguments import add_recipe_arguments, recipe_overrides
+from bench.training.arguments import add_recipe_arguments, add_run_control_arguments, recipe_overrides
 from zoo.recipes import RECIPE_NAMES
 
 MODE_HELP = ("cached (default on the CPU): the teacher's probabilities for every training image, plain and mirrored, "
@@ -70,13 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_layout_arguments(p)
     add_recipe_arguments(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--data-mode", default="auto", choices=["auto", "resident", "stream"],
-                   help="as bench.run --data-mode (not part of the config)")
-    p.add_argument("--compile", default="off", choices=["auto", "on", "off"], help="torch.compile the student's step")
-    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
-                   help="save the resumable state at the first epoch boundary after this many seconds (default: 50x "
-                        "the cost of one save)")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_control_arguments(p)  # --data-mode, --compile, --checkpoint-every, --seed
     p.add_argument("--force", action="store_true", help="retrain the student (and recompute cached targets)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip rebuilding the leaderboard")

@@ -20,7 +20,7 @@ from bench import workdir
 from bench.fanout import check_devices, follow_parent, run_children, to_argv
 from bench.metrics import TARGET_HELP, TARGETS
 from bench.tracking import NullTracker, add_tracking_arguments, tracker_from_args
-from bench.training.arguments import add_recipe_arguments, recipe_overrides
+from bench.training.arguments import add_recipe_arguments, add_run_control_arguments, recipe_overrides
 from zoo.recipes import RECIPE_NAMES, RECIPES
 
 
@@ -60,16 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-claimed", action="store_true",
                    help="move on to the next model when another process or host holds one's claim, instead of "
                         "stopping (what --devices children do; start the same command per host sharing OUT)")
-    p.add_argument("--data-mode", default="auto", choices=["auto", "resident", "stream"],
-                   help="resident: each decoded split one tensor on the device; stream: batches read from the "
-                        "memory-mapped decode cache (datasets larger than memory); auto (default): resident when it "
-                        "fits comfortably in the available memory, printed with the bytes (not part of the config)")
-    p.add_argument("--compile", default="off", choices=["auto", "on", "off"],
-                   help="torch.compile the training step: on, off, or auto (on for CUDA) (default off)")
-    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
-                   help="save the resumable state at the first epoch boundary after this many seconds (0: every "
-                        "epoch; default: 50x the cost of one save, i.e. < 2%% of training time)")
-    p.add_argument("--seed", type=int, default=0)
+    add_run_control_arguments(p)  # --data-mode, --compile, --checkpoint-every, --seed
     p.add_argument("--force", action="store_true", help="retrain models that already have artifacts")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true",

@@ -38,3 +38,17 @@ def recipe_overrides(a: argparse.Namespace) -> dict:
             raise ValueError(f"--set {text} and {given[field]}: the recipe field {field} is given twice")
         overrides[field], given[field] = value, f"--set {text}"
     return overrides
+
+
+def add_run_control_arguments(p: argparse.ArgumentParser) -> None:
+    """--data-mode, --compile, --checkpoint-every and --seed, shared by bench.run and bench.distill."""
+    p.add_argument("--data-mode", default="auto", choices=["auto", "resident", "stream"],
+                   help="resident: each decoded split one tensor on the device; stream: batches read from the "
+                        "memory-mapped decode cache (datasets larger than memory); auto (default): resident when it "
+                        "fits comfortably in the available memory, printed with the bytes (not part of the config)")
+    p.add_argument("--compile", default="off", choices=["auto", "on", "off"],
+                   help="torch.compile the training step: on, off, or auto (on for CUDA) (default off)")
+    p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
+                   help="save the resumable state at the first epoch boundary after this many seconds (0: every "
+                        "epoch; default: 50x the cost of one save, i.e. < 2%% of training time)")
+    p.add_argument("--seed", type=int, default=0)
