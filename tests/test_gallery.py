@@ -1,5 +1,6 @@
 """Mistakes you can see (bench/reporting/gallery.py): which images the galleries pick, in which order, and that the
 report links them and survives a dataset that moved."""
+import os
 import re
 import shutil
 from pathlib import Path
@@ -173,3 +174,24 @@ def test_gallery_of_a_trained_entry_beside_the_leaders(demo_runs, tiny_root, tmp
     grid = next(cells for name, _, cells in recorded if name == f"gallery-{leader.replace('/', '-')}-1-texture.png")
     assert [c[0] for c in grid] == [tiny_root / val[i] for i in expect]
     assert json.loads((demo_runs / leader / "run.json").read_text())["data_root"] == str(tiny_root)
+
+
+def test_a_grid_is_drawn_again_only_when_its_cells_photos_or_title_change(tmp_path):
+    from PIL import Image
+    photo = tmp_path / "a.jpg"
+    Image.new("RGB", (30, 40), (200, 10, 10)).save(photo)
+    out = tmp_path / "g.png"
+    cells = [(photo, [("true: x", "black")]), (None, [])]
+
+    def drawn():
+        rg.draw_grid(cells, out, title, 2)
+        return out.stat().st_ino, out.stat().st_mtime_ns
+
+    title = "t"
+    first = drawn()
+    assert drawn() == first
+    os.utime(photo, ns=(1, 1))  # the same name, another modification time: maybe another photo
+    second = drawn()
+    assert second != first and drawn() == second
+    title = "t2"
+    assert drawn() != second

@@ -104,8 +104,8 @@ def test_kfold_members_resume_ensemble_on_their_folds_and_refuse_mixing(tiny_roo
     from bench.reporting import plots as rp
     ylabels, save = {}, rp._save
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rp, "_save", lambda fig, path: ylabels.setdefault(path.name, fig.axes[0].get_ylabel())
-                   and save(fig, path))
+        mp.setattr(rp, "_save", lambda fig, path, key: ylabels.setdefault(path.name, fig.axes[0].get_ylabel())
+                   and save(fig, path, key))
         md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
     sig = member["scored_on"]
     assert ylabels["pareto.png"] == "val overall_acc (n = 40)"  # one accuracy-vs-cost figure per set of images

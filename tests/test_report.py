@@ -83,7 +83,7 @@ def test_report_renders_every_section_and_matches_artifacts(demo_runs, tmp_path)
 def test_confusion_figure_holds_the_confusion_counts(tmp_path, monkeypatch):
     figs = []
     save = rp._save
-    monkeypatch.setattr(rp, "_save", lambda fig, path: figs.append(fig.axes) or save(fig, path))
+    monkeypatch.setattr(rp, "_save", lambda fig, path, key: figs.append(fig.axes) or save(fig, path, key))
     names = [[f"c{i}" for i in range(k)] for k in (3, 2, 2, 2, 2, 2)]
     labels = np.array([[0, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [2, 1, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0]])
     pred = np.array([[0, 0, 0, 0, 0, 0], [2, 1, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0]])
@@ -107,6 +107,34 @@ def test_stale_figures_and_entries_disappear_on_rebuild(demo_runs, tmp_path):
     assert galleries and all(re.fullmatch(r"(gallery-default-resnet18-\d-[a-z]+|rare-default-resnet18)\.png", g)
                              for g in galleries)
     assert sorted(f.name for f in files.iterdir()) == sorted(set(FIGURES) - {"confusion-b-resnet18.png"} | galleries)
+
+
+def test_a_rebuild_keeps_the_figures_whose_inputs_are_unchanged_and_redraws_the_others(demo_runs, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_runs, runs)
+    files = tmp_path / "rep/leaderboard_files"
+
+    def written():  # an atomic rewrite replaces the file: a new inode and mtime
+        return {f.name: (f.stat().st_ino, f.stat().st_mtime_ns) for f in files.iterdir()}
+
+    build_report(runs, tmp_path / "rep", quiet=True)
+    first = written()
+    assert set(FIGURES) <= set(first)
+    build_report(runs, tmp_path / "rep", quiet=True)
+    assert written() == first  # nothing changed: nothing drawn again
+    # b's predictions change (its val scores replaced by seeded random ones): its confusion matrix and the accuracy-
+    # vs-cost figure are redrawn; the leader's confusion matrix and the class distribution are kept
+    z = dict(np.load(runs / "b/resnet18/probs_val.npz"))
+    z["plain"] = np.random.default_rng(0).random(z["plain"].shape)
+    np.savez_compressed(runs / "b/resnet18/probs_val.npz", **z)
+    (files / "curves.png").write_bytes((files / "curves.png").read_bytes()[:100])  # truncated: drawn again
+    build_report(runs, tmp_path / "rep", quiet=True)
+    now = written()
+    changed = {name for name in FIGURES if now[name] != first[name]}
+    assert changed == {"confusion-b-resnet18.png", "pareto.png", "curves.png"}
+    with Image.open(files / "curves.png") as im:
+        assert im.size == FIGURES["curves.png"]
+        im.load()
 
 
 def test_default_report_folder_belongs_to_the_runs_folder(demo_runs, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from bench.artifacts import ArtifactError, atomic_write, read_run
+from bench.artifacts import ArtifactError, read_run
 from bench.data import DatasetError, attributes_of, open_dataset, reopen_args
 from bench.metrics import MISSING, split_probs
 
@@ -158,8 +158,12 @@ def _short(name: str, n: int = 22) -> str:
 
 
 def draw_grid(cells: list, path: Path, title: str, columns: int) -> None:
-    """One figure of `cells`, row-major, `columns` per row: each (image path or None, [(text, colour)] lines)."""
-    from bench.plots import plt
+    """One figure of `cells`, row-major, `columns` per row: each (image path or None, [(text, colour)] lines). A
+    file drawn from the same cells, photos and title is kept (bench.plots.figure_key)."""
+    from bench.plots import figure_current, figure_key, plt, save_figure
+    cells = [(None if p is None else Path(p), [tuple(x) for x in lines]) for p, lines in cells]
+    if figure_current(path, key := figure_key(__file__, cells, title, columns)):
+        return
     rows = max(1, -(-len(cells) // columns))
     cw, ch = THUMB + 12, THUMB + TEXT_H + 10
     title = "\n".join(textwrap.fill(line, columns * cw // 9) for line in title.split("\n"))  # ~9 px a bold char
@@ -186,8 +190,7 @@ def draw_grid(cells: list, path: Path, title: str, columns: int) -> None:
     ax.text(canvas.shape[1] / 2, 6, title, ha="center", va="top", fontsize=9, weight="bold")
     ax.set_axis_off()
     # zlib level 1: photos compress little at any level, and level 6 took half the drawing time
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, pil_kwargs={"compress_level": 1}))
-    plt.close(fig)
+    save_figure(fig, path, key, dpi=DPI, compress_level=1)
 
 
 def build_gallery(entry_label: str, kind: str, meta: dict, probs: dict, runs_dir: Path, files: Path,

@@ -1,4 +1,5 @@
-"""Figures for the leaderboard report. Each returns False when it has nothing to draw."""
+"""Figures for the leaderboard report. Each returns False when it has nothing to draw. A figure whose file was
+drawn from the same inputs (bench.plots.figure_key) is kept, not drawn again."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,15 +7,17 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import confusion_matrix
 
-from bench.artifacts import atomic_write
 from bench.data import attribute_names
-from bench.plots import plt
+from bench.plots import figure_current, figure_key, plt, save_figure
 
 
-def _save(fig, path: Path) -> bool:
+def _key(*inputs) -> str:
+    return figure_key(__file__, *inputs)
+
+
+def _save(fig, path: Path, key: str) -> bool:
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
-    plt.close(fig)
+    save_figure(fig, path, key, dpi=80)
     return True
 
 
@@ -36,6 +39,8 @@ def pareto(entries, path: Path, ylabel: str = "val overall accuracy", key: str =
     pts = [p for p in pts if p[1] is not None and p[2] is not None]
     if not pts:
         return False
+    if figure_current(path, key := _key("pareto", pts, ylabel)):
+        return True
     labels = [p[0] for p in pts]
     acc = np.array([p[3] for p in pts])
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -48,13 +53,16 @@ def pareto(entries, path: Path, ylabel: str = "val overall accuracy", key: str =
         ax.plot(cost[f], acc[f], "r--", lw=1, label="Pareto front")
         ax.set_xscale("log") if cost.min() > 0 and cost.max() / cost.min() > 20 else None
         ax.set_xlabel(name), ax.set_ylabel(ylabel), ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, key)
 
 
 def curves(entries, path: Path) -> bool:
     with_hist = [e for e in entries if e.history is not None and len(e.history)]
     if not with_hist:
         return False
+    if figure_current(path, key := _key("curves", [(e.label, e.history[["epoch", "overall_acc", "val_loss"]])
+                                                   for e in with_hist])):
+        return True
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for e in with_hist:
         h = e.history
@@ -62,7 +70,7 @@ def curves(entries, path: Path) -> bool:
         b.plot(h["epoch"], h["val_loss"], label=e.label)
     a.set_xlabel("epoch"), a.set_ylabel("val overall accuracy"), a.legend(fontsize=7)
     b.set_xlabel("epoch"), b.set_ylabel("val loss"), b.legend(fontsize=7)
-    return _save(fig, path)
+    return _save(fig, path, key)
 
 
 def _attribute_grid(class_names, attributes, height: float):
@@ -77,6 +85,8 @@ def _attribute_grid(class_names, attributes, height: float):
 
 
 def class_distribution(counts, class_names, weights: dict, path: Path, attributes=None) -> bool:
+    if figure_current(path, key := _key("class_distribution", counts, class_names, weights, attributes)):
+        return True
     fig, axes, attributes = _attribute_grid(class_names, attributes, 3.25)
     for a, ax in enumerate(axes):
         x = np.arange(len(counts[a]))
@@ -90,10 +100,12 @@ def class_distribution(counts, class_names, weights: dict, path: Path, attribute
         tw.set_yscale("log"), tw.set_ylabel("class weight", fontsize=7)
         if a == 0:
             tw.legend(fontsize=6)
-    return _save(fig, path)
+    return _save(fig, path, key)
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray, class_names, path: Path, title: str, attributes=None) -> bool:
+    if figure_current(path, key := _key("confusion", labels, pred, class_names, title, attributes)):
+        return True
     fig, axes, attributes = _attribute_grid(class_names, attributes, 4)
     for a, ax in enumerate(axes):
         k = len(class_names[a])
@@ -108,4 +120,4 @@ def confusion(labels: np.ndarray, pred: np.ndarray, class_names, path: Path, tit
         ax.set_title(attributes[a], fontsize=9)
         ax.set_xlabel("predicted", fontsize=7), ax.set_ylabel("true", fontsize=7)
     fig.suptitle(title)
-    return _save(fig, path)
+    return _save(fig, path, key)
