@@ -77,14 +77,14 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes, attributes=None) 
         warnings.simplefilter("ignore", UserWarning)
         balanced = [float(balanced_accuracy_score(t, p)) if len(t) else float("nan") for t, p in cols]
     f1 = [float(f1_score(t, p, average="macro")) if len(t) else float("nan") for t, p in cols]
+    per_class = per_class_accuracy(y_true, y_pred, num_classes)
     return {
         "overall_acc": overall_accuracy(y_true, y_pred),
-        "class_avg_acc": class_average_accuracy(y_true, y_pred, num_classes),
+        "class_avg_acc": float(np.nanmean(np.concatenate(per_class))),  # class_average_accuracy, computed once
         "mean_class_acc": float(np.nanmean(balanced)) if not np.isnan(balanced).all() else float("nan"),
         "macro_f1": float(np.nanmean(f1)) if not np.isnan(f1).all() else float("nan"),
         "attr_acc": dict(zip(attribute_names(num_classes, attributes), per_attr)),
-        "class_acc": [[None if np.isnan(v) else float(v) for v in c]
-                      for c in per_class_accuracy(y_true, y_pred, num_classes)],
+        "class_acc": [[None if np.isnan(v) else float(v) for v in c] for c in per_class],
         "n": int(len(y_true)),
         "missing": int((y_true == MISSING).sum()),
     }

@@ -74,6 +74,18 @@ def test_bootstrap_two_images_hand_computed():
     assert lo == hi == 0.5
 
 
+def test_resample_counts_sum_each_rows_draws_repeats_included():
+    from bench.stats import _counts
+    idx = np.array([[0, 0, 2, 3], [3, 3, 3, 3], [1, 2, 0, 3]])
+    x = np.array([[1.0, 10.0], [2.0, 20.0], [4.0, 40.0], [8.0, 80.0]])
+    by_hand = np.array([[1 + 1 + 4 + 8, 10 + 10 + 40 + 80], [32, 320], [15, 150]])  # row 2 draws each image once
+    assert (_counts(idx, 4) @ x == by_hand).all()
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, 50, size=(200, 50))
+    x = rng.random((50, 3))
+    assert np.allclose(_counts(idx, 50) @ x, x[idx].sum(1), rtol=1e-12)  # the gather, summed per row
+
+
 def test_bootstrap_matches_normal_approximation():
     rng = np.random.default_rng(0)
     correct = np.zeros((400, 1), bool)
