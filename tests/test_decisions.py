@@ -122,6 +122,12 @@ def test_ensemble_metric_class_writes_the_adjusted_prediction(demo_runs, tmp_pat
     assert ens["class_avg_acc"] == pytest.approx(class_average_accuracy(oof["labels"], oof["pred_plain"], K), abs=5e-7)
     assert ens["class_avg_acc"] == pytest.approx(entry["val_plain_view"]["class_avg_acc"], abs=5e-7)
     assert "Δ class_avg_acc vs leader" in md
+    # one run gets its decision rule the same way; it has nothing to weigh, so its entry never says weights were fitted
+    one = ensemble_main(["--runs-dir", str(runs), "--runs", "b", "--name", "b-class", "--out", str(tmp_path / "one"),
+                         "--no-report", "--metric", "class"])
+    assert one["weighting"] == "uniform" and one["weights"] == [1.0]
+    assert one["val_scoring"] == "5-fold CV (stratified): logit_adjusted rule fitted out-of-fold for class"
+    assert "one member (b/resnet18): weights caruana -> uniform" in capsys.readouterr().out
 
 
 def test_run_metric_class_selects_epochs_by_the_class_average(tiny_root, tmp_path):

@@ -20,7 +20,7 @@ import os
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -274,6 +274,10 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     members = [m for m in find_runs(a.runs_dir, a.runs, a.models, done_only=True)
                if m.meta.get("kind", "model") == "model"]
     check_members(members)
+    if len(members) == 1 and a.weights != "uniform":  # one member has nothing to weigh: say "uniform", not "fitted"
+        print(f"[ensemble] one member ({members[0].label}): weights {a.weights} -> uniform (nothing to weigh)")
+        a = replace(a, weights="uniform")
+        weighting = WEIGHTINGS[a.weights]
     nc, attrs = tuple(members[0].meta["num_classes"]), attributes_of(members[0].meta)
     counts = members[0].meta.get("train_class_counts")
     if counts is None and getattr(DECISIONS[rule], "grid", None):
