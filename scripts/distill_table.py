@@ -10,7 +10,8 @@ Each entry is NAME=DIR:KIND, DIR a run folder or an ensemble entry, KIND which v
           the entry was cross-validated, see its run.json val_scoring)
 Every entry is scored on the same val images: overall and class-average accuracy with a 95% bootstrap interval;
 every --entry against --baseline: the paired bootstrap interval of the difference and the suite's sign-flip p
-(bench/stats.py, the leaderboard's test); and the share of the teacher's gain over the baseline it keeps.
+(bench/stats.py, the leaderboard's test); and the share of the teacher's gain over the baseline it keeps, shown
+only where that gain is positive with p < 0.05 (a share of a gain that may be zero is no figure).
 """
 from __future__ import annotations
 
@@ -73,16 +74,20 @@ def main(argv=None) -> None:
           f"kept = (entry - {base[0]}) / ({teacher[0]} - {base[0]})\n")
     print("| entry | metric | difference [95% CI] | p | kept of the teacher's gain |")
     print("| --- | --- | --- | ---: | ---: |")
+    gains = {}  # metric -> the teacher's gain over the baseline, None when not significant (sign-flip p >= 0.05)
     for name, pred, _, _ in rows[1:2 + len(a.entry)]:
         for m in METRICS:
             num_e, den = image_parts(labels, pred == labels, nc, m)
             num_b, _ = image_parts(labels, base[1] == labels, nc, m)
             pb = paired_bootstrap(num_e, num_b, den=den)
             p = float(sign_flip_p(image_diff(num_e, num_b, den), 10000))
-            gain = scores[teacher[0]][TARGETS[m]] - scores[base[0]][TARGETS[m]]
-            kept = (scores[name][TARGETS[m]] - scores[base[0]][TARGETS[m]]) / gain if gain else float("nan")
-            print(f"| {name} | {m} | {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}] | {p:.4f} | "
-                  f"{kept:.0%} |")
+            if name == teacher[0]:
+                gains[m] = pb["delta"] if pb["delta"] > 0 and p < 0.05 else None
+            # a share of a gain that is not there (not positive, or not told from zero) is no figure: say so
+            kept = "-" if gains[m] is None else f"{pb['delta'] / gains[m]:.0%}"
+            if name == teacher[0] and gains[m] is None:
+                kept = f"- (p {p:.2f}: no gain to keep)"
+            print(f"| {name} | {m} | {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}] | {p:.4f} | {kept} |")
 
 
 if __name__ == "__main__":
