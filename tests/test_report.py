@@ -80,6 +80,23 @@ def test_report_renders_every_section_and_matches_artifacts(demo_runs, tmp_path)
     assert "train s (sum of epochs)" in md and "img/s (median epoch)" in md and "| val score is |" in md
 
 
+def test_the_report_names_the_classes_too_rare_for_class_average_intervals(demo_runs, tmp_path):
+    md = build_report(demo_runs, tmp_path / "rep", quiet=True).read_text()
+    meta = json.loads((demo_runs / "default/resnet18/run.json").read_text())
+    labels = np.load(demo_runs / "default/resnet18/probs_val.npz")["labels"]
+    few = []  # counted here, class by class: labelled val images of each class, those with 1 to 9
+    for a, (attr, names) in enumerate(zip(meta["attributes"], meta["class_names"])):
+        for c, name in enumerate(names):
+            n = int((labels[:, a] == c).sum())
+            if 0 < n < 10:
+                few.append((n, f"{name} ({attr})"))
+    assert few  # 40 val images over 26 classes
+    line = next(x for x in md.splitlines() if x.startswith("Classes with fewer than 10 labelled images here: "))
+    listed = line.removeprefix("Classes with fewer than 10 labelled images here: ").split(". The class average")[0]
+    assert listed == ", ".join(f"{name} {n}" for n, name in sorted(few, key=lambda x: (x[0], x[1])))
+    assert "trust p" in line
+
+
 def test_confusion_figure_holds_the_confusion_counts(tmp_path, monkeypatch):
     figs = []
     save = rp._save

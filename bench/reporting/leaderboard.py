@@ -196,6 +196,29 @@ def missing_note(entries: list[Entry], attributes) -> list[str]:
             f"({per}); they count in no metric (overall accuracy is correct / labelled cells).", ""]
 
 
+FEW_IMAGES = 10  # a class with fewer labelled images than this makes the class average's bootstrap intervals too narrow
+
+
+def few_images_note(entries: list[Entry], class_names, attributes, below: int = FEW_IMAGES) -> list[str]:
+    """A line naming the classes with fewer than `below` labelled images among the scored images, and what that
+    does to the class average's intervals; none when every class has enough. A bootstrap resample draws a rare
+    class's images only from its few images (e.g. 3 that one model gets all right, another all wrong: every
+    resample keeps the whole gap), so the interval treats its accuracy as nearly known; the sign-flip test weighs
+    each of those images and does not."""
+    labels = next(e for e in entries if "labels" in e.extra).extra["labels"]
+    few = [(f"{class_names[a][c]} ({attributes[a]})", int(n))
+           for a in range(labels.shape[1]) for c, n in enumerate(np.bincount(labels[labels[:, a] >= 0, a],
+                                                                             minlength=len(class_names[a])))
+           if 0 < n < below]
+    if not few:
+        return []
+    return [f"Classes with fewer than {below} labelled images here: "
+            + ", ".join(f"{name} {n}" for name, n in sorted(few, key=lambda x: (x[1], x[0])))
+            + ". The class average moves by 1 / (classes x n) per image of such a class, and a bootstrap resample "
+              "draws that class only from those few images, so the class-average intervals (scores and Δ) "
+              "understate the uncertainty: where a Δ interval excludes 0 but the sign-flip p is large, trust p.", ""]
+
+
 def make_entry(art: RunArtifacts, probs: dict) -> Entry:
     nc = tuple(art.meta["num_classes"])
     labels = probs["labels"]
@@ -513,6 +536,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     md += ["", f"Dataset fingerprint `{fp}`, sorted by `{sort}`, target metric `{TARGETS[metric]}`. Entries are "
            "ranked and compared only with entries scored on the same images (the column *n*).", "",
            f"## Leaderboard: {describe_group(first, by_set[first])}", "", *missing_note(by_set[first], attributes),
+           *few_images_note(by_set[first], class_names, attributes),
            render_leaderboard(df, attributes), "",
            "## Is the difference real?", "",
            f"Each entry against the leader on `{TARGETS[metric]}`, on the same images and like with like: "
@@ -528,7 +552,7 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     for key in rest:
         md += [f"## Leaderboard: {describe_group(key, by_set[key])}", "",
                "k-fold members and ensembles of them: every image scored by a model that did not train on it.", "",
-               *missing_note(by_set[key], attributes),
+               *missing_note(by_set[key], attributes), *few_images_note(by_set[key], class_names, attributes),
                render_leaderboard(frames[key], attributes), "",
                f"Against this table's leader on `{TARGETS[metric]}`, as above.",
                "", *render_comparisons(frames[key], metric)]
