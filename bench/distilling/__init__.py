@@ -9,7 +9,7 @@ stage's run artifacts; no earlier stage imports it. Importing the package loads 
 # half labels, half teacher, the usual start for a short schedule, where the labels still carry most of the signal.
 # Measured on fashion-dev (reports/reference/distill.md, CPU, 128 px / 8 epochs, Lite0 from a Lite0+1+2 ensemble):
 # with these defaults and cached targets the student did not beat Lite0 alone (overall -0.47 / +0.20 points on two
-# seeds, p 0.18 / 0.62, while the teacher gained +1.1); with --unlabelled test it kept 23% (one seed, p 0.53). The
+# seeds, p 0.18 / 0.62, while the teacher gained +1.1); with --unlabelled test it kept 23% / 6% (p 0.53 / 0.90). The
 # cached targets on the members' own training images are in-sample (90.7% agree with the labels, against 79.1% on
 # val), so they add little beyond the labels. No other T / alpha was measured; nothing measured argues for moving them.
 DEFAULT_TEMPERATURE = 2.0
