@@ -58,7 +58,12 @@ def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> l
 def class_average_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> float:
     """The 2024 challenge metric: per-class accuracy of every class present in the labels, plain mean over them all
     (each class weighs the same, whatever its attribute)."""
-    return float(np.nanmean(np.concatenate(per_class_accuracy(y_true, y_pred, num_classes))))
+    return mean_of_classes(per_class_accuracy(y_true, y_pred, num_classes))
+
+
+def mean_of_classes(per_class: list[np.ndarray]) -> float:
+    """The plain mean of per_class_accuracy's output over every class present (NaN: absent)."""
+    return float(np.nanmean(np.concatenate(per_class)))
 
 
 def _labelled(y_true: np.ndarray, y_pred: np.ndarray, a: int) -> tuple[np.ndarray, np.ndarray]:
@@ -80,7 +85,7 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes, attributes=None) 
     per_class = per_class_accuracy(y_true, y_pred, num_classes)
     return {
         "overall_acc": overall_accuracy(y_true, y_pred),
-        "class_avg_acc": float(np.nanmean(np.concatenate(per_class))),  # class_average_accuracy, computed once
+        "class_avg_acc": mean_of_classes(per_class),
         "mean_class_acc": float(np.nanmean(balanced)) if not np.isnan(balanced).all() else float("nan"),
         "macro_f1": float(np.nanmean(f1)) if not np.isnan(f1).all() else float("nan"),
         "attr_acc": dict(zip(attribute_names(num_classes, attributes), per_attr)),

@@ -3,6 +3,7 @@ cache: a figure's PNG records a hash of what it was drawn from, so a report rebu
 instead of drawing it again (bench.run, bench.ensemble and bench.tune rebuild the report after every change)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -64,11 +65,17 @@ def _feed(h, obj) -> None:
         raise TypeError(f"figure input of type {type(obj).__name__} cannot be hashed")
 
 
+@functools.lru_cache(maxsize=None)
+def _source_digest(code_file: str) -> bytes:
+    """The hash of a drawing module's source, read once per process (it does not change while the process runs)."""
+    return hashlib.sha256(Path(code_file).read_bytes()).digest()
+
+
 def figure_key(code_file: str, *inputs) -> str:
     """The hash of a figure's inputs, of the source file that draws it (`code_file`: an edited drawing function
     redraws) and of the matplotlib version."""
     h = hashlib.sha256(matplotlib.__version__.encode())
-    h.update(Path(code_file).read_bytes())
+    h.update(_source_digest(code_file))
     for x in inputs:
         _feed(h, x)
     return h.hexdigest()
