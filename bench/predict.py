@@ -7,9 +7,9 @@
 SOURCE is an image, a folder (searched recursively; hidden files skipped) or a list file (.txt, .lst, .list: one path
 per line, relative to the list file's folder). Each image is prepared exactly as the model was evaluated (its size,
 resize policy and normalisation, from run.json), run through the member's or the entry's TTA views, combined with
-the entry's weights and combiner, and decided by its fitted rule (tau). The CSV has the path and, per attribute, the
-class name and its probability (--probs: every class's probability, columns ATTRIBUTE=CLASS); it is written
-atomically, replacing FILE. Files that cannot be decoded (not an image, truncated, missing) are listed with the
+the entry's weights and combiner, and decided by its fitted rule (tau). The CSV has the image path (column image)
+and, per attribute, the class name and its probability (columns ATTRIBUTE, ATTRIBUTE_prob; --probs: every class's
+probability, columns ATTRIBUTE=CLASS); it is written atomically, replacing FILE. Files that cannot be decoded (not an image, truncated, missing) are listed with the
 reason and skipped; the others' rows are written, and the exit code is 1. A run or entry that cannot be used (no
 weights, members retrained since the entry, a graph made from another model) stops with exit code 2 and writes
 nothing. The library is bench/inference/; this module parses arguments.
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     from bench.artifacts import ArtifactError
     from bench.data import DatasetError
-    from bench.inference.predict import (OnnxScorer, PredictError, TorchScorer, plan_ensemble, plan_model,
-                                         predict_files, write_csv)
+    from bench.inference.predict import (OnnxScorer, PredictError, TorchScorer, csv_header, plan_ensemble,
+                                         plan_model, predict_files, write_csv)
     from bench.inference.sources import SourceError, list_sources
     wd = workdir.resolve(a.workdir)
     runs_dir = Path(a.runs_dir) if a.runs_dir else wd.runs
@@ -88,6 +88,7 @@ def main(argv=None) -> int:
             plan, engine = scorer.plan, f"onnxruntime ({a.onnx})"
         else:
             scorer, engine = TorchScorer(plan, device, a.batch_size), f"PyTorch on {device}"
+        csv_header(plan, a.probs)  # refuses clashing column names before any image is read
     except (PredictError, SourceError, ArtifactError, DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2)

@@ -59,7 +59,7 @@ def test_val_images_get_the_stored_probabilities(demo_runs, tiny_root, tmp_path,
     assert probs == pytest.approx(stored["plain"], abs=2e-6)
     assert (names == class_names_of(argmax(stored["plain"]), meta)).all()
     header, rows = read_csv(out)
-    assert header[:3] == ["path", "texture", "texture_prob"]
+    assert header[:3] == ["image", "texture", "texture_prob"]
     # the default views: plain and flip, averaged
     out2 = tmp_path / "tta.csv"
     predict_main([str(src), "--model", "default/resnet18", "--runs-dir", str(demo_runs), "--probs", "--out",
@@ -195,3 +195,32 @@ def test_bad_runs_and_entries(demo_runs, ensembled, tiny_root, tmp_path, capsys)
     meta_path.write_text(json.dumps({**meta, "finished": "2999-01-01 00:00:00"}))
     _fails(capsys, [img, "--ensemble", "ens", "--runs-dir", str(runs2)], "b/resnet18 (finished 2999",
            tmp_path / "o5.csv")
+
+
+def _plan(attributes, class_names):
+    from bench.inference.predict import Plan
+    k = tuple(len(c) for c in class_names)
+    return Plan("model r/m", ["r/m"], [(32, "squash")], ["plain"], np.ones(1), "mean", "argmax", {}, None,
+                "overall", tuple(attributes), class_names, k)
+
+
+def test_csv_columns_never_clash_with_attribute_names(tmp_path):
+    """An attribute may be called `path` (the image column is `image`, which no attribute can be called); attributes
+    whose columns would repeat a name (`colour` and `colour_prob`) are refused before anything is written."""
+    from bench.inference.predict import PredictError, Prediction, csv_header, csv_text
+    plan = _plan(["path", "colour"], [["no", "yes"], ["red", "green", "blue"]])
+    probs = np.array([[0.2, 0.8, 0.1, 0.3, 0.6], [0.9, 0.1, 0.5, 0.25, 0.25]])
+    result = Prediction([tmp_path / "a.jpg", tmp_path / "b.jpg"], probs, np.array([[1, 2], [0, 0]]), [])
+    (tmp_path / "p.csv").write_text(csv_text(result, plan, all_probs=True))
+    with open(tmp_path / "p.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["image", "path", "path_prob", "colour", "colour_prob", "path=no", "path=yes",
+                             "colour=red", "colour=green", "colour=blue"]
+    assert [r["image"] for r in rows] == [str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")]
+    assert [(r["path"], r["path_prob"], r["colour"], r["colour_prob"]) for r in rows] == [
+        ("yes", "0.800000", "blue", "0.600000"), ("no", "0.900000", "red", "0.500000")]
+    with pytest.raises(PredictError, match="more than one column named colour_prob"):
+        csv_header(_plan(["colour", "colour_prob"], [["red", "blue"], ["low", "high"]]))
+    with pytest.raises(PredictError, match="named colour=red"):
+        csv_header(_plan(["colour", "colour=red"], [["red", "blue"], ["x", "y"]]), all_probs=True)
+    assert csv_header(_plan(["colour", "colour=red"], [["red", "blue"], ["x", "y"]]))[0] == "image"

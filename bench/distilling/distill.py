@@ -43,7 +43,6 @@ from bench.data import DatasetError, FashionDataset, Split, open_dataset, reopen
 from bench.data.dataset import cache_home, check_image_files
 from bench.distilling.kd import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DistillLoss
 from bench.distilling.teacher import OnlineTeacher, Teacher, TeacherError, cached_targets, load_teacher
-from bench.training.augment import augment
 from bench.training.kfold import refit as refit_model
 from bench.training.train import (ImageStore, choose_data_mode, decoded_bytes, demo_settings, resolve_recipe,
                                   train_model)
@@ -70,11 +69,7 @@ class DistillTrainer(Trainer):
 
     def augment_batch(self, idx: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         """The Trainer's augmentation (the same draws), remembering the rows and which images it mirrored."""
-        r = self.recipe
-        images = self.train.x[idx] if images is None else images
-        x, mirror = augment(images, self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter, out_size=self.size,
-                            crop_ratio=r.crop_ratio, crop_sampling=r.crop_sampling, antialias=r.crop_antialias,
-                            return_mirror=True)
+        x, mirror = self.augment_rows(idx, images)
         self._batch = (idx, mirror)
         return x
 

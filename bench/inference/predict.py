@@ -249,17 +249,30 @@ def predict_files(files: list[Path], plan: Plan, scorer: Callable[[Batch], np.nd
     return Prediction(paths, p, plan.finish(p) if len(p) else np.zeros((0, len(plan.num_classes)), int), failed)
 
 
-def csv_text(result: Prediction, plan: Plan, all_probs: bool = False) -> str:
-    """One row per image: path, and per attribute the decided class name and its probability (`all_probs`: then
-    every class's probability, columns ATTRIBUTE=CLASS)."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    header = ["path"]
-    for a, names in zip(plan.attributes, plan.class_names):
+def csv_header(plan: Plan, all_probs: bool = False) -> list[str]:
+    """The CSV's columns: image (as in a CSV dataset's labels and bench.ensemble's prediction.csv, a name no attribute
+    can have), then per attribute ATTRIBUTE and ATTRIBUTE_prob (`all_probs`: then ATTRIBUTE=CLASS per class).
+    PredictError when two columns would share a name (e.g. attributes `colour` and `colour_prob`)."""
+    header = ["image"]
+    for a in plan.attributes:
         header += [a, f"{a}_prob"]
     if all_probs:
         header += [f"{a}={c}" for a, names in zip(plan.attributes, plan.class_names) for c in names]
-    w.writerow(header)
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise PredictError(f"{plan.source}: the CSV would have more than one column named {', '.join(twice)} "
+                           f"(columns: image, then per attribute ATTRIBUTE and ATTRIBUTE_prob"
+                           f"{', with --probs ATTRIBUTE=CLASS' if all_probs else ''}); rename the attribute in the "
+                           f"dataset's labels")
+    return header
+
+
+def csv_text(result: Prediction, plan: Plan, all_probs: bool = False) -> str:
+    """One row per image: its path, and per attribute the decided class name and its probability (`all_probs`: then
+    every class's probability); columns per csv_header."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(csv_header(plan, all_probs))
     parts = split_probs(result.probs, plan.num_classes)
     for i, path in enumerate(result.paths):
         row = [str(path)]

@@ -574,11 +574,15 @@ class Trainer:
     def augment_batch(self, idx: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
         """The recipe's augmentation of these training rows (`images`: the rows already gathered), resized to the
         model's input size (train images decoded larger by the recipe's train_margin are cropped down to it)."""
+        return self.augment_rows(idx, images)[0]
+
+    def augment_rows(self, idx: torch.Tensor, images: torch.Tensor | None = None):
+        """augment_batch's images and, per row, whether it was mirrored (the same random draws)."""
         r = self.recipe
         images = self.train.x[idx] if images is None else images
         return augment(images, self.gen, r.crop_scale, r.hflip, r.rotate, r.jitter,
                        out_size=self.size, crop_ratio=r.crop_ratio, crop_sampling=r.crop_sampling,
-                       antialias=r.crop_antialias)
+                       antialias=r.crop_antialias, return_mirror=True)
 
     def train_epoch(self, max_steps: int | None = None) -> dict:
         """One pass over the training split; returns mean loss and throughput."""
