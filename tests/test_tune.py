@@ -68,8 +68,13 @@ def test_study_prunes_resumes_without_overshoot_and_feeds_run(tiny_root, tmp_pat
     md = write_tune_report(study, tmp_path / "rep").read_text()
     for section in ("## Best parameters", "## Parameter importances", "## Plots", "## Trials", "PRUNED"):
         assert section in md
-    for plot in ("optimization-history", "parallel-coordinate", "intermediate-values"):
-        assert (tmp_path / "rep/tune-a_files" / f"{plot}.png").stat().st_size > 1000
+    from PIL import Image
+    # each plot is a PNG of its set size at 80 dpi: 8 x 4.5 in = 640 x 360 px, the parallel coordinates 11 x 5.5 in
+    for plot, px in (("optimization-history", (640, 360)), ("parallel-coordinate", (880, 440)),
+                     ("intermediate-values", (640, 360))):
+        assert f"![{plot}](tune-a_files/{plot}.png)" in md
+        with Image.open(tmp_path / "rep/tune-a_files" / f"{plot}.png") as im:
+            assert (im.format, im.size) == ("PNG", px)
     tune_main(args(tiny_root, storage, "a", 6))  # same command again: nothing more to do
     assert len(load(storage, "a").trials) == 6
     tune_main(args(tiny_root, storage, "a", 7))  # --trials is the total
