@@ -97,6 +97,22 @@ def test_the_report_names_the_classes_too_rare_for_class_average_intervals(demo_
     assert "trust p" in line
 
 
+def test_a_delta_interval_that_contradicts_its_p_says_so():
+    """Δ rows whose 95% interval excludes 0 while the unadjusted sign-flip p is >= 0.05 (a rare class's few images
+    decide it) are marked; rows where the two agree are not."""
+    from bench.reporting.leaderboard import DISAGREE, render_significance
+    rows = [("leader", True, 0.0, None, None, None), ("disagree", False, -0.0276, -0.0457, -0.0105, 0.26),
+            ("agree-excl", False, -0.03, -0.05, -0.01, 0.001), ("agree-incl", False, -0.01, -0.03, 0.01, 0.4),
+            ("above", False, 0.02, 0.001, 0.04, 0.05)]
+    df = pd.DataFrame(rows, columns=["entry", "leader", "delta", "delta_lo", "delta_hi", "p_sign_flip"])
+    df["p_holm"] = df["p_sign_flip"]
+    df["kind"] = "model"
+    cells = {line.split("|")[1].strip().strip("`"): line.split("|")[2].strip()
+             for line in render_significance(df).splitlines()[2:]}
+    assert cells == {"disagree": "-0.0276 [-0.0457, -0.0105]" + DISAGREE, "agree-excl": "-0.0300 [-0.0500, -0.0100]",
+                     "agree-incl": "-0.0100 [-0.0300, +0.0100]", "above": "+0.0200 [+0.0010, +0.0400]" + DISAGREE}
+
+
 def test_confusion_figure_holds_the_confusion_counts(tmp_path, monkeypatch):
     figs = []
     save = rp._save
