@@ -364,3 +364,21 @@ def test_a_trial_is_never_pruned_after_its_last_epoch(pruner, tiny_root, tmp_pat
     study = tune_main(args(tiny_root, storage, "p", 8, 1, "--sampler-seed", "0", "--pruner", pruner))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 8
     assert all(t.value == t.intermediate_values[1] for t in study.trials)
+
+
+def test_tune_report_says_why_a_plot_is_missing(tmp_path):
+    """optuna draws empty axes when there is nothing to plot: the report says why instead of showing them, and
+    draws what there is."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    empty = optuna.create_study(study_name="empty", direction="maximize")
+    md = write_tune_report(empty, tmp_path / "rep").read_text()
+    for plot in ("optimization-history", "parallel-coordinate", "intermediate-values"):
+        assert f"_{plot}: no completed trial yet._" in md and f"![{plot}]" not in md
+    assert not list((tmp_path / "rep/tune-empty_files").iterdir())
+    flat = optuna.create_study(study_name="flat", direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    flat.optimize(lambda t: t.suggest_float("lr", 1e-4, 1e-1, log=True) + t.suggest_int("epochs", 1, 3), n_trials=3)
+    md = write_tune_report(flat, tmp_path / "rep").read_text()  # completed trials, no per-epoch scores
+    assert "_intermediate-values: no trial has reported a per-epoch score yet._" in md
+    drawn = sorted(p.name for p in (tmp_path / "rep/tune-flat_files").iterdir())
+    assert drawn == ["optimization-history.png", "parallel-coordinate.png"]
+    assert "![optimization-history](tune-flat_files/optimization-history.png)" in md

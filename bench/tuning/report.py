@@ -30,7 +30,15 @@ def slanted_x(ax) -> None:
         label.set(rotation=30, ha="right")
 
 
-def _plot(fn, study, path: Path, tidy=None, size=(8, 4.5), **kw) -> bool:
+def _plot(fn, study, path: Path, tidy=None, size=(8, 4.5), **kw) -> str | None:
+    """Draw one of optuna's plots to `path`; None when drawn, else why not (optuna draws empty axes rather than
+    fail when there is nothing to plot, so the reason is decided here, and a real error is named, not hidden)."""
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not done:
+        return "no completed trial yet"
+    if fn is optuna.visualization.matplotlib.plot_intermediate_values and not any(
+            t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        return "no trial has reported a per-epoch score yet"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -42,10 +50,10 @@ def _plot(fn, study, path: Path, tidy=None, size=(8, 4.5), **kw) -> bool:
         fig.tight_layout()
         atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=80))
         plt.close(fig)
-        return True
-    except Exception:  # too few trials for this plot
+        return None
+    except Exception as e:
         plt.close("all")
-        return False
+        return f"could not be drawn ({type(e).__name__}: {e})"
 
 
 def seconds(t: optuna.trial.FrozenTrial) -> str:
@@ -113,10 +121,12 @@ def write_tune_report(study: optuna.Study, out: Path) -> Path:
     md += ["## Plots", ""]
     for title, fn, kw in plots:
         path = files / f"{title}.png"
-        if _plot(fn, study, path, **kw):
+        why_not = _plot(fn, study, path, **kw)
+        if why_not is None:
             md += [f"![{title}]({files.name}/{title}.png)", ""]
         else:
-            md += [f"_{title}: not enough trials yet._", ""]
+            path.unlink(missing_ok=True)  # a plot from an earlier build would no longer match the study
+            md += [f"_{title}: {why_not}._", ""]
     if len(df):
         cols = [(c, c) for c in df.columns]
         md += ["## Trials", "", markdown_table(df.fillna(""), cols), ""]
