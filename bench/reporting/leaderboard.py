@@ -206,10 +206,9 @@ def few_images_note(entries: list[Entry], class_names, attributes, below: int = 
     resample keeps the whole gap), so the interval treats its accuracy as nearly known; the sign-flip test weighs
     each of those images and does not."""
     labels = next(e for e in entries if "labels" in e.extra).extra["labels"]
+    counts = class_counts(labels, [len(names) for names in class_names])
     few = [(f"{class_names[a][c]} ({attributes[a]})", int(n))
-           for a in range(labels.shape[1]) for c, n in enumerate(np.bincount(labels[labels[:, a] >= 0, a],
-                                                                             minlength=len(class_names[a])))
-           if 0 < n < below]
+           for a, per_class in enumerate(counts) for c, n in enumerate(per_class) if 0 < n < below]
     if not few:
         return []
     return [f"Classes with fewer than {below} labelled images here: "
@@ -356,9 +355,10 @@ def render_leaderboard(df: pd.DataFrame, attributes) -> str:
     return markdown_table(view, cols)
 
 
-# a Δ interval that excludes 0 while the sign-flip p (unadjusted) is >= 0.05: a few images decide the difference (a
+LEVEL = 0.05  # significance level of the comparisons with the leader (the intervals are 1 - LEVEL)
+# a Δ interval that excludes 0 while the sign-flip p (unadjusted) is >= LEVEL: a few images decide the difference (a
 # rare class's, see few_images_note), every bootstrap resample keeps their whole gap, and the interval overclaims
-DISAGREE = " (excludes 0, but p >= 0.05: a few images decide it; trust p)"
+DISAGREE = f" (excludes 0, but p >= {LEVEL:g}: a few images decide it; trust p)"
 
 
 def render_significance(df: pd.DataFrame, metric: str = "overall", prefix: str = "") -> str:
@@ -369,12 +369,12 @@ def render_significance(df: pd.DataFrame, metric: str = "overall", prefix: str =
     view = pd.DataFrame({
         "entry": "`" + rest["entry"] + "`" + ("" if not prefix else " (" + rest["views"].where(
             rest["kind"] == "baseline", rest["tta_views"]) + ")"),
-        "delta": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (DISAGREE if (lo > 0 or hi < 0) and p >= 0.05 else "")
+        "delta": [f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]" + (DISAGREE if (lo > 0 or hi < 0) and p >= LEVEL else "")
                   for d, lo, hi, p in zip(rest[f"{prefix}delta"], rest[f"{prefix}delta_lo"],
                                           rest[f"{prefix}delta_hi"], rest[f"{prefix}p_sign_flip"])],
         "p": rest[f"{prefix}p_sign_flip"].map(lambda v: _fmt(v, ".3g")),
         "holm": rest[f"{prefix}p_holm"].map(lambda v: _fmt(v, ".3g")),
-        "sig": ["yes" if p < 0.05 else "no" for p in rest[f"{prefix}p_holm"]],
+        "sig": ["yes" if p < LEVEL else "no" for p in rest[f"{prefix}p_holm"]],
     })
     return markdown_table(view, [("entry", "entry"), ("delta", f"Δ {TARGETS[metric]} vs leader [95% CI]"),
                                  ("p", "sign-flip p"), ("holm", "Holm-adjusted p"),

@@ -31,14 +31,7 @@ def slanted_x(ax) -> None:
 
 
 def _plot(fn, study, path: Path, tidy=None, size=(8, 4.5), **kw) -> str | None:
-    """Draw one of optuna's plots to `path`; None when drawn, else why not (optuna draws empty axes rather than
-    fail when there is nothing to plot, so the reason is decided here, and a real error is named, not hidden)."""
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if not done:
-        return "no completed trial yet"
-    if fn is optuna.visualization.matplotlib.plot_intermediate_values and not any(
-            t.intermediate_values for t in study.get_trials(deepcopy=False)):
-        return "no trial has reported a per-epoch score yet"
+    """Draw one of optuna's plots to `path`; None when drawn, else the error that stopped it (named, not hidden)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -63,9 +56,10 @@ def seconds(t: optuna.trial.FrozenTrial) -> str:
     return f"{t.duration.total_seconds():.0f}" if t.duration and timed else "-"
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
+def trials_frame(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> pd.DataFrame:
+    """One row per trial (`trials`: the study's, when already read)."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in study.get_trials(deepcopy=False) if trials is None else trials:
         if t.user_attrs.get("surplus"):
             continue
         row = {"trial": t.number, "state": t.state.name,
@@ -84,7 +78,8 @@ def write_tune_report(study: optuna.Study, out: Path) -> Path:
     name = slug(study.study_name)
     files = out / f"tune-{name}_files"
     files.mkdir(exist_ok=True)
-    df = trials_frame(study)
+    trials = study.get_trials(deepcopy=False)  # once: every get_trials is a storage read (SQLite, PostgreSQL)
+    df = trials_frame(study, trials)
     metrics = study.user_attrs.get("objective", ["value"])
     states = df["state"].value_counts().to_dict() if len(df) else {}
     md = [f"# Study `{study.study_name}`", "",
@@ -121,7 +116,13 @@ def write_tune_report(study: optuna.Study, out: Path) -> Path:
     md += ["## Plots", ""]
     for title, fn, kw in plots:
         path = files / f"{title}.png"
-        why_not = _plot(fn, study, path, **kw)
+        # optuna draws empty axes rather than fail when there is nothing to plot: say why instead
+        if not any(t.state == optuna.trial.TrialState.COMPLETE for t in trials):
+            why_not = "no completed trial yet"
+        elif title == "intermediate-values" and not any(t.intermediate_values for t in trials):
+            why_not = "no trial has reported a per-epoch score yet"
+        else:
+            why_not = _plot(fn, study, path, **kw)
         if why_not is None:
             md += [f"![{title}]({files.name}/{title}.png)", ""]
         else:
