@@ -12,9 +12,23 @@ runs/<run>/<model>/
 
 Every file is written through `atomic_path`: readers see the old file or the new one, never half of one, and
 concurrent writers never share a temp file.
+
+A run folder may come from someone else (a teammate's runs/, a course's baselines), so what is read from it is
+checked, here, for every reader:
+- what is read is what was written: a finished run's run.json (`write_run`) records the size and sha256 of each
+  artifact in RECORDED (`files`), and `verify` refuses a file that differs (copied over, edited or truncated) before
+  any reader uses it; ensemble entries (RUNS/_ensembles/NAME, also written by `write_run`) likewise. Cached TTA views
+  carry a digest beside them (`save_cache`/`load_cache`): a changed cache is recomputed, never used. Run folders
+  finished before 2026-12-07 record no digests and are read unchecked;
+- paths stay inside: a path read from run.json or an entry (`refit.dir`, k-fold folders, member labels) must name a
+  place inside its own run (or runs) folder (`inside`): absolute paths, `..` and symlinks out are refused, naming
+  the field and the file;
+- no artifact runs code: checkpoints are read by bench/checkpoints.py (the restricted unpickler), npz files without
+  pickled objects (np.load's allow_pickle=False, its default).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -33,6 +47,135 @@ import numpy as np
 
 class ArtifactError(RuntimeError):
     pass
+
+
+RECORDED = ("best.pt", "probs_val.npz", "probs_test.npz", "probs_test_valrun.npz",  # digests in a done run.json
+            "probs_train_oof.npz", "probs_heldout.npz")  # a --pool train member's and fold's (training/kfold.py)
+
+
+def inside(base: str | Path, rel, field: str, source: str | Path) -> Path:
+    """`base / rel` for a relative path `rel` read from field `field` of `source` (a run.json or an entry), checked to
+    stay inside `base`: ArtifactError for an absolute path, a `..` component or a symlink that leads out."""
+    base = Path(base)
+    bad = not isinstance(rel, str) or not rel or Path(rel).is_absolute() or ".." in Path(rel).parts \
+        or "\\" in rel
+    if not bad:
+        path = base / rel
+        bad = not path.resolve().is_relative_to(base.resolve())
+    if bad:
+        raise ArtifactError(f"{source}: field {field} is {rel!r}, which is not a path inside {base} (absolute paths, "
+                            f"'..' and links out of the folder are refused: a run folder from elsewhere may only "
+                            f"point inside itself)")
+    return path
+
+
+def digest(path: str | Path) -> dict:
+    """{"size": bytes, "sha256": hex} of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"size": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def write_run(meta: dict, folder: str | Path) -> dict:
+    """Write `folder/run.json` from `meta`; a finished run (status done) first records the size and sha256 of each of
+    its RECORDED artifacts present (`files`), which every later reader checks (`verify`). Returns `meta`."""
+    folder = Path(folder)
+    meta.pop("files", None)
+    if meta.get("status") == "done":
+        meta["files"] = {name: digest(folder / name) for name in RECORDED if (folder / name).is_file()}
+    write_json(meta, folder / "run.json")
+    return meta
+
+
+_meta_cache: dict[tuple, dict] = {}
+_verified: set[tuple] = set()
+
+
+def _folder_meta(folder: Path) -> dict | None:
+    """run.json of `folder` (None when there is none or it is unreadable: read_run reports that), cached by mtime."""
+    path = folder / "run.json"
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _meta_cache:
+        try:
+            _meta_cache[key] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+    return _meta_cache[key]
+
+
+def verify(path: str | Path) -> Path:
+    """`path`, after checking it against the size and sha256 its run folder's run.json recorded when the run finished
+    (ArtifactError naming the file when it differs: copied over, edited or truncated; or when it leads out of its
+    folder). Files of unfinished runs, runs finished before digests were recorded, and files that are not RECORDED
+    artifacts pass unchecked. A file is hashed once per process while its size and mtime stay the same."""
+    path = Path(path)
+    if path.name not in RECORDED:
+        return path
+    meta = _folder_meta(path.parent)
+    files = meta.get("files") if isinstance(meta, dict) else None
+    if not isinstance(files, dict):
+        return path
+    inside(path.parent, path.name, path.name, path.parent / "run.json")  # a symlink out of the folder
+    rec = files.get(path.name)
+    if rec is None:
+        if path.exists():
+            raise ArtifactError(f"{path}: not recorded in {path.parent / 'run.json'}, which lists {', '.join(files)}: "
+                                f"it was not written by the run that finished there (copied in later?); delete it, "
+                                f"or retrain the run")
+        return path
+    try:
+        st = path.stat()
+    except OSError:
+        return path  # missing: the reader says so in its own words
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, rec.get("sha256"))
+    if key in _verified:
+        return path
+    now = digest(path) if st.st_size == rec.get("size") else {"size": st.st_size, "sha256": None}
+    if now != {"size": rec.get("size"), "sha256": rec.get("sha256")}:
+        was = f"{rec.get('size')} bytes, sha256 {str(rec.get('sha256'))[:16]}"
+        has = f"{now['size']} bytes" + (f", sha256 {now['sha256'][:16]}" if now["sha256"] else "")
+        raise ArtifactError(f"{path}: changed since training (copied over, edited or truncated): "
+                            f"{path.parent / 'run.json'} records {was}, the file has {has}. Restore the file that "
+                            f"run wrote, or retrain it (--force)")
+    _verified.add(key)
+    return path
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """A run folder's npz artifact as a dict of arrays, verified first (`verify`); no pickled objects are read."""
+    with np.load(verify(path)) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _cache_digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_cache(path: str | Path, **arrays) -> None:
+    """A cache npz (e.g. computed TTA views) with its digest beside it (`PATH.sha256`), so `load_cache` can tell a
+    changed file from the one written."""
+    path = Path(path)
+    save_probs(path, **arrays)
+    atomic_write(_cache_digest_path(path), lambda tmp: tmp.write_text(json.dumps(digest(path))))
+
+
+def load_cache(path: str | Path) -> dict[str, np.ndarray] | None:
+    """The cache's arrays, or None when it is missing, has no digest, or differs from its digest (recompute it)."""
+    path = Path(path)
+    try:
+        recorded = json.loads(_cache_digest_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not path.is_file() or digest(path) != recorded:
+        return None
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
 
 
 @dataclass
@@ -54,8 +197,12 @@ class RunArtifacts:
         which its refit model (refit/best.pt) predicted."""
         refit = self.meta.get("refit")
         if split == "test" and refit:
-            return self.dir / refit.get("dir", "refit") / "best.pt"
+            return self.sub(refit.get("dir", "refit") if isinstance(refit, dict) else None, "refit.dir") / "best.pt"
         return self.dir / "best.pt"
+
+    def sub(self, rel, field: str) -> Path:
+        """A folder or file named by field `field` of run.json, checked to lie inside this run's folder (`inside`)."""
+        return inside(self.dir, rel, field, self.dir / "run.json")
 
     def probs_path(self, split: str) -> Path:
         return self.dir / f"probs_{split}.npz"
@@ -68,8 +215,7 @@ class RunArtifacts:
         if not path.exists():
             raise ArtifactError(f"{path}: missing; re-run training or `python -m bench.ensemble` recomputes it "
                                 f"from {self.dir / 'best.pt'}")
-        with np.load(path) as z:
-            return {k: z[k] for k in z.files}
+        return load_npz(path)
 
 
 def read_run(model_dir: Path) -> RunArtifacts:

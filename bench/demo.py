@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.data.demo import DemoSpec, parse_schema, write_demo
+from bench.data.demo import HIDDEN_CSV, HIDDEN_TXT, DemoSpec, parse_schema, write_demo
 
 
 def main(argv=None):
@@ -31,7 +31,8 @@ def main(argv=None):
     out = write_demo(a.out, spec)
     kind = "CSV dataset (" + ", ".join(f"{n}: {k} classes" for n, k in schema) + ")" if schema else "FashionDataset"
     print(f"wrote demo {kind} to {out} ({spec.train}/{spec.val}/{spec.test} images, "
-          f"{spec.width}x{spec.height}); test labels in {out / 'hidden/test_attr.txt'}")
+          f"{spec.width}x{spec.height}); test labels in {out / (HIDDEN_CSV if schema else HIDDEN_TXT)} (how to "
+          f"score: {out / 'hidden/README.txt'})")
     return out
 
 

@@ -25,15 +25,20 @@ from zoo.recipes import RECIPE_NAMES
 MODE_HELP = ("cached (default on the CPU): the teacher's probabilities for every training image, plain and mirrored, "
              "computed once and stored in the student's run folder (a resumed run reuses them); each step a "
              "mirrored image gets the mirrored view's target, any other the plain view's (the teacher does not see "
-             "the crop, rotation or colour jitter). Cached targets on the teacher's own training images are "
-             "in-sample: its members trained on them, so they are more confident than on new images. online "
-             "(default on CUDA): every member runs on the student's augmented batch at each step (inference mode, "
-             "autocast), so the target matches what the student sees; costs a forward pass of every member per step")
+             "the crop, rotation or colour jitter). online (default on CUDA): every member runs on the student's "
+             "augmented batch at each step (inference mode, autocast), so the target matches what the student sees; "
+             "costs a forward pass of every member per step. views: the teacher labels --views V fixed augmented "
+             "views of every training image once (crop, flip, rotation, jitter, with --mixup a partner image; drawn "
+             "from --seed and stored with the probabilities in teacher_views.npz) and epoch e of the student trains "
+             "on exactly view e mod V: the online mode's consistency at the cost of V teacher passes, once. Targets "
+             "are in-sample when the members trained on the training images (more confident than on new images), "
+             "out-of-fold when they were cross-fitted over train (bench.run --folds K --pool train; cached mode: "
+             "their probs_train_oof.npz); run.json and the leaderboard row say which")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from bench.data import add_layout_arguments
-    from bench.distilling import DEFAULT_ALPHA, DEFAULT_TEMPERATURE
+    from bench.distilling import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DEFAULT_VIEWS
     p = argparse.ArgumentParser(prog="python -m bench.distill", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n\n".join(__doc__.split("\n\n")[1:3]))
@@ -42,7 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
                         "runs (run or run/model labels, uniform mean). An entry whose members were retrained after "
                         "it was written is refused (rebuild it with bench.ensemble --force)")
     p.add_argument("--student", required=True, help="a zoo name or any timm model name")
-    p.add_argument("--mode", default="auto", choices=["auto", "cached", "online"], help=MODE_HELP)
+    p.add_argument("--mode", default="auto", choices=["auto", "cached", "online", "views"], help=MODE_HELP)
+    p.add_argument("--views", type=int, metavar="V",
+                   help=f"--mode views: how many stored views per training image (at least 1; default "
+                        f"{DEFAULT_VIEWS}); epoch e trains on view e mod V")
+    p.add_argument("--mixup", type=float, metavar="ALPHA",
+                   help="--mode views: mix each view with another training image's view of the same v, lam ~ "
+                        "Beta(ALPHA, ALPHA) (drawn from --seed, stored); the teacher labels the mixed image, the "
+                        "label term is the mixup loss of both labels (default: no mixup)")
+    p.add_argument("--init", metavar="RUN/MODEL|FILE.safetensors",
+                   help="start the student from a finished run's weights (its best.pt; RUN/MODEL under --out) or a "
+                        "file from bench.export --format safetensors, instead of the recipe's --pretrained start; it "
+                        "must be the same model with the same attributes, classes and head (refused otherwise). "
+                        "Recorded in run.json; the leaderboard row names it")
     p.add_argument("--temperature", "-T", type=float, default=DEFAULT_TEMPERATURE,
                    help=f"T: the teacher's combined distribution p becomes p^(1/T) renormalised, the student's "
                         f"softmax(z / T) (default {DEFAULT_TEMPERATURE:g}; recorded in run.json)")
@@ -55,8 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "become the student's, the val statistics stay the val run's (like bench.run --refit)")
     p.add_argument("--unlabelled", metavar="test|FOLDER|LISTFILE",
                    help="also train on these images, labelled by the teacher only (label -1: the distillation term "
-                        "alone): the test split (transductive; the leaderboard row says so), a folder of images, or "
-                        "a file listing image paths (relative to the file). Recorded in run.json; off by default")
+                        "alone): the test split, a folder of images, or a file listing image paths (relative to the "
+                        "file). Transductive whenever any of them is a test-split image, however named (run.json "
+                        "and the leaderboard row say so, with how many). Recorded in run.json; off by default")
     p.add_argument("--recipe", choices=RECIPE_NAMES,
                    help="recipe preset (zoo/recipes.py); default: finetune when the student starts from pretrained "
                         "weights, scratch from random init")
@@ -70,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_layout_arguments(p)
     add_recipe_arguments(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    add_run_control_arguments(p)  # --data-mode, --compile, --checkpoint-every, --seed
+    add_run_control_arguments(p)  # --data-mode, --compile, --checkpoint-every, --precision, --seed
     p.add_argument("--force", action="store_true", help="retrain the student (and recompute cached targets)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip rebuilding the leaderboard")
@@ -101,6 +119,8 @@ def main(argv=None) -> dict:
         overrides = recipe_overrides(a)
         RECIPES[a.recipe if a.recipe in RECIPES else "scratch"].updated(**overrides)  # bad flags fail before data
         device = pick_device(a.device)
+        from bench.training.precision import setup
+        print(setup(a.precision, device))  # the process's precision (not in the config) and CPU threads
         layout = layout_args(a)
         if not a.data and (layout["labels"] or layout["val_fraction"] is not None):
             raise ValueError("--labels / --val-fraction need --data")
@@ -110,7 +130,8 @@ def main(argv=None) -> dict:
                            data=Path(a.data) if a.data else None,
                            layout=layout if (layout["labels"] or layout["val_fraction"] is not None) else None,
                            seed=a.seed, force=a.force, progress=not a.no_progress, data_mode=a.data_mode,
-                           compile=a.compile, checkpoint_every=a.checkpoint_every)
+                           compile=a.compile, checkpoint_every=a.checkpoint_every, views=a.views,
+                           mixup=a.mixup, init=a.init)
         from bench.distilling.distill import default_run_name
         model_dir = out / (a.run or default_run_name(a.teacher)) / a.student
         with track.model_run(f"{model_dir.parent.name}/{a.student}", model_dir) as tracked:  # bench/tracking.py

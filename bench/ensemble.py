@@ -36,8 +36,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.ensemble", description=__doc__.split("\n\n")[0])
     workdir.add_argument(p)
     p.add_argument("--runs-dir", help="runs folder (default WORKDIR/runs)")
-    p.add_argument("--runs", help="comma-separated run names (or run/model labels); default all")
-    p.add_argument("--models", help="comma-separated model names; default all")
+    p.add_argument("--runs", help="comma-separated run names (or run/model labels; a replica set's run/model: all "
+                                  "its seeds); default all")
+    p.add_argument("--models", help="comma-separated model names, each with all its replicas (bench.run --seeds: "
+                                    "a deep ensemble of its seeds; printed); default all")
     p.add_argument("--tta", default="plain,flip",
                    help="views averaged per member, comma-separated; a view is transforms joined by +, e.g. "
                         "plain,flip,crop0.9+flip. Transforms (bench/ensembling/views.py): " + VIEWS.describe())

@@ -16,10 +16,8 @@ present when it has labelled images; `missing` counts the missing cells.
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, f1_score, recall_score
 
 from bench.data import attribute_names, class_counts
 
@@ -44,14 +42,20 @@ def overall_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float((y_true == y_pred)[labelled].sum() / max(labelled.sum(), 1))
 
 
+def confusion(t: np.ndarray, p: np.ndarray, k: int) -> np.ndarray:
+    """(k, k) counts: row = true class, column = predicted class (sklearn's confusion_matrix over labels 0..k-1,
+    without its per-call input validation, which cost most of a report's build; tests/test_score.py checks every
+    figure derived from it against sklearn)."""
+    return np.bincount(np.asarray(t, np.int64) * k + np.asarray(p, np.int64), minlength=k * k).reshape(k, k)
+
+
 def per_class_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes) -> list[np.ndarray]:
     """Recall of each class per attribute; NaN for classes absent from the labels."""
     out = []
     for a, k in enumerate(num_classes):
-        t, p = _labelled(y_true, y_pred, a)
-        present = np.bincount(t, minlength=k) > 0
-        rec = recall_score(t, p, labels=np.arange(k), average=None, zero_division=0) if len(t) else np.zeros(k)
-        out.append(np.where(present, rec, np.nan))
+        cm = confusion(*_labelled(y_true, y_pred, a), k)
+        rows = cm.sum(1)
+        out.append(np.where(rows > 0, np.diag(cm) / np.maximum(rows, 1), np.nan))
     return out
 
 
@@ -78,10 +82,19 @@ def score(y_true: np.ndarray, y_pred: np.ndarray, num_classes, attributes=None) 
     _check(y_true, y_pred)
     cols = [_labelled(y_true, y_pred, a) for a in range(y_true.shape[1])]
     per_attr = [float((t == p).mean()) if len(t) else float("nan") for t, p in cols]
-    with warnings.catch_warnings():  # "y_pred contains classes not in y_true": expected on small splits
-        warnings.simplefilter("ignore", UserWarning)
-        balanced = [float(balanced_accuracy_score(t, p)) if len(t) else float("nan") for t, p in cols]
-    f1 = [float(f1_score(t, p, average="macro")) if len(t) else float("nan") for t, p in cols]
+    balanced, f1 = [], []
+    for (t, p), k in zip(cols, num_classes):
+        if not len(t):
+            balanced.append(float("nan"))
+            f1.append(float("nan"))
+            continue
+        cm = confusion(t, p, k)
+        rows, columns, hits = cm.sum(1), cm.sum(0), np.diag(cm)
+        # balanced accuracy (sklearn's balanced_accuracy_score): mean recall over the classes in the labels
+        balanced.append(float(np.mean(hits[rows > 0] / rows[rows > 0])))
+        # macro-F1 (sklearn's f1_score, average="macro"): mean over the classes in the labels or the predictions
+        seen = (rows > 0) | (columns > 0)
+        f1.append(float(np.mean(2 * hits[seen] / (rows[seen] + columns[seen]))))
     per_class = per_class_accuracy(y_true, y_pred, num_classes)
     return {
         "overall_acc": overall_accuracy(y_true, y_pred),
@@ -113,12 +126,29 @@ def probs_to_pred(probs: np.ndarray, num_classes) -> np.ndarray:
     return np.stack([p.argmax(1) for p in split_probs(probs, num_classes)], 1)
 
 
-def format_score(s: dict, title: str = "") -> str:
+METRIC_NAMES = {"overall_acc": "overall accuracy", "class_avg_acc": "class-average accuracy"}
+SHORT_NAMES = {"overall_acc": "overall acc.", "class_avg_acc": "class-average acc."}
+CHALLENGES = {"overall_acc": "2023", "class_avg_acc": "2024"}  # the FashionDataset challenges' metrics
+
+
+def metric_name(key: str, challenge: bool, short: bool = False) -> str:
+    """A challenge metric's name as every report and command prints it: with its challenge's year only for a
+    FashionDataset-layout dataset (`challenge`); a CSV dataset's metrics are named by what they are."""
+    name = (SHORT_NAMES if short else METRIC_NAMES)[key]
+    if not challenge:
+        return name
+    return f"{name} ({CHALLENGES[key]})" if short else f"{name} ({CHALLENGES[key]} challenge)"
+
+
+def format_score(s: dict, title: str = "", challenge: bool = True) -> str:
+    """Both challenge metrics, balanced accuracy, macro-F1 and per-attribute accuracy as printed lines; the
+    challenges are named only for a FashionDataset-layout dataset (`challenge`, see metric_name)."""
     lines = [title] if title else []
     missing = f", {s['missing']} missing labels" if s.get("missing") else ""
     lines.append(f"overall accuracy     {s['overall_acc']:.4f}   (n={s['n']} images x {len(s['attr_acc'])} attributes"
                  f"{missing})")
-    lines.append(f"class-average acc.   {s['class_avg_acc']:.4f}   (mean accuracy over the classes present; 2024 challenge)")
+    year = "; 2024 challenge" if challenge else ""
+    lines.append(f"class-average acc.   {s['class_avg_acc']:.4f}   (mean accuracy over the classes present{year})")
     lines.append(f"balanced acc.        {s['mean_class_acc']:.4f}   (per attribute, then mean over attributes)")
     lines.append(f"macro-F1             {s['macro_f1']:.4f}")
     lines.append("per attribute        " + "  ".join(f"{k} {v:.3f}" for k, v in s["attr_acc"].items()))

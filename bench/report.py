@@ -5,9 +5,13 @@
 
 A report belongs to its runs folder: by default a folder named `runs` reports to `reports/` beside it
 (WORKDIR/runs -> WORKDIR/reports), any other RUNS to RUNS/_report/, so training elsewhere never overwrites another
-leaderboard. Writes OUT/leaderboard.md, its CSV twin OUT/leaderboard.csv, and figures in OUT/leaderboard_files/,
-among them galleries of the leader's most confident mistakes on val (and of ENTRY's with --gallery).
-With nothing to rank it says so on stderr and exits 1. The library is bench/reporting/; this module parses arguments.
+leaderboard. Writes OUT/leaderboard.md (it opens with a one-sentence verdict and a summary table; every column, the
+comparisons and the method follow), its CSV twin OUT/leaderboard.csv (every column), and figures in
+OUT/leaderboard_files/, among them galleries of the leader's most confident mistakes on val (and of ENTRY's with
+--gallery). An ensemble entry whose members were retrained or removed since it was written is listed, not ranked.
+A model's replicas (bench.run --seeds) are one row, compared over seeds and images; replicas that differ in more
+than the seed are refused (exit 2, nothing written). With nothing to rank it says so on stderr and exits 1. The
+library is bench/reporting/; this module parses arguments.
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ def main(argv=None):
     runs_dir = Path(a.runs_dir) if a.runs_dir else workdir.resolve(a.workdir).runs
     try:
         path = build_report(runs_dir, a.out, a.sort, a.dataset, metric=a.metric, gallery=a.gallery)
-    except ValueError as e:  # --gallery naming no entry (with the valid names), checked before anything is written
+    except ValueError as e:  # --gallery naming no entry, or replicas differing in more than the seed (ReplicaError):
+        #                      both found before anything is written
         p.error(str(e))
     if path is None:  # build_report said why on stderr
         raise SystemExit(1)

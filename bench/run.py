@@ -19,6 +19,8 @@ from pathlib import Path
 from bench import workdir
 from bench.fanout import check_devices, follow_parent, run_children, to_argv
 from bench.metrics import TARGET_HELP, TARGETS
+from bench.replicas import SEEDS_HELP, ReplicaError, check_planned, folder_name, parse_seeds, planned_identity, \
+    replica_meta
 from bench.tracking import NullTracker, add_tracking_arguments, tracker_from_args
 from bench.training.arguments import add_recipe_arguments, add_run_control_arguments, recipe_overrides
 from zoo.recipes import RECIPE_NAMES, RECIPES
@@ -42,10 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "epoch); both metrics are always printed")
     p.add_argument("--run", help="run name: artifacts go to OUT/RUN/MODEL (default: the --recipe given, else default)")
     p.add_argument("--folds", type=int, metavar="K",
-                   help="k-fold cross-fitting over train + val: K models per member, each predicting the fold it did "
+                   help="k-fold cross-fitting over train + val (--pool train: over train alone): K models per "
+                        "member, each predicting the fold it did "
                         "not see (out-of-fold scores on every labelled image), test = their mean "
                         "(bench/training/kfold.py)")
     p.add_argument("--fold-seed", type=int, default=0, help="seed of the stratified fold assignment (recorded)")
+    p.add_argument("--pool", choices=["train+val", "train"],
+                   help="with --folds: what the K folds split (default train+val). train: cross-fit over the train "
+                        "split alone, for distillation targets (bench.distill): each training image predicted by "
+                        "the fold model that never saw it (probs_train_oof.npz), val and test by the mean of the K "
+                        "models, so the member is scored on val like a normal run")
     p.add_argument("--refit", action="store_true",
                    help="after the normal run, train again on train + val for the epochs it used; the refit model "
                         "writes the test probabilities, the val statistics stay the val run's")
@@ -60,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-claimed", action="store_true",
                    help="move on to the next model when another process or host holds one's claim, instead of "
                         "stopping (what --devices children do; start the same command per host sharing OUT)")
-    add_run_control_arguments(p)  # --data-mode, --compile, --checkpoint-every, --seed
+    add_run_control_arguments(p)  # --data-mode, --compile, --checkpoint-every, --precision, --seed
+    p.set_defaults(seed=None)  # None: not given (0), so that --seed beside --seeds is refused
+    p.add_argument("--seeds", metavar="LIST", help=SEEDS_HELP)
     p.add_argument("--force", action="store_true", help="retrain models that already have artifacts")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true",
@@ -105,7 +115,7 @@ def main(argv=None) -> list[dict]:
     a = parser.parse_args(argv)
     import pandas as pd
 
-    from bench.artifacts import ClaimError, read_run
+    from bench.artifacts import ArtifactError, ClaimError, read_run
     from bench.errors import StorageError
     from bench.data import DatasetError, layout_args, open_dataset, resolve_root
     from bench.training.trainer import ConfigMismatch, NonFiniteLoss, OutOfMemory, pick_device
@@ -132,6 +142,14 @@ def main(argv=None) -> list[dict]:
              "--refit follows a normal train/val run)")
     if a.folds is not None and a.folds < 2:
         fail(f"--folds {a.folds}: k-fold needs at least 2 folds")
+    if a.pool is not None and a.folds is None:
+        fail(f"--pool {a.pool}: only with --folds K (what the K folds split)")
+    if a.seeds is not None and a.seed is not None:
+        fail(f"--seeds {a.seeds} and --seed {a.seed}: give one (--seeds trains one replica per seed)")
+    try:
+        seeds = parse_seeds(a.seeds) if a.seeds is not None else None
+    except ReplicaError as e:
+        fail(str(e))
     try:
         overrides = recipe_overrides(a)
     except ValueError as e:  # a malformed --set, or a field given twice
@@ -175,33 +193,44 @@ def main(argv=None) -> list[dict]:
         fail(e.args[0] if isinstance(e, KeyError) and e.args else str(e))  # a KeyError's str() adds quotes
     run = a.run or a.recipe or "default"
     out = Path(a.out) if a.out else wd.runs
-    print(f"[run] artifacts in {out / run}/<model>/")
+    print(f"[run] artifacts in {out / run}/<model>/" if seeds is None else
+          f"[run] {len(seeds)} replicas per model (seeds {a.seeds}): artifacts in {out / run}/<model>-seed<k>/")
+    try:  # a replica that would differ from its set's others in more than the seed: before any training
+        for n, recipe, size in plans if seeds is not None else ():
+            check_planned(out / run, n, planned_identity(n, size, ds.fingerprint(), recipe.to_dict(), a.folds,
+                                                         a.fold_seed, a.pool), seeds, a.force)
+    except ReplicaError as e:
+        fail(str(e))
     if len(devices) > 1:
-        return fan_out(parser, a, names, devices, out / run, out, a.metric or (metric if a.from_study else None))
+        return fan_out(parser, a, names, devices, out / run, out, a.metric or (metric if a.from_study else None),
+                       seeds)
     mode, why = choose_data_mode(a.data_mode, decoded_bytes(ds, [(r, z) for _, r, z in plans], dist), device)
     print(f"[data] {mode}: {why}")
+    from bench.training.precision import setup
+    print(setup(a.precision, device))  # the process's precision (not in the config) and CPU threads
     store = ImageStore(ds, device, progress=not a.no_progress, dist=dist, mode=mode, mode_reason=why)
     track = track if dist.main else NullTracker()  # under torchrun rank 0 alone logs
     results = []
-    for name, recipe, size in plans:
-        model_dir = out / run / name
+    for name, recipe, size, seed, model_dir in work_units(plans, seeds, a.seed, out / run):
         try:
             kw = dict(progress=not a.no_progress, force=a.force, compile=a.compile,
                       checkpoint_every=a.checkpoint_every,
-                      extra_meta={"from_study": a.from_study} if a.from_study else None)
+                      extra_meta={**({"from_study": a.from_study} if a.from_study else {}),
+                                  **(replica_meta(name, seed) if seeds is not None else {})} or None)
+            label = f"{run}/{model_dir.name}"
             if a.folds:  # one MLflow run for the member, its folds nested (bench/tracking.py)
-                with track.model_run(f"{run}/{name}", model_dir, recipe, size, a.seed) as tracked:
-                    meta = train_kfold(name, ds, store, recipe, size, model_dir, a.folds, a.seed, a.fold_seed,
-                                       **kw)
+                with track.model_run(label, model_dir, recipe, size, seed) as tracked:
+                    meta = train_kfold(name, ds, store, recipe, size, model_dir, a.folds, seed, a.fold_seed,
+                                       pool_name=a.pool or "train+val", **kw)
                     tracked.finish(meta)
                 results.append(meta)
                 continue
-            with track.model_run(f"{run}/{name}", model_dir, recipe, size, a.seed) as tracked:
-                meta = train_model(name, ds, store, recipe, size, model_dir, a.seed, on_epoch=tracked.chain(), **kw)
+            with track.model_run(label, model_dir, recipe, size, seed) as tracked:
+                meta = train_model(name, ds, store, recipe, size, model_dir, seed, on_epoch=tracked.chain(), **kw)
                 tracked.finish(meta)
             if a.refit:  # the refit training nested in the val run's MLflow run
-                with track.under_dir(model_dir).model_run(f"{run}/{name}/refit", model_dir / "refit") as tracked:
-                    meta = refit(name, ds, store, recipe, size, model_dir, a.seed, on_epoch=tracked.chain(),
+                with track.under_dir(model_dir).model_run(f"{label}/refit", model_dir / "refit") as tracked:
+                    meta = refit(name, ds, store, recipe, size, model_dir, seed, on_epoch=tracked.chain(),
                                  **{k: v for k, v in kw.items() if k != "extra_meta"})
                     tracked.finish(read_run(model_dir / "refit").meta)
                 track.log_refit(model_dir, meta)
@@ -216,11 +245,22 @@ def main(argv=None) -> list[dict]:
             print(f"[{name}] skipped: {str(e).split('; ')[0]}; moving on (--skip-claimed)")
         except (ConfigMismatch, NonFiniteLoss, OutOfMemory, DatasetError, ValueError) as e:
             fail(str(e), 1)
+        except ArtifactError as e:  # e.g. a resumable state refused by the safe loader (bench/checkpoints.py)
+            fail(str(e), 2)
     if not a.no_report and dist.main:
         from bench.reporting.leaderboard import build_report
         build_report(out, metric=a.metric or (metric if a.from_study else None))  # None: the report's own
     dist.close()
     return results
+
+
+def work_units(plans, seeds: list[int] | None, seed: int | None, run_dir: Path):
+    """(model, recipe, size, seed, model folder) of each training: one per model (folder RUN/MODEL, `seed`, default
+    0), or with --seeds one per model and seed (RUN/MODEL-seed<k>, bench/replicas.py), seed by seed, so that one
+    replica of every model finishes before the second of any."""
+    if seeds is None:
+        return [(n, r, z, 0 if seed is None else seed, run_dir / n) for n, r, z in plans]
+    return [(n, r, z, s, run_dir / folder_name(n, s)) for s in seeds for n, r, z in plans]
 
 
 def start_distributed(a):
@@ -240,16 +280,21 @@ def start_distributed(a):
 
 
 def fan_out(parser, a, names: list[str], devices: list[str], run_dir: Path, out: Path,
-            report_metric: str | None = None) -> list[dict]:
+            report_metric: str | None = None, seeds: list[int] | None = None) -> list[dict]:
     """One child `bench.run` per device over all the models, each starting at another one and skipping models a
     process already holds (--skip-claimed), so each model is trained once, also with other hosts sharing OUT;
     the leaderboard is built here, once, after every child has finished. Returns the finished models' run.json."""
     from bench.artifacts import ArtifactError, read_run
-    if len(devices) > len(names):
-        print(f"[run] {len(names)} model(s): using the first {len(names)} of --devices {','.join(devices)}")
-        devices = devices[:len(names)]
-    args = [to_argv(parser, a, models=",".join(names[i:] + names[:i]), device=d, devices=None, skip_claimed=True,
-                    no_progress=True, no_report=True) for i, d in enumerate(devices)]
+    units = len(names) * len(seeds or [None])  # trainings: a model, or with --seeds each of its replicas
+    if len(devices) > units:
+        print(f"[run] {units} training(s): using the first {units} of --devices {','.join(devices)}")
+        devices = devices[:units]
+    # child i starts at training i (seed by seed, as work_units orders them): models and seeds rotated to it
+    rot = lambda xs, k: xs[k % len(xs):] + xs[:k % len(xs)]  # noqa: E731
+    args = [to_argv(parser, a, models=",".join(rot(names, i)), device=d, devices=None, skip_claimed=True,
+                    no_progress=True, no_report=True,
+                    **({"seeds": ",".join(map(str, rot(seeds, i // len(names))))} if seeds else {}))
+            for i, d in enumerate(devices)]
     done = run_children("bench.run", devices, args)
     if done.interrupted:
         print(f"\ninterrupted: each model's last saved state is in {run_dir}/<model>/last.pt; run the same command "
@@ -261,7 +306,7 @@ def fan_out(parser, a, names: list[str], devices: list[str], run_dir: Path, out:
         fail(f"{len(done.failed)} of {len(devices)} processes failed (above); the other models are in {run_dir}; "
              f"fix the cause and run the same command again (finished models are skipped)", 1)
     results = []
-    for name in names:
+    for name in [n if seeds is None else folder_name(n, s) for s in seeds or [None] for n in names]:
         try:
             meta = read_run(run_dir / name).meta
         except ArtifactError:

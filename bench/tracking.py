@@ -5,8 +5,10 @@
     python -m bench.run --models resnet18 --track http://127.0.0.1:5000
     MLFLOW_TRACKING_URI=http://127.0.0.1:5000 python -m bench.tune --model resnet18 --trials 8 --track
 
-Nothing is logged without --track (not even when $MLFLOW_TRACKING_URI is set: a bare --track uses it). Runs go to
-the experiment --track-experiment (default $MLFLOW_EXPERIMENT_NAME, else `fashion-bench`). What is logged:
+Nothing is logged without --track (not even when $MLFLOW_TRACKING_URI is set: a bare --track uses it). A folder
+(a path without a scheme, or file://PATH) means the SQLite store FOLDER/mlflow.db with artifacts in FOLDER/artifacts,
+the folder made at the first MLflow call (MLflow 3 refuses its old file store, which a folder used to mean). Runs go
+to the experiment --track-experiment (default $MLFLOW_EXPERIMENT_NAME, else `fashion-bench`). What is logged:
 - a model (train_model): one MLflow run named RUN/MODEL. Params: model, size, seed, every recipe field (`recipe` is
   the preset's name), timm_name, init, device, dataset (fingerprint), run_dir, and study/trial/from_study where set.
   Metrics: every numeric column of the trainer's history rows per epoch (step = epoch; overall_acc, class_avg_acc,
@@ -47,7 +49,9 @@ import math
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 ENV_URI, ENV_EXPERIMENT = "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "fashion-bench"
@@ -64,7 +68,8 @@ def add_tracking_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--track", nargs="?", const="", metavar="URI",
                    help="log to MLflow (pip install -e '.[mlflow]'): the recipe as params, per-epoch metrics, final "
                         "scores and artifacts (bench/tracking.py says what each command logs). URI: an MLflow "
-                        f"server (http://host:5000), sqlite:///FILE or a folder; --track alone uses ${ENV_URI}. "
+                        f"server (http://host:5000), sqlite:///FILE, or a FOLDER (its SQLite store FOLDER/mlflow.db, "
+                        f"artifacts in FOLDER/artifacts; made when needed); --track alone uses ${ENV_URI}. "
                         f"Without --track nothing is logged, even when ${ENV_URI} is set. A tracking failure warns "
                         "once and training goes on untracked")
     p.add_argument("--track-experiment", metavar="NAME",
@@ -87,10 +92,31 @@ def tracker_from_args(a: argparse.Namespace) -> "Tracker | NullTracker":
     except ImportError:
         print("error: --track needs MLflow: pip install -e '.[mlflow]' (or pip install mlflow)", file=sys.stderr)
         raise SystemExit(2)
+    store, _, folder = resolve_track_uri(uri)
+    if folder is not None and folder.exists() and not folder.is_dir():
+        print(f"error: --track {uri}: {folder} is a file; give a folder (its store is FOLDER/mlflow.db) or an SQLite "
+              f"file as sqlite:///{folder}", file=sys.stderr)
+        raise SystemExit(2)
     a.track = uri
     experiment = a.track_experiment or os.environ.get(ENV_EXPERIMENT) or DEFAULT_EXPERIMENT
-    print(f"[track] logging to MLflow at {uri}, experiment {experiment}")
+    where = f"{store} (artifacts in {folder / 'artifacts'})" if folder is not None else uri
+    print(f"[track] logging to MLflow at {where}, experiment {experiment}")
     return Tracker(uri, experiment)
+
+
+def resolve_track_uri(uri: str) -> tuple[str, str | None, Path | None]:
+    """(tracking URI given to MLflow, artifact location of experiments this command creates (None: the store's
+    default), the folder when `uri` names one). A folder, a path without a scheme or file://PATH, is the SQLite
+    store FOLDER/mlflow.db with artifacts in FOLDER/artifacts; any other URI (http://, sqlite:///FILE, databricks)
+    goes to MLflow as it is."""
+    if uri.startswith("file:"):
+        folder = Path(unquote(urlparse(uri).path))
+    elif re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", uri) or uri in ("databricks", "databricks-uc"):
+        return uri, None, None
+    else:
+        folder = Path(uri).expanduser()
+    folder = folder.resolve()
+    return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri(), folder
 
 
 def mlflow_available() -> bool:
@@ -216,7 +242,8 @@ class Tracker:
     tracking off for the whole command."""
 
     def __init__(self, uri: str, experiment: str = DEFAULT_EXPERIMENT, parent=None, state: _State | None = None):
-        self.uri, self.experiment, self.parent = uri, experiment, parent
+        self.given, self.experiment, self.parent = uri, experiment, parent
+        self.uri, self.artifact_location, self.folder = resolve_track_uri(uri)
         self._s = state or _State()
         for k, v in HTTP_DEFAULTS.items():
             os.environ.setdefault(k, v)
@@ -230,7 +257,7 @@ class Tracker:
 
     def under(self, parent) -> "Tracker":
         """The same tracker, its runs nested under `parent` (a run id or a function returning one)."""
-        return Tracker(self.uri, self.experiment, parent, self._s)
+        return Tracker(self.given, self.experiment, parent, self._s)
 
     def under_dir(self, model_dir) -> "Tracker":
         """Nested under the run that logged `model_dir` in this command (top level if none did)."""
@@ -242,13 +269,18 @@ class Tracker:
         if self._s.failed:
             return None
         try:
-            if self._s.client is None:
-                from mlflow.tracking import MlflowClient
-                client = MlflowClient(tracking_uri=self.uri)
-                exp = client.get_experiment_by_name(self.experiment)
-                self._s.experiment_id = exp.experiment_id if exp else client.create_experiment(self.experiment)
-                self._s.client = client
-            return fn(self._s.client, *args, **kwargs)
+            with warnings.catch_warnings():  # MLflow's SQL store uses SQLAlchemy APIs that 2.1 deprecates
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"mlflow\.")
+                if self._s.client is None:
+                    from mlflow.tracking import MlflowClient
+                    if self.folder is not None:
+                        self.folder.mkdir(parents=True, exist_ok=True)
+                    client = MlflowClient(tracking_uri=self.uri)
+                    exp = client.get_experiment_by_name(self.experiment)
+                    self._s.experiment_id = exp.experiment_id if exp else client.create_experiment(
+                        self.experiment, artifact_location=self.artifact_location)
+                    self._s.client = client
+                return fn(self._s.client, *args, **kwargs)
         except Exception as e:  # any failure of tracking: never of training
             self._s.failed = True
             message = " ".join(str(e).split())

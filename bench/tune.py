@@ -33,6 +33,7 @@ from bench.tuning.study import (FINISHED, OBJECTIVES, StudyStopped, budget_of, c
 from bench.metrics import TARGET_HELP, TARGETS
 from bench.tuning.spaces import SPACES
 from bench.tracking import add_tracking_arguments, tracker_from_args
+from bench.training.arguments import add_precision_argument
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the parameter sampler (default: a fresh random one per worker and resume; a fixed "
                         "one repeats the same proposals when given to two workers or resumes)")
     p.add_argument("--device", default="auto")
+    add_precision_argument(p)
     p.add_argument("--workers", type=int,
                    help="worker processes on this machine sharing the study (default: one per --devices entry, else "
                         "1); with --sampler-seed S, worker i samples with seed S+i")
@@ -152,6 +154,8 @@ def main(argv=None) -> optuna.Study:
                                                      "seed": a.seed, **budget})
     if workers > 1:
         return fan_out(parser, a, study, devices, shown_url(url), reports, runs_dir, tracked)
+    from bench.training.precision import setup
+    print(setup(a.precision, device))  # the trials' precision (not in the config) and CPU threads
     store = ImageStore(ds, device, progress=not a.no_progress)
     objective = make_objective(a.model, ds, store, overrides, a.recipe, metrics, trials_root / name, a.trials, a.seed,
                                not a.no_progress, sampler_seed, a.space, select_metric, tracked.children())

@@ -24,7 +24,7 @@ for stage in "$@"; do
   echo "=== $stage $(date +%T)" | tee -a "$out/stages.log"
   case "$stage" in
     tests)
-      python -m pytest -q -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/cuda-tests.log" || true ;;
+      python -m pytest -o addopts="" -q -m cuda tests/test_cuda.py -p no:cacheprovider 2>&1 | tee "$out/cuda-tests.log" || true ;;
     speed)
       python -m bench.speed --models resnet50,effb3 --compile "${SPEED_COMPILE:-off,on}" --out "$out" 2>&1 | tee "$out/speed.log" ;;
     zoo)

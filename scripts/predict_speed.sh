@@ -19,8 +19,8 @@ sed "s#^#$(cd "$DATA" && pwd)/#" "$DATA/split/test.txt" > "$OUT/test-list.txt"
 echo "# $(date -u +%FT%TZ) $(uname -n), $(nproc) cores, torch $($PY -c 'import torch; print(torch.__version__)'), device $DEV"
 step() { echo; echo "## $*"; echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"; "$@" 2>&1 | grep -v '^\[torch.onnx\]' | tail -3; echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"; }
 M=${MODEL//\//-}
-step $PY -m bench.predict "$OUT/test-list.txt" --workdir "$WD" --model "$MODEL" --device "$DEV" --no-progress --out "$OUT/model.csv"
-step $PY -m bench.predict "$OUT/test-list.txt" --workdir "$WD" --ensemble "$ENS" --device "$DEV" --no-progress --out "$OUT/ensemble.csv"
+step $PY -m bench.predict "$OUT/test-list.txt" --workdir "$WD" --model "$MODEL" --device "$DEV" --engine torch --no-progress --out "$OUT/model.csv"
+step $PY -m bench.predict "$OUT/test-list.txt" --workdir "$WD" --ensemble "$ENS" --device "$DEV" --engine torch --no-progress --out "$OUT/ensemble.csv"
 step $PY -m bench.export --workdir "$WD" --model "$MODEL" --format onnx --out "$OUT/$M.onnx" --latency-batch 32
 step $PY -m bench.export --workdir "$WD" --ensemble "$ENS" --format onnx --out "$OUT/$ENS.onnx" --latency-batch 32
 step $PY -m bench.predict "$OUT/test-list.txt" --workdir "$WD" --model "$MODEL" --onnx "$OUT/$M.onnx" --no-progress --out "$OUT/model-onnx.csv"

@@ -1,10 +1,18 @@
 """Shared fixtures: a tiny demo dataset written once per test session, and an isolated cache folder."""
+import os
 import shutil
 import signal
 
 import pytest
 
 from bench.data.demo import DemoSpec, write_demo
+
+# Under pytest-xdist (`-n 2`) each worker is one process of its own: one torch thread each (and in every command a
+# test starts), so two workers on two cores do not oversubscribe them (two processes of 2 threads each ran 5-10x
+# slower). Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
 
 TINY = DemoSpec(seed=0, train=120, val=40, test=30, width=48, height=64)
 

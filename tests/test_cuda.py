@@ -67,14 +67,8 @@ def test_training_step_never_waits_for_the_host(tiny_root, tmp_path):
 def test_bf16_predictions_agree_with_fp32(tiny_root, tmp_path):
     tr = make_trainer(tiny_root, tmp_path, TINY.updated(epochs=2, ema=False))
     tr.fit()
-    bf16 = predict(tr.model, tr.val.x, 64)
-    import bench.training.trainer as trainer_mod
-    real = trainer_mod.autocast
-    trainer_mod.autocast = lambda device: torch.autocast("cuda", enabled=False)
-    try:
-        fp32 = predict(tr.model, tr.val.x, 64)
-    finally:
-        trainer_mod.autocast = real
+    bf16 = predict(tr.model, tr.val.x, 64)  # auto: bf16 on CUDA (bench/training/precision.py)
+    fp32 = predict(tr.model, tr.val.x, 64, precision="fp32")
     assert (bf16 - fp32).abs().max() < 0.05  # bf16 keeps ~3 significant digits through ~20 layers
     parts = lambda p: torch.stack([q.argmax(1) for q in torch.split(p, list(K), 1)], 1)  # noqa: E731
     assert (parts(bf16) == parts(fp32)).float().mean() > 0.97

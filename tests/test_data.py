@@ -174,3 +174,89 @@ def test_empty_test_split_is_allowed(tiny_copy):
     (tiny_copy / "split/test.txt").write_text("\n")
     ds = open_dataset(tiny_copy)
     assert len(ds.splits["test"]) == 0 and len(ds.fingerprint()) == 16
+
+
+# ---- the CSV layout's line numbers, and images too large or transparent ----------------------------------------
+
+def _csv_root(tmp_path, text: str, images=("a", "b", "c", "d", "e")):
+    from PIL import Image
+    root = tmp_path / "csvds"
+    (root / "img").mkdir(parents=True)
+    for name in images:
+        Image.new("RGB", (4, 4), (99, 99, 99)).save(root / f"img/{name}.jpg")
+    (root / "labels.csv").write_bytes(text.encode())
+    return root
+
+
+def test_csv_line_numbers_count_a_quoted_line_break_and_a_form_feed_as_an_editor_does(tmp_path):
+    """csv rows were numbered as if one per line (a quoted line break shifted every later line by one back) and
+    read through str.splitlines (a form feed in a cell ended a line: every later line one on)."""
+    def never_in_train(line, cls):
+        return (f"{root / 'labels.csv'}:{line}:3: class {cls!r} of attribute 'colour' is in val but never in train (a "
+                f"model cannot learn it)")
+    root = _csv_root(tmp_path, 'image,split,colour\n'
+                               'img/a.jpg,train,"red\nish"\n'     # lines 2-3: one row
+                               'img/b.jpg,train,blue\n'
+                               'img/c.jpg,val,green\n')            # line 5
+    assert problems_of(root) == [never_in_train(5, "green")]
+    (root / "labels.csv").write_text('image,split,colour\n'
+                                     'img/a.jpg,train,blue\x0c\n'      # line 2: a form feed in a cell
+                                     'img/b.jpg,train,red\n'
+                                     'img/c.jpg,val,green\n')           # line 4
+    assert problems_of(root) == [never_in_train(4, "green")]
+
+
+def test_an_unclosed_quote_is_named_without_a_spurious_empty_split(tmp_path):
+    text = ('image,split,colour\nimg/a.jpg,train,red\nimg/b.jpg,train,"blue\nimg/c.jpg,val,red\n'
+            'img/d.jpg,val,blue\n')
+    root = _csv_root(tmp_path, text)
+    probs = problems_of(root)
+    assert len(probs) == 1, probs
+    assert probs[0].startswith(f"{root / 'labels.csv'}:3:3: a quoted field opened here is never closed")
+    assert "split is empty" not in probs[0]
+
+
+def _png_header(path, width, height):
+    """A PNG that declares width x height pixels (its data is never reached)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def test_a_196_megapixel_photo_is_called_too_large_with_the_setting_that_allows_it(tiny_copy, monkeypatch):
+    """It was 'unreadable or corrupt image (DecompressionBombError: ... could be decompression bomb DOS attack)'."""
+    big = tiny_copy / "img/00003.jpg"
+    _png_header(big, 14000, 14000)
+    probs = problems_of(tiny_copy)
+    assert probs == [f"{big}: image too large, 14000 x 14000 = 196.0 megapixels, over the limit of 179.0 megapixels "
+                     f"(a guard against decompression bombs); if the file is trusted, allow it: export "
+                     f"FASHION_BENCH_MAX_PIXELS=196000000 (0: no limit)"]
+    monkeypatch.setenv("FASHION_BENCH_MAX_PIXELS", "196000000")  # allowed: now it is decoded (this one is truncated)
+    assert "too large" not in problems_of(tiny_copy)[0]
+    from bench.data.images import ImageTooLarge, decode
+    monkeypatch.setenv("FASHION_BENCH_MAX_PIXELS", "3000")  # the same limit for the decoder (cache, bench.predict)
+    with pytest.raises(ImageTooLarge, match="48 x 64 = 0.0 megapixels"):
+        decode(tiny_copy / "img/00004.jpg", 32)
+
+
+def test_transparent_pixels_are_composited_on_white_and_said_once(tmp_path, capsys):
+    """A transparent PNG's hidden colour (here red under alpha 0) showed through convert('RGB')."""
+    from PIL import Image
+
+    from bench.data import images, opening
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0] = 255                    # red everywhere ...
+    rgba[:4, :, 3] = 0                    # ... transparent in the top half
+    rgba[4:, :, 3] = 255                  # ... opaque red below
+    for name in ("a", "b"):
+        Image.fromarray(rgba, "RGBA").save(tmp_path / f"{name}.png")
+    opening._said.clear()
+    out = images.decode(tmp_path / "a.png", 8, "stretch")
+    assert (out[:4] == 255).all() and (out[4:] == [255, 0, 0]).all()
+    images.decode(tmp_path / "b.png", 8, "stretch")
+    err = capsys.readouterr().err
+    assert err.count("transparent pixels") == 1 and "composited on (255, 255, 255) (white)" in err

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.model_selection import KFold
 
-from bench.artifacts import read_run
+from bench.artifacts import read_run, write_run
 from bench.data import read_predictions
 from bench.data.folds import stratified_folds
 from bench.ensemble import main as ensemble_main
@@ -126,6 +126,7 @@ def test_tta_views_average_and_recompute_from_checkpoint(demo_runs, tmp_path):
     assert both == pytest.approx((stored["plain"] + stored["flip"]) / 2)
     # drop the stored flip view: it must be recomputed from best.pt and match what training saved
     np.savez(member.probs_path("val"), plain=stored["plain"], labels=stored["labels"])
+    write_run(member.meta, member.dir)  # a run that stored no flip view (its run.json records this file)
     again = member_probs(member, "val", ["flip"], None, "cpu")
     assert again == pytest.approx(stored["flip"], abs=1e-4)
     assert (member.dir / "tta_val.npz").exists()
@@ -140,9 +141,10 @@ def test_cached_tta_views_of_old_weights_are_recomputed(demo_runs, tmp_path):
     shutil.copytree(demo_runs, runs)
     member = read_run(runs / "default/resnet18")
     old = member_probs(member, "val", ["crop0.8"], None, "cpu")
-    ckpt = torch.load(member.dir / "best.pt", weights_only=False)
+    ckpt = torch.load(member.dir / "best.pt", weights_only=True)
     ckpt["model"]["head.bias"] += torch.arange(26, dtype=torch.float32)  # other weights, other predictions
     torch.save(ckpt, member.dir / "best.pt")
+    write_run(member.meta, member.dir)  # as a retraining does: run.json records the new weights' digest
     new = member_probs(member, "val", ["crop0.8"], None, "cpu")
     assert not np.allclose(new, old, atol=1e-3)
     assert member_probs(member, "val", ["crop0.8"], None, "cpu") == pytest.approx(new)  # and cached again

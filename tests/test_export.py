@@ -1,6 +1,8 @@
 """bench.export --format onnx: onnxruntime gives PyTorch's probabilities (a run and an ensemble entry, any batch),
 the metadata carries what predicting needs, bench.predict --onnx gives the PyTorch path's CSV, and a graph of
-another model, or no graph of this project's, is refused."""
+another model, or no graph of this project's, is refused; so are outputs and flags that would fail after the work."""
+import contextlib
+import io
 import json
 import shutil
 
@@ -27,19 +29,29 @@ def run_graph(path, x):
     return np.concatenate(session.run(None, {"images": x}), 1)
 
 
+CLOCK = [100.0, 100.4, 250.0, 251.2]  # the latency timer's readings: onnxruntime's timed run, then PyTorch's
+
+
 @pytest.fixture(scope="module")
 def exported(demo_runs, tmp_path_factory):
     """A copy of the demo runs with an entry `ens` (class metric, geometric combiner, fitted weights), the graph of
-    default/resnet18 (--metric class) and the entry's graph."""
+    default/resnet18 (--metric class; its default path in the working folder, timed by the scripted CLOCK, its
+    printed lines kept) and the entry's graph (replacing, with --force, a file already at its --out)."""
+    from bench.inference import onnx_export
     root = tmp_path_factory.mktemp("export")
     runs = root / "runs"
     shutil.copytree(demo_runs, runs)
     ensemble_main(["--runs-dir", str(runs), "--out", str(root / "sub"), "--no-report", "--metric", "class",
                    "--combine", "geometric", "--weights", "fitted", "--name", "ens"])
-    model = export_main(["--model", "default/resnet18", "--format", "onnx", "--runs-dir", str(runs), "--metric",
-                         "class", "--out", str(root / "m.onnx")])
+    printed = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
+        mp.setattr(onnx_export, "clock", iter(CLOCK).__next__)
+        model = export_main(["--model", "default/resnet18", "--format", "onnx", "--runs-dir", str(runs), "--metric",
+                             "class", "--workdir", str(root / "wd")])
+    model["printed"] = printed.getvalue()
+    (root / "e.onnx").write_bytes(b"an older graph")
     ens = export_main(["--ensemble", "ens", "--format", "onnx", "--runs-dir", str(runs),
-                       "--out", str(root / "e.onnx")])
+                       "--out", str(root / "e.onnx"), "--force"])
     return runs, model, ens
 
 
@@ -53,7 +65,7 @@ def test_model_graph_equals_pytorch(exported, tiny_root, capsys):
     got = run_graph(model["path"], x)  # uint8 NHWC in, the normalisation and both views inside
     assert got == pytest.approx((stored["plain"] + stored["flip"]) / 2, abs=1e-4)
     assert run_graph(model["path"], x[:1]) == pytest.approx(got[:1], abs=1e-5)  # dynamic batch: 1 and 40
-    assert model["max_abs_diff"] < 1e-4 and model["ort_ms"] > 0 and model["torch_ms"] > 0
+    assert model["max_abs_diff"] < 1e-4
     graph = onnx.load(str(model["path"]))
     assert graph.opset_import[0].version >= 17
     props = {p.key: p.value for p in graph.metadata_props}
@@ -131,3 +143,52 @@ def test_mismatched_or_foreign_graphs_are_refused(exported, demo_runs, tiny_root
         export_main(["--model", "b/resnet18", "--format", "onnx", "--runs-dir", str(no_weights), "--out",
                      str(tmp_path / "x.onnx")])
     assert e.value.code == 2 and "has no weights" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
+def test_latency_is_the_timed_runs_per_image_and_printed_as_returned(exported):
+    """ort_ms and torch_ms are the timer's intervals around the one timed run of each engine (after its warm-up),
+    per image of the batch, in ms; the printed line gives those numbers. The graph went to the working folder's
+    export/ folder, made and named."""
+    _, model, _ = exported
+    assert model["batch"] == 8
+    assert model["ort_ms"] == pytest.approx(1e3 * (CLOCK[1] - CLOCK[0]) / 8)  # 50 ms
+    assert model["torch_ms"] == pytest.approx(1e3 * (CLOCK[3] - CLOCK[2]) / 8)  # 150 ms
+    assert (f"onnxruntime 50.00 ms, eager PyTorch 150.00 ms, ratio 0.33x; largest difference "
+            f"{model['max_abs_diff']:.1e}") in model["printed"]
+    folder = model["path"].parent
+    assert model["path"] == folder / "default-resnet18.onnx" and folder.name == "export"
+    assert f"made the folder {folder}" in model["printed"]
+
+
+def test_outputs_and_flags_are_refused_before_the_work(exported, tmp_path, monkeypatch, capsys):
+    """--out naming a folder failed with a traceback after the export; an existing file was replaced and missing
+    folders made silently; --latency-batch 0 failed after writing the graph. Each is refused first: exit 2, nothing
+    written, the model never loaded."""
+    runs, _, _ = exported
+    from bench.inference import onnx_export
+
+    def no_work(plan):
+        raise AssertionError("the export started")
+
+    monkeypatch.setattr(onnx_export, "build_graph", no_work)
+    base = ["--model", "default/resnet18", "--format", "onnx", "--runs-dir", str(runs), "--workdir",
+            str(tmp_path / "wd")]
+
+    def refused(extra, message):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises(SystemExit) as e:
+            export_main([*base, *extra])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and message in err and "Traceback" not in err, err
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+    (tmp_path / "dir").mkdir()
+    refused(["--out", str(tmp_path / "dir")], f"--out {tmp_path / 'dir'} is a folder; name the graph's file")
+    (tmp_path / "other.onnx").write_bytes(b"another model's graph")
+    refused(["--out", str(tmp_path / "other.onnx")],
+            f"{tmp_path / 'other.onnx'} exists; pass --force to overwrite it or choose another --out")
+    assert (tmp_path / "other.onnx").read_bytes() == b"another model's graph"
+    refused(["--out", str(tmp_path / "no/dir/m.onnx")],
+            f"--out {tmp_path / 'no/dir/m.onnx'}: the folder {tmp_path / 'no/dir'} does not exist; create it first")
+    for batch in ("0", "-2"):
+        refused(["--latency-batch", batch], f"--latency-batch {batch}: must be at least 1 image")

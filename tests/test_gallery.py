@@ -1,5 +1,7 @@
 """Mistakes you can see (bench/reporting/gallery.py): which images the galleries pick, in which order, and that the
 report links them and survives a dataset that moved."""
+import itertools
+import json
 import os
 import re
 import shutil
@@ -29,15 +31,38 @@ def test_rarest_classes_by_train_count_among_classes_with_images_here():
     assert rg.rarest_classes(counts, val, 9)[0] == [(1, 0), (0, 0), (1, 1), (0, 2)]
 
 
-def test_an_ensemble_shows_its_stored_rule_predictions_and_a_model_its_argmax():
-    meta = {"num_classes": [2, 3], "views": ["plain"], "decision": "logit_adjusted"}
+def test_an_entry_shows_its_plain_view_in_the_main_column_and_its_declared_views_beside_it():
+    """bench/reporting/predictions.py decides once which predictions an entry shows; the gallery draws the main
+    column (so its counts agree with the per-class accuracy beside them) and says what its p is."""
+    from bench.reporting.predictions import shown
     plain = np.array([[.7, .3, .5, .3, .2], [.4, .6, .1, .1, .8]])
-    rule = np.array([[1, 1], [1, 2]])  # the rule moved image 0's first attribute to the less probable class
-    pred, conf, what = rg.entry_predictions("ensemble", meta, {"plain": plain, "pred": rule, "pred_plain": rule})
-    assert pred.tolist() == rule.tolist() and conf.tolist() == [[.3, .3], [.6, .8]]
+    flip = np.array([[.1, .9, .5, .3, .2], [.4, .6, .1, .8, .1]])
+    # a model: plain argmax in the main column, the argmax of the plain + flip mean beside it
+    s = shown("model", {"num_classes": [2, 3]}, {"plain": plain, "flip": flip})
+    assert s.main.pred.tolist() == [[0, 0], [1, 2]] and s.main.conf.tolist() == [[.7, .5], [.6, .8]]
+    assert s.tta.pred.tolist() == [[1, 0], [1, 1]] and s.tta.views == "plain+flip"
+    assert s.tta.conf == pytest.approx(np.array([[.6, .5], [.6, .45]]))
+    assert "plain-view argmax" in rg.describe(s.main, {"kind": "model"})
+    # an ensemble at views plain+flip: its stored combined probabilities are at those views; its rule's plain-view
+    # twin (pred_plain) is the main column, its pred the TTA column, each p read from the stored probabilities
+    meta = {"kind": "ensemble", "num_classes": [2, 3], "views": ["plain", "flip"], "decision": "logit_adjusted"}
+    rule, twin = np.array([[1, 1], [1, 2]]), np.array([[0, 2], [1, 0]])
+    s = shown("ensemble", meta, {"plain": plain, "pred": rule, "pred_plain": twin})
+    assert s.main.pred.tolist() == twin.tolist() and s.main.views == "plain" and s.main.conf_views == "plain+flip"
+    assert s.main.conf.tolist() == [[.7, .2], [.6, .1]]
+    assert s.tta.pred.tolist() == rule.tolist() and s.tta.conf.tolist() == [[.3, .3], [.6, .8]]
+    what = rg.describe(s.main, meta)
     assert "`logit_adjusted` predictions at views plain" in what and "main column" in what
-    pred, conf, what = rg.entry_predictions("model", meta, {"plain": plain})
-    assert pred.tolist() == [[0, 0], [1, 2]] and conf.tolist() == [[.7, .5], [.6, .8]] and "argmax" in what
+    assert "at its views plain+flip (its plain-view probabilities are not stored)" in what
+    # an entry that also stored the plain view's combined probabilities: the main column's p is read from those
+    s = shown("ensemble", meta, {"plain": plain, "pred": rule, "pred_plain": twin, "plain_view": flip})
+    assert s.main.conf_views == "plain" and s.main.conf.tolist() == [[.1, .2], [.6, .1]]
+    assert "not stored" not in rg.describe(s.main, meta)
+    # at views plain, or an entry from before the plain-view twin was stored: one column, at its declared views
+    s = shown("ensemble", {**meta, "views": ["plain"]}, {"plain": plain, "pred": rule, "pred_plain": rule})
+    assert s.main.pred.tolist() == rule.tolist() and s.tta is None and s.main.conf_views == "plain"
+    s = shown("ensemble", meta, {"plain": plain, "pred": rule})
+    assert s.main.pred.tolist() == rule.tolist() and s.main.views == "plain+flip" and s.tta is None
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +220,44 @@ def test_a_grid_is_drawn_again_only_when_its_cells_photos_or_title_change(tmp_pa
     assert second != first and drawn() == second
     title = "t2"
     assert drawn() != second
+
+
+def test_an_ensembles_gallery_counts_agree_with_its_accuracy_column(csv_runs, tmp_path):
+    """An ensemble of two members at --tta plain,flip: its per-class accuracy column is its plain-view twin, and its
+    gallery drew its TTA predictions, so the wrong / labelled count beside it disagreed (21 of 26 rows on the dev
+    set). Both now read bench/reporting/predictions.py's main column."""
+    from bench.artifacts import save_probs, write_json
+    from bench.ensembling.ensemble import EnsembleSpec, make_ensemble
+    _, ds, _ = csv_runs
+    meta = json.loads((csv_runs[0] / "r/m/run.json").read_text())
+    labels, n_test = ds.splits["val"].labels, len(ds.files("test"))
+    rng = np.random.default_rng(1)
+
+    def probs(n):  # seeded random probabilities: the flip view disagrees with the plain one on many images
+        return np.concatenate([rng.dirichlet(np.ones(k), n) for k in ds.num_classes], 1)
+
+    runs = tmp_path / "runs"
+    for name in ("a", "b"):
+        d = runs / f"r/{name}"
+        d.mkdir(parents=True)
+        save_probs(d / "probs_val.npz", plain=probs(len(labels)), flip=probs(len(labels)), labels=labels)
+        save_probs(d / "probs_test.npz", plain=probs(n_test), flip=probs(n_test))
+        write_json(meta, d / "run.json")
+    make_ensemble(EnsembleSpec(runs_dir=runs, weights="uniform", views=["plain", "flip"], out=tmp_path / "sub",
+                               name="e"), "cpu")
+    z = np.load(runs / "_ensembles/e/probs_val.npz")
+    assert (z["pred"] != z["pred_plain"]).any()  # the two columns differ: the test can tell them apart
+    md = build_report(runs, tmp_path / "rep", quiet=True, gallery="_ensembles/e").read_text()
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| attribute | class |"))
+    cols = [c.strip() for c in lines[head].strip("|").split("|")]
+    acc, gal = cols.index("`_ensembles/e`"), cols.index("`_ensembles/e` wrong on val")
+    table = itertools.takewhile(lambda line: line.startswith("| "), lines[head + 2:])
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table]
+    assert len(rows) == sum(ds.num_classes)
+    for row in rows:  # the gallery's count agrees with the accuracy beside it, and both with pred_plain by hand
+        wrong, n = map(int, re.match(r"\[?(\d+)/(\d+)", row[gal]).groups())
+        assert row[acc] == ("n/a" if n == 0 else f"{(n - wrong) / n:.2f}"), row
+        a = list(ds.attributes).index(row[0])
+        of_c = labels[:, a] == list(ds.class_names[a]).index(row[1])
+        assert (wrong, n) == (int((of_c & (z["pred_plain"][:, a] != labels[:, a])).sum()), int(of_c.sum())), row

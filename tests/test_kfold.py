@@ -223,3 +223,83 @@ def test_an_out_of_fold_decision_never_depends_on_the_labels_it_scores():
     moved = [decide("logit_adjusted", probs[te], nc, pi, fit_rule("logit_adjusted", probs[tr], labels[tr], nc, pi,
                                                                   "class")) for pi in pool]
     assert (moved[0] != moved[1]).any()
+
+
+def test_pool_train_cross_fits_train_alone_and_the_member_is_scored_on_val(tiny_root, tmp_path, capsys):
+    """bench.run --folds K --pool train: each fold model trains on the other folds of train only and is scored on
+    the real val split; every training image is predicted (probs_train_oof.npz) by the one fold model that never
+    trained on it; val and test are the K models' mean, so the member is a normal val row (no `kfold`, no
+    `scored_on`). Finished folds and their held-out predictions are skipped on a re-run, and the new artifacts are
+    recorded with digests like the others."""
+    import torch
+
+    from bench.artifacts import ArtifactError, load_npz, read_run
+    from bench.data import class_counts
+    from bench.data.images import load_images
+    from bench.ensembling.tta import load_trained
+    from bench.reporting.leaderboard import build_report
+    from bench.run import main as run_main
+    runs = tmp_path / "runs"
+    args = ["--models", "resnet18", "--folds", "3", "--pool", "train", "--run", "cf", "--data", str(tiny_root),
+            "--out", str(runs), *TINY]
+    run_main(args)
+    d = runs / "cf/resnet18"
+    member = read_run(d).meta
+    ds = open_dataset(tiny_root)
+    tr, va = ds.splits["train"], ds.splits["val"]
+    assert "kfold" not in member and "scored_on" not in member and member["val"]["n"] == len(va) == 40
+    cf = member["crossfit"]
+    assert (cf["k"], cf["pool"], cf["n_train"]) == (3, "train", 120) and cf["signature"].startswith("cf-k3-")
+    assert {"probs_train_oof.npz", "probs_val.npz", "probs_test.npz"} <= set(member["files"])
+    oof = load_npz(d / "probs_train_oof.npz")
+    fold = oof["fold"]
+    assert list(oof["paths"]) == list(tr.paths) and (oof["labels"] == tr.labels).all()
+    assert sorted(np.unique(fold)) == [0, 1, 2]
+    images = torch.from_numpy(load_images(ds.files("train"), 32, member["config"]["recipe"]["resize"],
+                                          progress=False)).permute(0, 3, 1, 2)
+    val_mean, test_mean = 0, 0
+    for f in range(3):
+        fdir = d / f"fold-{f}"
+        fmeta = read_run(fdir).meta
+        # fold f trained on the other folds of train alone (its counts are theirs), and was scored on val
+        assert fmeta["train_class_counts"] == [c.tolist() for c in class_counts(tr.labels[fold != f], K)]
+        assert fmeta["val"]["n"] == 40 and "probs_heldout.npz" in fmeta["files"]
+        model = load_trained(fmeta, fdir / "best.pt")
+        with torch.no_grad():
+            mine = torch.cat([p.softmax(1) for p in model(images[fold == f].float())], 1).numpy()
+        assert oof["plain"][fold == f] == pytest.approx(mine, abs=1e-4)  # its held-out fold, by its own model
+        val_mean = val_mean + load_npz(fdir / "probs_val.npz")["plain"] / 3
+        test_mean = test_mean + load_npz(fdir / "probs_test.npz")["plain"] / 3
+    z = load_npz(d / "probs_val.npz")
+    assert z["plain"] == pytest.approx(val_mean, abs=1e-6) and (z["labels"] == va.labels).all()
+    assert load_npz(d / "probs_test.npz")["plain"] == pytest.approx(test_mean, abs=1e-6)
+    # a re-run skips every finished fold and its held-out predictions; the member keeps its finish time
+    fold1 = d / "fold-1" / "probs_heldout.npz"
+    stamp = fold1.stat().st_mtime_ns
+    capsys.readouterr()
+    again = run_main(args)[0]
+    out = capsys.readouterr().out
+    assert out.count("already finished") == 3 and "held-out training images" not in out
+    assert fold1.stat().st_mtime_ns == stamp and again["finished"] == member["finished"]
+    # the leaderboard ranks it with the val runs (n = 40), as a normal row
+    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    assert "## Leaderboard: validation split (n = 40 images)" in md and "out-of-fold over train" not in md
+    assert "`cf/resnet18` | scratch | last epoch (val chose nothing) | 40 |" in md
+    # a changed out-of-fold file is refused before any reader uses it
+    with np.load(d / "probs_train_oof.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["plain"][0, 0] += 0.5
+    save_probs(d / "probs_train_oof.npz", **arrays)
+    with pytest.raises(ArtifactError, match="probs_train_oof.npz"):
+        load_npz(d / "probs_train_oof.npz")
+
+
+def test_pool_needs_folds_and_a_train_only_member_refuses_a_train_val_one(tiny_root, tmp_path, capsys):
+    from bench.run import main as run_main
+    runs = tmp_path / "runs"
+    with pytest.raises(SystemExit) as e:
+        run_main(["--models", "resnet18", "--pool", "train", "--data", str(tiny_root), "--out", str(runs), *TINY])
+    assert e.value.code == 2 and "--pool train: only with --folds K" in capsys.readouterr().err
+    assert not runs.exists()
+    plan = kfold.plan_folds(open_dataset(tiny_root), 3, 0, "train")
+    assert plan["n"] == 120 and plan["signature"] != kfold.plan_folds(open_dataset(tiny_root), 3, 0)["signature"]

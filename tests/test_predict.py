@@ -197,6 +197,28 @@ def test_bad_runs_and_entries(demo_runs, ensembled, tiny_root, tmp_path, capsys)
            tmp_path / "o5.csv")
 
 
+def test_an_out_that_cannot_be_written_is_refused_before_any_image_is_read(demo_runs, tiny_root, tmp_path, capsys,
+                                                                          monkeypatch):
+    """--out naming a folder (or a path under a file) failed with a traceback after every image was predicted."""
+    import bench.inference.predict as library
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("images were predicted")
+
+    monkeypatch.setattr(library, "predict_files", no_work)
+    img = str(open_dataset(tiny_root, check_images=False).files("val")[0])
+    run = [img, "--model", "default/resnet18", "--runs-dir", str(demo_runs)]
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(SystemExit) as e:
+        predict_main([*run, "--out", str(tmp_path / "dir"), "--no-progress"])
+    assert e.value.code == 2 and list((tmp_path / "dir").iterdir()) == []
+    assert capsys.readouterr().err == (f"error: --out {tmp_path / 'dir'} is a folder; name the CSV file, e.g. "
+                                       f"{tmp_path / 'dir' / 'predictions.csv'}\n")
+    (tmp_path / "file").write_text("x")
+    _fails(capsys, run, f"--out {tmp_path / 'file/sub/p.csv'}: {tmp_path / 'file'} is a file, not a folder",
+           tmp_path / "file" / "sub" / "p.csv")
+
+
 def _plan(attributes, class_names):
     from bench.inference.predict import Plan
     k = tuple(len(c) for c in class_names)

@@ -110,7 +110,7 @@ def test_new_ensemble_weighting_combiner_and_decision_are_used(demo_runs, tmp_pa
 
     def maximum(stack, w):
         """the largest probability of any weighted member, renormalised"""
-        m = (stack * (w[:, None, None] > 0)).max(0)
+        m = (stack * (w[:, None, None] > 0)).amax(0)  # torch operations (combiners.py)
         return m / m.sum(1, keepdims=True)
 
     def always_zero(probs, num_classes, prior=None, params=None):

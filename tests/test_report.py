@@ -143,6 +143,7 @@ def test_stale_figures_and_entries_disappear_on_rebuild(demo_runs, tmp_path):
 
 
 def test_a_rebuild_keeps_the_figures_whose_inputs_are_unchanged_and_redraws_the_others(demo_runs, tmp_path):
+    from bench.artifacts import read_run, write_run
     runs = tmp_path / "runs"
     shutil.copytree(demo_runs, runs)
     files = tmp_path / "rep/leaderboard_files"
@@ -160,6 +161,7 @@ def test_a_rebuild_keeps_the_figures_whose_inputs_are_unchanged_and_redraws_the_
     z = dict(np.load(runs / "b/resnet18/probs_val.npz"))
     z["plain"] = np.random.default_rng(0).random(z["plain"].shape)
     np.savez_compressed(runs / "b/resnet18/probs_val.npz", **z)
+    write_run(read_run(runs / "b/resnet18").meta, runs / "b/resnet18")  # as a run that wrote them would record them
     (files / "curves.png").write_bytes((files / "curves.png").read_bytes()[:100])  # truncated: drawn again
     build_report(runs, tmp_path / "rep", quiet=True)
     now = written()
@@ -437,5 +439,291 @@ def test_an_attribute_named_like_a_leaderboard_column_keeps_both(tmp_path):
     row = pd.read_csv(tmp_path / "rep/leaderboard.csv").iloc[0]
     assert row["n"] == 4 and row["rank"] == 1  # the leaderboard's own columns
     assert row["acc_n"] == pytest.approx(3 / 4) and row["acc_rank"] == pytest.approx(3 / 4)  # the attributes'
-    header = next(line for line in md.splitlines() if line.startswith("| # | entry |"))
+    header = next(line for line in md.splitlines() if line.startswith("| # | entry | init |"))  # every column
     assert header.count("| n |") == 2 and "| rank |" in header  # the count and the attribute, each shown
+
+
+def two_member_ensemble(tmp_path, views=("plain", "flip")):
+    """r/a, r/b (noisy probabilities on 80 images) and their uniform ensemble `_ensembles/e` at `views`."""
+    from bench.artifacts import save_probs
+    from bench.ensembling.ensemble import EnsembleSpec, make_ensemble
+    rng = np.random.default_rng(0)
+    n = 80
+    labels = np.stack([rng.integers(0, k, n) for k in K], 1)
+
+    def probs(strength):
+        logits = [rng.normal(size=(n, k)) + strength * np.eye(k)[labels[:, a]] for a, k in enumerate(K)]
+        return np.concatenate([np.exp(z) / np.exp(z).sum(1, keepdims=True) for z in logits], 1).astype(np.float32)
+
+    runs = tmp_path / "runs"
+    for name, strength in (("a", 1.0), ("b", 0.6)):
+        d = fake_run(runs, f"r/{name}", labels, labels, data_root=str(tmp_path), params=1, gflops=1.0,
+                     finished="2026-01-01 00:00:00")
+        save_probs(d / "probs_val.npz", plain=probs(strength), flip=probs(strength), labels=labels)
+        save_probs(d / "probs_test.npz", plain=probs(0)[:5], flip=probs(0)[:5])
+    make_ensemble(EnsembleSpec(runs_dir=runs, weights="uniform", views=list(views), out=tmp_path / "sub", name="e"),
+                  "cpu")
+    return runs
+
+
+def test_an_ensemble_whose_member_was_retrained_is_not_ranked(tmp_path):
+    """bench.predict, export and distill refuse an entry whose members were retrained after it was written; the
+    leaderboard kept ranking it (#2, with Δ and p) beside the retrained member's new scores. It now asks the same
+    check (bench/ensembling/entries.py read_entry) and lists the entry, with the reason, instead of ranking it."""
+    import json as _json
+    runs = two_member_ensemble(tmp_path)
+    build_report(runs, tmp_path / "rep", quiet=True)
+    assert "_ensembles/e" in set(pd.read_csv(tmp_path / "rep/leaderboard.csv")["entry"])  # ranked while current
+    meta_path = runs / "r/b/run.json"
+    meta = _json.loads(meta_path.read_text())
+    meta_path.write_text(_json.dumps({**meta, "finished": "2026-02-01 00:00:00"}))  # bench.run --force: retrained
+    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    df = pd.read_csv(tmp_path / "rep/leaderboard.csv")
+    assert set(df["entry"]) == {"r/a", "r/b"}
+    note = next(line for line in md.splitlines() if line.startswith("- `_ensembles/e`: not ranked: "))
+    assert "member(s) retrained after" in note and "r/b" in note and "--force" in note
+    assert [line for line in md.splitlines() if "_ensembles/e" in line] == [note]  # in no table, no verdict
+    assert "1 run(s) not ranked, listed under *Not on the leaderboard*" in md
+
+
+def summary_rows(md: str) -> list[list[str]]:
+    """The cells of the summary table: the first table of the report."""
+    lines = md.splitlines()
+    head = next(i for i, line in enumerate(lines) if line.startswith("| # | entry |"))
+    table = [line for line in lines[head + 2:]][:next(i for i, line in enumerate(lines[head + 2:])
+                                                       if not line.startswith("| "))]
+    return [[c.strip() for c in line.strip("|").split("|")] for line in table]
+
+
+def test_the_leaderboard_opens_with_its_verdict_and_a_summary_table(tmp_path):
+    """Hand-made predictions on 40 images (30 of class 0 in every attribute, 10 rare): an ensemble right on every
+    cell, its two members each wrong on 10 images in one attribute, another model wrong on one cell, and the
+    majority baseline (right on the 30 common images). Its first lines are the verdict and the ranked summary."""
+    from bench.artifacts import save_probs, write_json
+    labels = skewed()
+    counts = [[30] + [2] * (k - 1) for k in K]  # class 0 the most frequent in training: the baseline predicts it
+    runs = tmp_path / "runs"
+    a, b, close = labels.copy(), labels.copy(), labels.copy()
+    a[:10, 0] = (labels[:10, 0] + 1) % K[0]  # 10 images wrong in texture
+    b[10:20, 1] = (labels[10:20, 1] + 1) % K[1]  # 10 others wrong in sleeve
+    close[20, 2] = (labels[20, 2] + 1) % K[2]  # one cell wrong
+    for name, pred in (("r/a", a), ("r/b", b), ("r/close", close)):
+        fake_run(runs, name, pred, labels, train_class_counts=counts, gflops=1.5, train_time_s=100)
+    d = runs / "_ensembles/e"
+    d.mkdir(parents=True)
+    save_probs(d / "probs_val.npz", plain=one_hot(labels), pred=labels, pred_plain=labels, labels=labels)
+    write_json({"kind": "ensemble", "status": "done", "members": ["r/a", "r/b"], "views": ["plain"],
+                "num_classes": list(K), "dataset": "fp", "config": {"dataset": "fp"}, "gflops": 3.0,
+                "train_time_s": 200, "val_scoring": "in-sample (uniform weights, argmax: nothing fitted)",
+                "weighting": "uniform", "class_names": [[f"c{c}" for c in range(k)] for k in K]}, d / "run.json")
+    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    df = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("entry")
+    p = df["p_holm"]
+    assert p[["r/a", "r/b", "majority baseline"]].max() < 0.05 and p["r/close"] == 1  # 10 images vs 1 cell
+    lines = md.splitlines()
+    assert lines[0] == "# fashion-bench leaderboard" and lines[1] == ""
+    behind = p[["r/a", "r/b", "majority baseline"]].max()
+    assert lines[2] == (
+        "`_ensembles/e` leads on overall accuracy (2023 challenge) with **1.0000 [1.000, 1.000]** (plain view, 40 "
+        "val images); `r/close` (adjusted p 1) is not distinguishable from it; `r/a`, `r/b` and `majority baseline` "
+        f"are behind it (adjusted p <= {behind:.2g}); it beats each of its 2 members (adjusted p <= "
+        f"{p[['r/a', 'r/b']].max():.2g}).")
+    rows = summary_rows(md)
+    assert [(r[0], r[1]) for r in rows] == [("1", "`_ensembles/e`"), ("2", "`r/close`"), ("3", "`r/a`"),
+                                            ("4", "`r/b`"), ("5", "`majority baseline`")]
+    assert len(rows[0]) <= 8
+    assert rows[0][2].startswith("**1.0000** [1.000, 1.000]") and rows[0][3] == "leader"
+    assert rows[1][2].startswith(f"**{1 - 1 / 240:.4f}**") and rows[1][3] == "-0.0042 (p 1): not distinguishable"
+    assert rows[2][3] == f"-0.0417 (p {p['r/a']:.2g}): behind"  # 10 of 240 cells
+    assert rows[4][2].startswith("**0.7500**") and rows[4][3].startswith("-0.2500 (p ")  # 60 of 240 cells
+    assert [r[5] for r in rows] == ["ensemble, nothing fitted", "last epoch", "last epoch", "last epoch",
+                                    "train counts"]
+    assert rows[0][6] == "3.00 GFLOPs, 200 s" and rows[4][6] == "-"
+    assert "Against the majority baseline" not in md  # every interval above the baseline's 0.75, no random init
+    # every column and table is still there, below, and the method after the tables
+    for section in ("## Leaderboard: validation split (n = 40 images)", "## Is the difference real?",
+                    "## How to read this report"):
+        assert section in md
+    assert md.index("## Is the difference real?") < md.index("## How to read this report")
+    assert "*ensemble, nothing fitted*: " in md and "*train counts*: " in md and "*tuned on val*" not in md
+
+
+def test_challenge_names_only_for_the_fashiondataset_layout(tmp_path):
+    """A CSV dataset's leaderboard said "(2023 challenge)" and "(2024)"; now it names the metrics by what they are
+    and the dataset by its folder and fingerprint. A FashionDataset one still names the challenges."""
+    labels = skewed()
+    fake_run(tmp_path / "fashion", "r/m", labels, labels, data_root="/data/FashionDataset",
+             data_layout={"layout": "fashion"})
+    md = build_report(tmp_path / "fashion", tmp_path / "rep-f", quiet=True).read_text()
+    assert md.splitlines()[2].startswith("`r/m` leads on overall accuracy (2023 challenge) with ")
+    assert "overall acc. (2023) [95% CI]" in md and "class-average acc. (2024) [95% CI]" in md
+    assert "`FashionDataset`, FashionDataset layout (fingerprint `fp`)" in md
+    assert "class-average accuracy (2024 challenge) = accuracy of each of the 26 classes" in md
+
+    labels = np.array([[0, 1], [1, 1], [1, 0], [0, 0]])
+    d = tmp_path / "csv/r/m"
+    d.mkdir(parents=True)
+    from bench.artifacts import save_probs, write_json
+    probs = np.concatenate([np.eye(2)[labels[:, 0]], np.eye(2)[labels[:, 1]]], 1)
+    save_probs(d / "probs_val.npz", plain=probs, flip=probs, labels=labels)
+    write_json({"kind": "model", "status": "done", "num_classes": [2, 2], "attributes": ["colour", "season"],
+                "dataset": "fp2", "config": {"dataset": "fp2", "recipe": {"select": "last"}},
+                "data_root": "/data/faces", "data_layout": {"layout": "csv", "labels": None},
+                "class_names": [["red", "blue"], ["summer", "winter"]]}, d / "run.json")
+    md = build_report(tmp_path / "csv", tmp_path / "rep-c", quiet=True).read_text().replace(str(tmp_path), "RUNS")
+    assert "challenge" not in md and "2023" not in md and "2024" not in md
+    assert md.splitlines()[2].startswith("`r/m` leads on overall accuracy with **1.0000 [1.000, 1.000]**")
+    assert "| overall acc. [95% CI] |" in md and "| class-average acc. [95% CI] |" in md
+    assert "Dataset `faces`, CSV layout (fingerprint `fp2`)" in md
+
+
+def test_an_entry_near_the_majority_baseline_is_called_not_distinguishable_from_it(tmp_path):
+    """The quick start's effb3 scored 0.659 against a majority baseline of 0.625 with 0.00 on 15 of 26 classes and
+    nothing said why. The report now sets each entry against the baseline (above it, inside its interval: not
+    distinguishable, or below it), counts the classes it gets no image right in, and says that it was trained from
+    random init, with its image size and epochs."""
+    labels = skewed()  # 30 of 40 images class 0 in every attribute: the majority baseline scores 0.75
+    counts = [[30] + [2] * (k - 1) for k in K]
+    near = np.zeros_like(labels)
+    near[30] = labels[30]  # the baseline's predictions, and one rare image right in every attribute
+    below = np.zeros_like(labels)
+    below[:15] = 1  # 15 common images wrong in every attribute, the 10 rare ones wrong too (class 1 is not theirs
+    below[30:] = 2  # ... except where it is): overall well under 0.75
+    scratch = {"init": {"init": "scratch"}, "train_class_counts": counts,
+               "config": {"dataset": "fp", "recipe": {"select": "last", "size": 64, "epochs": 8}}}
+    fake_run(tmp_path / "runs", "default/near", near, labels, **scratch)
+    fake_run(tmp_path / "runs", "default/below", below, labels, **scratch)
+    fake_run(tmp_path / "runs", "default/good", labels, labels, **{**scratch, "init": {"init": "imagenet"}})
+    md = build_report(tmp_path / "runs", tmp_path / "rep", quiet=True).read_text()
+    df = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("entry")
+    assert df.loc["majority baseline", "overall_acc"] == 0.75
+    assert df.loc["default/near", "ci_lo"] <= 0.75 <= df.loc["default/near", "ci_hi"]  # checked independently
+    assert df.loc["default/below", "ci_hi"] < 0.75 < df.loc["default/good", "ci_lo"]
+    head = md.split("## Leaderboard:")[0]
+    assert "**Against the majority baseline.** Predicting each attribute's most frequent training class (`majority " \
+           "baseline`) scores 0.7500 overall accuracy (2023 challenge) here." in head
+    bullets = {line.split(" (")[0]: line for line in head.splitlines() if line.startswith("- ")}
+    assert set(bullets) == {"- above it", "- not distinguishable from it", "- below it",
+                            "- trained from random init"}
+    assert bullets["- above it"] == "- above it (0.7500 lies below the entry's 95% interval): `default/good` 1.0000 " \
+                                    "(+0.2500), no image right in 0 of the 26 classes present"
+    # near: right on class 0 and, through image 30, on class 1 of each attribute: 26 - 12 classes with none right
+    assert bullets["- not distinguishable from it"] == (
+        "- not distinguishable from it (0.7500 lies inside the entry's 95% interval): `default/near` "
+        f"{df.loc['default/near', 'overall_acc']:.4f} (+{6 / 240:.4f}), no image right in 14 of the 26 classes present")
+    assert "`default/below`" in bullets["- below it"] and "`default/near`" not in bullets["- below it"]
+    assert bullets["- trained from random init"].startswith(  # in rank order; `default/good` had ImageNet weights
+        "- trained from random init (no pretrained weights): `default/near` (64 px, 8 epochs), `default/below` "
+        "(64 px, 8 epochs). ")
+
+
+def test_figures_keep_labels_inside_the_frame_one_legend_off_the_bars_and_readable_fonts(tmp_path, monkeypatch):
+    """The Pareto plot's point labels ran past its frame; class_distribution's legend was 6 pt and sat on the first
+    panel's bars, and its right axes labelled every minor tick; the confusion matrices' counts were 6 pt."""
+    from types import SimpleNamespace
+    drawn = {}
+    save = rp.save_figure
+
+    def inspect(fig, path, key, **kw):  # measured as drawn, just before the file is written
+        fig.canvas.draw()
+        r = fig.canvas.get_renderer()
+        drawn[path.name] = fig, r
+        # every text stays inside the figure: nothing is cut off at its edges
+        page = fig.bbox
+        for text in [t for ax in fig.axes for t in ax.texts] + [t for lg in fig.legends for t in lg.get_texts()]:
+            box = text.get_window_extent(r)
+            assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1 and page.y0 - 1 <= box.y0 and \
+                box.y1 <= page.y1 + 1, (path.name, text.get_text())
+        if path.name == "pareto.png":
+            for ax in fig.axes:
+                frame = ax.get_window_extent(r)
+                for t in ax.texts:  # each point's name inside its axes' frame
+                    box = t.get_window_extent(r)
+                    assert frame.x0 - 1 <= box.x0 and box.x1 <= frame.x1 + 1 and frame.y0 - 1 <= box.y0 and \
+                        box.y1 <= frame.y1 + 1, t.get_text()
+        if path.name == "cd.png":
+            assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes)
+            legend = fig.legends[0].get_window_extent(r)
+            assert not any(legend.overlaps(ax.get_window_extent(r)) for ax in fig.axes)
+            assert min(t.get_fontsize() for t in fig.legends[0].get_texts()) >= 9
+            for ax in fig.axes:  # no crowded minor tick labels on either axis
+                assert all(t.get_text() == "" for t in ax.yaxis.get_minorticklabels())
+        if path.name == "cm.png":
+            assert min(t.get_fontsize() for ax in fig.axes for t in ax.texts) >= 8
+        save(fig, path, key, **kw)
+
+    monkeypatch.setattr(rp, "save_figure", inspect)
+    entries = [SimpleNamespace(label=label, meta={"gflops": g, "train_time_s": t}, score={"overall_acc": acc})
+               for label, g, t, acc in (("default/resnet18", 0.07, 11.0, 0.62), ("default/effb3", 0.04, 24.0, 0.48),
+                                        ("_ensembles/ensemble", 0.23, 35.0, 0.625))]
+    assert rp.pareto(entries, tmp_path / "pareto.png", "val overall_acc (n = 200)")
+    counts = [[110, 133, 47, 70, 19, 399, 22], [241, 137, 422], [92, 154, 554], [338, 133, 2, 327],
+              [64, 107, 550, 11, 4, 64], [127, 42, 631]]  # the demo's training counts
+    names = [[f"class_{a}_{c}" for c in range(len(n))] for a, n in enumerate(counts)]
+    weights = {"none": [np.ones(len(c)) for c in counts],
+               "inverse": [len(c) / np.array(c) / np.sum(1 / np.array(c)) for c in counts]}
+    rp.class_distribution(counts, names, weights, tmp_path / "cd.png")
+    rng = np.random.default_rng(0)
+    labels = np.stack([rng.integers(0, len(c), 50) for c in counts], 1)
+    rp.confusion(labels, labels[::-1], names, tmp_path / "cm.png", "m")
+    assert set(drawn) == {"pareto.png", "cd.png", "cm.png"}
+
+
+def test_score_tags_say_optimistic_exactly_where_val_scoring_does():
+    """The summary's *score is* tag is val_scoring in a few words; it must not call a score clean where the full
+    text calls it optimistic, nor the other way round."""
+    from bench.reporting.leaderboard import Entry, score_tag, val_scoring
+    entry = lambda select, kind="model", **meta: Entry(  # noqa: E731
+        "x", kind, {"config": {"recipe": {"select": select}}, **meta}, None, None, {})
+    cases = {
+        "last epoch": entry("last"),
+        "epoch picked on val (optimistic)": entry("overall_acc"),
+        "tuned on val (optimistic)": entry("last", from_study="s"),
+        "out-of-fold": entry("last", kfold={"k": 5, "oof_optimistic": False}),
+        "out-of-fold (optimistic)": entry("last", kfold={"k": 5, "oof_optimistic": True}),
+        "last epoch (optimistic)": entry("last", distill={"provenance": "distilled from `e`; teacher members "
+                                                       "selected on val: r/a (the student inherits that optimism)"}),
+        "ensemble, cross-fitted": entry(None, "ensemble", members=["r/a"], val_scoring="5-fold CV (stratified): w"),
+        "ensemble, cross-fitted (optimistic)": entry(None, "ensemble", members=["r/b"], val_scoring="5-fold CV: w"),
+        "ensemble, nothing fitted (optimistic)": entry(  # a member not found counts as selected on val
+            None, "ensemble", members=["r/gone"], val_scoring="in-sample (uniform weights, argmax: nothing fitted)"),
+        "ensemble, fitted on val (optimistic)": entry(
+            None, "ensemble", members=["r/a"], val_scoring="in-sample (too few val images for 5-fold CV; optimistic)"),
+        "train counts": Entry("b", "baseline", {"val_scoring": "unbiased (fit on train counts only)"}, None, None, {}),
+    }
+    members = {"r/a": entry("last"), "r/b": entry("overall_acc")}  # r/a kept its last epoch, r/b was picked on val
+    for tag, e in cases.items():
+        assert score_tag(e, members) == tag, (tag, val_scoring(e, members))
+        assert tag.endswith("(optimistic)") == ("optimis" in val_scoring(e, members)), tag
+
+
+def test_a_rebuild_reuses_the_cached_statistics_and_prints_the_cold_builds_numbers(tmp_path, monkeypatch):
+    """Issue #42: intervals and comparisons are cached beside the report, keyed by the probabilities' contents; a
+    rebuild after one new run computes only what changed, and every number equals a cold build's."""
+    from bench import stats
+    rng = np.random.default_rng(5)
+    labels = np.stack([rng.integers(0, k, 80) for k in K], 1)
+
+    def noisy(p_right):  # predictions right with probability p_right per cell
+        wrong = np.stack([rng.integers(0, k, len(labels)) for k in K], 1)
+        return np.where(rng.random(labels.shape) < p_right, labels, wrong)
+
+    runs = tmp_path / "runs"
+    for name, p in (("a", 0.7), ("b", 0.6), ("c", 0.5)):
+        fake_run(runs, f"r/{name}", noisy(p), labels, data_root=str(tmp_path), params=1, gflops=1.0)
+    build_report(runs, tmp_path / "rep", quiet=True)
+    fake_run(runs, "r/d", noisy(0.65), labels, data_root=str(tmp_path), params=1, gflops=1.0)
+    calls = []
+    real = stats._resampled
+    monkeypatch.setattr(stats, "_resampled", lambda *a: calls.append(1) or real(*a))
+    build_report(runs, tmp_path / "rep", quiet=True)
+    warm = pd.read_csv(tmp_path / "rep/leaderboard.csv")
+    resampled_warm = len(calls)
+    calls.clear()
+    build_report(runs, tmp_path / "cold", quiet=True)  # another folder: no cache
+    cold = pd.read_csv(tmp_path / "cold/leaderboard.csv")
+    pd.testing.assert_frame_equal(warm, cold)
+    # the warm rebuild resampled for the new run's two intervals and its two comparisons with the leader only
+    assert 0 < resampled_warm < len(calls) / 2
+    cached = json.loads((tmp_path / "rep/.stats-cache.json").read_text())
+    assert len(cached) == len(json.loads((tmp_path / "cold/.stats-cache.json").read_text()))

@@ -1,5 +1,6 @@
 """Any number of attributes and classes: nothing assumes the FashionDataset's six attributes and 26 classes."""
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -76,7 +77,9 @@ def test_three_attribute_runs_ensemble_and_report_with_their_own_names(tmp_path,
     for name in SCHEMA:
         assert name in df.columns and f"| {name} |" in md
     assert "texture" not in df.columns and "texture" not in md
-    assert "(N x 3)" in md and "each of the 18 classes" in md and "26" not in md.split("## Leaderboard")[0]
+    # the FashionDataset's 26 classes appear nowhere above the tables (0.267 is a score, not a 26)
+    head = md.split("## Leaderboard")[0]
+    assert "(N x 3)" in md and "each of the 18 classes" in md and not re.search(r"\b26\b", head)
     row = df[df["entry"] == "a/resnet18"].iloc[0]
     pred = np.stack([b.argmax(1) for b in np.split(np.load(runs / "a/resnet18/probs_val.npz")["plain"],
                                                     np.cumsum(NC)[:-1], 1)], 1)
@@ -251,11 +254,24 @@ def test_run_ensemble_report_on_a_three_attribute_csv_dataset_with_missing_label
                             "--tta", "plain,crop0.9"])  # crop0.9 is recomputed from best.pt: the dataset reopens
     assert result["attributes"] == meta["attributes"]
     pred = (tmp_path / "sub/prediction.csv").read_text().splitlines()
-    assert pred[0] == "image,colour,category,season" and len(pred) == 11
-    assert pred[1].split(",")[0] == "img/00090.jpg" and pred[1].split(",")[3].startswith("season_")
+    # the one prediction CSV format (bench.predict's too): image, then per attribute its class and probability
+    assert pred[0] == "image,colour,colour_prob,category,category_prob,season,season_prob" and len(pred) == 11
+    assert pred[1].split(",")[0] == "img/00090.jpg" and pred[1].split(",")[5].startswith("season_")
     assert not (tmp_path / "sub/prediction.txt").exists()
+    # the demo's hidden/README.txt command scores it, and gives the ensemble's own demo test score
+    command = next(line.split() for line in (csv_root / "hidden/README.txt").read_text().splitlines()
+                   if line.strip().startswith("python -m bench.score"))
+    args = [str(tmp_path / "sub/prediction.csv") if w == "PREDICTION.csv" else w.replace("ROOT", str(csv_root))
+            for w in command[3:]]
+    from bench.score import main as score_main
+    assert score_main(args) == result["demo_test"]
     md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
     assert "| colour | category | season |" in md and "texture" not in md
+    # every column of the leaderboard CSV is an attribute's or one bench/data/columns.py knows (the names it
+    # refuses attributes by, when a dataset is read)
+    from bench.data.columns import LEADERBOARD_COLUMNS
+    columns = set(pd.read_csv(tmp_path / "rep/leaderboard.csv").columns)
+    assert columns - set(meta["attributes"]) <= LEADERBOARD_COLUMNS
     missing = int((np.load(runs / "default/resnet18/probs_val.npz")["labels"] == -1).sum())
     assert missing > 0 and f"Missing labels: {missing} of the 90 (image, attribute) cells" in md
 
@@ -289,3 +305,62 @@ def test_score_reads_a_csv_datasets_prediction_csv(csv_root, tmp_path, capsys):
     assert s["overall_acc"] == pytest.approx((labelled - wrong) / labelled)
     assert s["missing"] == val.labels.size - labelled
     assert "season" in capsys.readouterr().out
+
+
+def _csv_dataset(root, header, rows):
+    """A CSV-layout dataset at `root`: labels.csv with `header` and `rows` (image paths first), tiny images."""
+    from PIL import Image
+    (root / "img").mkdir(parents=True)
+    for r in rows:
+        Image.new("RGB", (4, 4), (99, 99, 99)).save(root / r[0])
+    (root / "labels.csv").write_text(",".join(header) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    return root
+
+
+def test_attribute_names_that_would_share_a_written_column_are_refused_when_the_dataset_is_read(tmp_path):
+    """Attributes `n` and `acc_n`: the leaderboard names n's accuracy column acc_n (n is its image count), so the
+    CSV kept one acc_n and lost the other; `colour` and `colour_prob` clash in the prediction CSV. Both are refused
+    by the dataset reader, with file:line:column, before any training."""
+    from bench.data import DatasetError, leaderboard_attribute_columns, open_dataset
+    rows = [("img/a.jpg", "train", "x", "p", "red", "lo"), ("img/b.jpg", "train", "y", "q", "blue", "hi"),
+            ("img/c.jpg", "val", "x", "q", "red", "hi")]
+    root = _csv_dataset(tmp_path / "ds", ["image", "split", "n", "acc_n", "colour", "colour_prob"], rows)
+    with pytest.raises(DatasetError) as e:
+        open_dataset(root)
+    where = root / "labels.csv"
+    assert [p.split(": the ")[0] for p in e.value.problems] == [f"{where}:1:4: attribute 'acc_n'",
+                                                                 f"{where}:1:6: attribute 'colour_prob'"]
+    assert "leaderboard CSV would have two columns named acc_n" in e.value.problems[0]
+    assert "prediction CSV (bench.predict --probs, prediction.csv) would have two columns named colour_prob" \
+           in e.value.problems[1]
+    # `n` alone is fine (its column is acc_n); a class column `colour=red` clashes only when colour has a class red
+    (root / "labels.csv").write_text("image,split,n,colour,colour=red\n" + "".join(
+        f"{r[0]},{r[1]},{r[2]},{r[4]},{r[3]}\n" for r in rows))
+    with pytest.raises(DatasetError) as e:
+        open_dataset(root)
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith(f"{where}:1:5: attribute 'colour=red'")
+    assert leaderboard_attribute_columns(("n", "colour"), {"n": 0, "rank": 1}) == {"n": "acc_n", "colour": "colour"}
+    with pytest.raises(ValueError, match="more than one column named acc_n"):  # a run made before the check
+        leaderboard_attribute_columns(("n", "acc_n"), {"n": 0})
+
+
+def test_a_csv_demo_of_101_classes_keeps_its_class_order_and_its_hidden_score(tmp_path):
+    """`a_100` sorted before `a_11`: the CSV layout's class order (sorted names) differed from the demo's generation
+    order, which its hidden test labels indexed, so the demo's hidden score was wrong from 101 classes on."""
+    from bench.data import open_dataset
+    from bench.data.demo import DemoSpec, class_names_of, parse_schema, write_demo
+    from bench.ensembling.ensemble import write_prediction_csv
+    from bench.score import main as score_main
+    root = write_demo(tmp_path / "ds", DemoSpec(seed=0, train=110, val=12, test=8, width=8, height=8,
+                                                schema=parse_schema("big:101,colour:2")))
+    ds = open_dataset(root)
+    assert ds.class_names[0] == tuple(class_names_of("big", 101)) and ds.class_names[0][100] == "big_100"
+    assert ds.splits["train"].labels[:101, 0].tolist() == list(range(101))  # the demo draws class i for image i
+    # a model that is always right on the hidden test labels scores 1.0 with the demo's own command
+    truth = [line.split(",") for line in (root / "hidden/test_labels.csv").read_text().splitlines()[1:]]
+    assert [t[0] for t in truth] == list(ds.splits["test"].paths)
+    right = np.array([[ds.class_names[a].index(c) for a, c in enumerate(t[1:])] for t in truth])
+    sub = write_prediction_csv(right, tmp_path / "sub", ds.splits["test"].paths, ds.attributes, ds.class_names)
+    assert score_main([str(sub), "--truth", str(root / "hidden/test_labels.csv"), "--data", str(root)])[
+        "overall_acc"] == 1.0
+    assert score_main([str(sub), "--data", str(root), "--split", "test"])["overall_acc"] == 1.0

@@ -198,3 +198,29 @@ def test_track_without_uri_or_without_mlflow_is_a_usage_error(monkeypatch, capsy
     with pytest.raises(SystemExit) as e:
         tracker_from_args(parse("--track", "http://127.0.0.1:1"))
     assert e.value.code == 2 and "pip install -e '.[mlflow]'" in capsys.readouterr().err
+
+
+def test_track_folder_is_an_sqlite_store_in_it(demo_runs, tmp_path, capsys):
+    """--track FOLDER (offered by --help) warned and ran untracked with MLflow 3, which refuses its old file store:
+    a folder now means the SQLite store FOLDER/mlflow.db, artifacts in FOLDER/artifacts, made at the first call."""
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_runs, runs)
+    folder = tmp_path / "tracking" / "here"
+    ensemble_main(["--runs-dir", str(runs), "--out", str(tmp_path / "sub"), "--no-report", "--track", str(folder),
+                   "--track-experiment", "folder-test"])
+    captured = capsys.readouterr()
+    assert "warning: MLflow tracking" not in captured.err, captured.err
+    assert (f"[track] logging to MLflow at sqlite:///{folder / 'mlflow.db'} (artifacts in {folder / 'artifacts'}), "
+            f"experiment folder-test") in captured.out
+    client, found = runs_of(f"sqlite:///{folder / 'mlflow.db'}", "folder-test")
+    entry = json.loads((runs / "_ensembles" / "ensemble" / "run.json").read_text())
+    assert [r.info.run_name for r in found] == ["_ensembles/ensemble"]
+    assert found[0].data.metrics["val_overall_acc"] == entry["val"]["overall_acc"]
+    assert found[0].info.artifact_uri.startswith((folder / "artifacts").as_uri())
+    assert artifact_json(client, found[0].info.run_id, "run.json", tmp_path / "dl") == entry
+    assert list((folder / "artifacts").rglob("run.json"))  # the artifacts are in the folder, not ./mlruns
+    (tmp_path / "afile").write_text("x")
+    from bench.tracking import tracker_from_args
+    with pytest.raises(SystemExit) as e:  # a file is no folder: refused before any work
+        tracker_from_args(__import__("bench.ensemble", fromlist=["x"]).parse_args(["--track", str(tmp_path / "afile")]))
+    assert e.value.code == 2 and f"{tmp_path / 'afile'} is a file" in capsys.readouterr().err

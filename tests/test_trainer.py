@@ -304,6 +304,34 @@ def test_fractional_warmup_ends_within_the_first_epoch(tiny_root, tmp_path):
     assert Recipe(warmup_epochs=1.0).warmup_epochs == 1  # a whole number of epochs is fine either way
 
 
+@pytest.mark.parametrize("warmup", [0, 2])
+def test_plateau_schedule_sets_the_lrs_timms_deprecated_one_set(warmup):
+    """bench/training/schedules.py replaces timm's PlateauLRScheduler (deprecated): the same lr for every group at
+    every epoch, with lr scales, warm-up and metric plateaus, and the same state_dict (old states resume)."""
+    import warnings
+    timm_plateau = pytest.importorskip("timm.scheduler.plateau_lr").PlateauLRScheduler
+    from bench.training.schedules import PlateauSchedule
+
+    def optimizer():
+        w = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+        return torch.optim.SGD([{"params": [w[0]], "lr": 0.1, "lr_scale": 0.1}, {"params": [w[1]], "lr": 0.1}])
+
+    ours, theirs = optimizer(), optimizer()
+    a = PlateauSchedule(ours, 0.5, 1, warmup, 1e-3, 1e-4, "max")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        b = timm_plateau(theirs, decay_rate=0.5, patience_t=1, cooldown_t=0, warmup_t=warmup, warmup_lr_init=1e-3,
+                         lr_min=1e-4, mode="max")
+    metrics = [0.1, 0.2, 0.2, 0.2, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3]
+    assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups]
+    for epoch, m in enumerate(metrics, 1):
+        a.step(epoch, m)
+        b.step(epoch, m)
+        assert [g["lr"] for g in ours.param_groups] == pytest.approx([g["lr"] for g in theirs.param_groups], rel=1e-12)
+        assert a.state_dict() == b.state_dict()
+    assert ours.param_groups[1]["lr"] < 0.1 / 4  # it did decay, several times
+
+
 def test_per_step_schedule_needs_the_cosine_schedule():
     with pytest.raises(ValueError, match="lr_per_step"):
         Recipe(lr_per_step=True, schedule="plateau")

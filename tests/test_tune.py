@@ -311,11 +311,16 @@ def tree(path) -> list[str]:
      "error: study storage sqlite:///{tmp}: {tmp} is a folder; name a file, e.g. {tmp}/fashion.db\n"),
     ("sqlite:////proc/x.db", "error: study storage sqlite:////proc/x.db: cannot be opened (unable to open database "
                              "file)\n"),
+    *((url, f"error: study storage {url}: an in-memory SQLite database ends with this process, and a study must "
+            f"outlive it (to be resumed, shared by workers, read by --from-study); name a file, e.g. "
+            f"sqlite:///{{tmp}}/w/studies/fashion.db (the default without --storage)\n")
+      for url in ("sqlite:///:memory:", "sqlite:///", "sqlite://", "sqlite:///file::memory:?cache=shared")),
 ])
 def test_a_bad_storage_is_one_message_and_exit_2_making_no_folders(storage, message, tiny_root, tmp_path,
                                                                     monkeypatch, capsys):
     """A storage that cannot be opened gave a traceback (server down, unknown scheme, unwritable file), and a
-    sqlite path outside the working folder had its missing folders made silently."""
+    sqlite path outside the working folder had its missing folders made silently; an in-memory SQLite database ran
+    the study with heartbeat-thread tracebacks, exit 0, and lost it at exit."""
     fake_training(monkeypatch)
     storage, message = storage.format(tmp=tmp_path), message.format(tmp=tmp_path)
     with pytest.raises(SystemExit) as e:

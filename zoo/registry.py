@@ -58,9 +58,15 @@ def get_entry(name: str) -> ZooEntry:
 
 
 def create_model(name: str, num_classes: tuple[int, ...], dropout: float = 0.2, hidden: int = 0,
-                 pretrained: str = "auto") -> tuple[MultiHeadNet, dict]:
+                 pretrained: str = "auto", fast_padding: bool = True) -> tuple[MultiHeadNet, dict]:
+    """The zoo model `name` as a MultiHeadNet and its init record. `fast_padding`: timm's TensorFlow-SAME
+    convolutions (`tf_*` models) pad without copying their input (zoo/fastpaths.py: the same numbers, parameters and
+    state_dict keys); False keeps timm's own Conv2dSame."""
     entry = get_entry(name)
     backbone, init = build_backbone(entry.timm_name, pretrained)
+    if fast_padding:
+        from zoo.fastpaths import fast_same_padding
+        fast_same_padding(backbone)
     width = getattr(backbone, "head_hidden_size", None) or backbone.num_features  # vgg: 4096-wide pre-logits
     cfg = timm.data.resolve_data_config({}, model=backbone)  # the backbone's own input normalisation
     model = MultiHeadNet(backbone, width, num_classes, dropout, hidden, cfg["mean"], cfg["std"])

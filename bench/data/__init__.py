@@ -1,7 +1,7 @@
 """Stage 1, files -> validated dataset: the FashionDataset reader (dataset.py), the CSV layout (csv_layout.py;
-`open_dataset` below detects which), the decode cache (images.py) with its
-resize policies (resize.py), the demo dataset (demo.py), prediction files (predictions.py) and stratified folds
-(folds.py). Nothing here imports torch."""
+`open_dataset` below detects which), the attribute names a dataset may have and the columns written for them
+(columns.py), the decode cache (images.py) with its resize policies (resize.py), the demo dataset (demo.py),
+prediction and truth files (predictions.py) and stratified folds (folds.py). Nothing here imports torch."""
 from __future__ import annotations
 
 import os
@@ -10,14 +10,21 @@ from pathlib import Path
 from bench.data.dataset import (ATTRIBUTES, DEFAULT_CLASS_NAMES, LABELLED_SPLITS, SPLITS, DatasetError, FashionDataset,
                                 Split, attribute_names, attributes_of, cache_home, class_counts,
                                 open_fashion_dataset, parse_label_lines, reopen_args)
+from bench.data.columns import (ColumnClash, attribute_name_problems, leaderboard_attribute_columns,
+                                prediction_columns)
 from bench.data.csv_layout import is_csv_root, open_csv_dataset
-from bench.data.predictions import (DEFAULT_NUM_CLASSES, format_prediction_csv, format_predictions,
-                                    read_prediction_csv, read_predictions)
+from bench.data.predictions import (DEFAULT_NUM_CLASSES, Labelled, csv_schema, format_prediction_csv,
+                                    format_predictions, label_file_split, pair_images, provenance_path,
+                                    provenance_text, read_prediction_csv, read_predictions, read_provenance,
+                                    read_truth_csv)
 
-__all__ = ["ATTRIBUTES", "DEFAULT_CLASS_NAMES", "DEFAULT_NUM_CLASSES", "LABELLED_SPLITS", "SPLITS", "DatasetError",
-           "FashionDataset", "Split", "add_layout_arguments", "attribute_names", "attributes_of", "cache_home", "class_counts",
-           "format_prediction_csv", "format_predictions", "layout_args", "open_dataset", "read_prediction_csv",
-           "parse_label_lines", "read_predictions", "reopen_args", "resolve_root"]
+__all__ = ["ATTRIBUTES", "DEFAULT_CLASS_NAMES", "DEFAULT_NUM_CLASSES", "LABELLED_SPLITS", "SPLITS", "ColumnClash",
+           "DatasetError", "FashionDataset", "Labelled", "Split", "add_layout_arguments", "attribute_name_problems",
+           "attribute_names", "attributes_of", "cache_home", "class_counts", "csv_schema", "format_prediction_csv",
+           "format_predictions", "label_file_split", "layout_args", "leaderboard_attribute_columns", "open_dataset",
+           "pair_images", "parse_label_lines", "prediction_columns", "provenance_path", "provenance_text",
+           "read_prediction_csv", "read_predictions", "read_provenance", "read_truth_csv", "reopen_args",
+           "resolve_root"]
 
 
 def open_dataset(root: str | Path, check_images: bool = True, labels: str | Path | None = None,
@@ -33,8 +40,8 @@ def open_dataset(root: str | Path, check_images: bool = True, labels: str | Path
 
 def add_layout_arguments(p) -> None:
     """--labels, --val-fraction and --split-seed: how a command that takes --data opens a CSV-layout dataset."""
-    p.add_argument("--labels", help="CSV layout: the label file (columns image, split and one per attribute; default "
-                   "ROOT/labels.csv)")
+    p.add_argument("--labels", metavar="FILE", help="CSV layout: the dataset's label file (columns image, split and "
+                   "one per attribute; default ROOT/labels.csv)")
     p.add_argument("--val-fraction", type=float,
                    help="CSV layout without a split column: the fraction of rows carved into a stratified val split "
                         "(default 0.2)")

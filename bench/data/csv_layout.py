@@ -7,23 +7,25 @@
         every other column is an attribute; its cells are class names; an empty cell is a missing label
 
 Attribute names are the header's, in its order; each attribute's classes are the names seen in train and val, in
-sorted order (recorded in run.json). Test rows' label cells are ignored. Every problem is reported at once as
-file:line:column; nothing in ROOT is written.
+sorted order (recorded in run.json). Test rows' label cells are ignored. An attribute name that would give two
+columns of a table the suite writes the same name (bench/data/columns.py) is refused here, before any training.
+Every problem is reported at once as file:line:column (lines as an editor counts them, a quoted field's line breaks
+included); nothing in ROOT is written.
 """
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
+from bench.data.columns import IMAGE, SPLIT, attribute_name_problems
 from bench.data.dataset import (EMPTY_SPLIT_NEED, SPLITS, DatasetError, FashionDataset, Split, check_image_files,
-                                read_lines)
+                                read_csv_rows)
 
 LABELS_FILE = "labels.csv"
 DEFAULT_VAL_FRACTION = 0.2
-RESERVED = {"image", "split"}
+RESERVED = {IMAGE, SPLIT}
 
 
 def is_csv_root(root: Path) -> bool:
@@ -41,13 +43,13 @@ def open_csv_dataset(root: str | Path, labels: str | Path | None = None, val_fra
         raise DatasetError([f"{root}: dataset folder does not exist"])
     if not path.is_file():
         raise DatasetError([f"{path}: label file not found (a CSV with columns image, split and one per attribute)"])
-    lines = read_lines(path, problems)
-    if lines is None:
+    read = read_csv_rows(path, problems)
+    if read is None:
         raise DatasetError(problems, f"dataset {root}")
-    rows = list(csv.reader(lines))
-    if not rows or not any(h.strip() for h in rows[0]):
-        raise DatasetError([f"{path}:1: no header row (image, split and one column per attribute)"])
-    header = [h.strip() for h in rows[0]]
+    rows, complete = read
+    if not rows or not any(h.strip() for h in rows[0][1]):
+        raise DatasetError([*problems, f"{path}:1: no header row (image, split and one column per attribute)"])
+    header, unclosed = [h.strip() for h in rows[0][1]], list(problems)  # unclosed: a quote never closed, if any
     for j, h in enumerate(header):
         if not h:
             problems.append(f"{path}:1:{j + 1}: empty column name")
@@ -58,7 +60,7 @@ def open_csv_dataset(root: str | Path, labels: str | Path | None = None, val_fra
     attr_cols = [j for j, h in enumerate(header) if h and h not in RESERVED and header.index(h) == j]
     if not attr_cols:
         problems.append(f"{path}:1: no attribute columns (every column other than image and split is one)")
-    if problems:
+    if problems != unclosed:
         raise DatasetError(problems, f"dataset {root}")
     img_col, split_col = header.index("image"), header.index("split") if "split" in header else None
     if split_col is None and val_fraction is None:
@@ -67,7 +69,7 @@ def open_csv_dataset(root: str | Path, labels: str | Path | None = None, val_fra
         problems.append(f"{path}:1:{split_col + 1}: the file has a split column, so --val-fraction does not apply")
     records = []  # (line, split, path, {attribute column: cell})
     seen: dict[str, tuple[str, int]] = {}
-    for i, row in enumerate(rows[1:], start=2):
+    for i, row in rows[1:]:
         if not any(c.strip() for c in row):
             continue
         if len(row) != len(header):
@@ -92,6 +94,8 @@ def open_csv_dataset(root: str | Path, labels: str | Path | None = None, val_fra
                 what = f"also in split {first[0]!r}" if first[0] != split else f"listed twice in split {split!r}"
                 problems.append(f"{where}: image {p!r} is {what} (first at line {first[1]}); list each image once")
         records.append((i, split, p, {j: row[j].strip() for j in attr_cols}))
+    if not complete:  # the rows after an unclosed quote were never read: whole-file checks would mislead
+        raise DatasetError(problems, f"dataset {root}")
     if split_col is None and records:
         records = _carve_val(records, attr_cols, val_fraction, split_seed, problems, path)
     attributes = tuple(header[j] for j in attr_cols)
@@ -108,6 +112,7 @@ def open_csv_dataset(root: str | Path, labels: str | Path | None = None, val_fra
             problems.append(f"{path}:1:{j + 1}: attribute {name!r} has {what}; a head needs two classes or more "
                             f"(drop the column)")
         class_names.append(tuple(classes))
+    problems += [f"{path}:1:{attr_cols[i] + 1}: {why}" for i, why in attribute_name_problems(attributes, class_names)]
     splits = {}
     for name in SPLITS:
         mine = [r for r in records if r[1] == name]

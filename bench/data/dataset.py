@@ -12,7 +12,9 @@ Text files are UTF-8 (a leading byte-order mark is accepted). The train and val 
 from __future__ import annotations
 
 import codecs
+import csv
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass, field
@@ -20,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
-from PIL import Image
 
 ATTRIBUTES = ("texture", "sleeve", "length", "neckline", "fabric", "fit")  # the FashionDataset layout's attributes
 DEFAULT_CLASS_NAMES = (
@@ -60,9 +61,9 @@ class DatasetError(ValueError):
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def read_lines(path: Path, problems: list[str]) -> list[str] | None:
-    """The lines of a UTF-8 text file (a leading BOM dropped); None, with the reason appended to `problems`, when it
-    cannot be read or is not text."""
+def read_text(path: Path, problems: list[str]) -> str | None:
+    """A UTF-8 text file (a leading BOM dropped); None, with the reason appended to `problems`, when it cannot be read
+    or is not text."""
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -73,12 +74,59 @@ def read_lines(path: Path, problems: list[str]) -> list[str] | None:
         return None
     data = data.removeprefix(codecs.BOM_UTF8)
     try:
-        return data.decode("utf-8").splitlines()
+        return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line, start = data.count(b"\n", 0, e.start) + 1, data.rfind(b"\n", 0, e.start) + 1
         column = len(data[start:e.start].decode("utf-8")) + 1  # in characters; everything before e.start decodes
         problems.append(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x} at column {column})")
         return None
+
+
+# What ends a line, as editors and the csv module count lines: not str.splitlines' form feed, vertical tab or Unicode
+# separators (a line number in a message must be the one an editor shows).
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def read_lines(path: Path, problems: list[str]) -> list[str] | None:
+    """The lines of a UTF-8 text file (see read_text), split at \\n, \\r\\n and \\r only; None when it cannot be
+    read."""
+    text = read_text(path, problems)
+    if text is None:
+        return None
+    lines = LINE_BREAK.split(text)
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+_END = "\ufdd0end-of-file\ufdd0"  # a Unicode noncharacter: no real CSV holds it
+
+
+def read_csv_rows(path: Path, problems: list[str]) -> tuple[list[tuple[int, list[str]]], bool] | None:
+    """The rows of a UTF-8 CSV file, each with the line it starts on (a quoted field may hold line breaks; lines end
+    at \\n, \\r\\n or \\r only), and whether the whole file was read: False when a quoted field is never closed
+    (the problem, with its line and field, is appended; the rows from that line on are not returned, so whole-file
+    checks must be skipped). None when the file cannot be read."""
+    text = read_text(path, problems)
+    if text is None:
+        return None
+    body = text if not text or text.endswith(("\n", "\r")) else text + "\n"
+    reader = csv.reader(io.StringIO(body + _END, newline=""))
+    rows, start = [], 1
+    try:
+        for row in reader:
+            if row == [_END]:
+                break
+            if row and _END in row[-1]:
+                problems.append(f"{path}:{start}:{len(row)}: a quoted field opened here is never closed (a missing "
+                                f'closing "); the rest of the file was read as this one field, so nothing from line '
+                                f"{start} on was checked")
+                return rows, False
+            rows.append((start, row))
+            start = reader.line_num + 1
+    except csv.Error as e:  # e.g. a field over the csv module's size limit: an unclosed quote in a big file
+        problems.append(f"{path}:{start}: cannot read the CSV from this line on ({e}; a quoted field that is never "
+                        f"closed does this), so nothing from line {start} on was checked")
+        return rows, False
+    return rows, True
 
 
 def attribute_names(num_classes, attributes=None) -> tuple[str, ...]:
@@ -197,11 +245,15 @@ class FashionDataset:
 def _check_image(path: Path) -> str | None:
     """Decode the image, a JPEG at 1/8 scale (its DCT-domain draft, as the decode cache does at full size), so a
     truncated or corrupt file is reported here with every other problem, not at decode time after run folders exist.
-    PIL's verify() reads only the headers: it passed a truncated JPEG. About 0.5 ms per 300 px photo."""
+    PIL's verify() reads only the headers: it passed a truncated JPEG. About 0.5 ms per 300 px photo. An image over
+    the pixel limit is named as too large (bench/data/opening.py `open_image`), not as corrupt."""
+    from bench.data.opening import ImageTooLarge, open_image
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.draft("RGB", (1, 1))  # the smallest scale libjpeg offers; other formats decode in full
             im.load()
+    except ImageTooLarge as e:
+        return str(e)
     except Exception as e:  # PIL raises many types for bad files
         return f"{path}: unreadable or corrupt image ({type(e).__name__}: {e})"
     return None

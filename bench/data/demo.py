@@ -13,10 +13,15 @@ Test labels go to ROOT/hidden/test_attr.txt, outside split/, for scoring demo pr
 
 With a schema (`--schema colour:2,category:5,season:11 [--missing 0.1]`) it writes the CSV layout instead
 (bench/data/csv_layout.py): ROOT/labels.csv with columns image, split and one per attribute, whose classes are named
-`<attribute>_<index>` (two digits) and drawn with falling frequencies (class c about 1 / (c + 1)); each image shows
-one horizontal band per attribute, its colour the class's hue. `missing` is the fraction of train and val cells left
-empty (missing labels); every class still appears labelled in train. Test labels (class indices) go to
-ROOT/hidden/test_attr.txt as above.
+`<attribute>_<index>`, the index zero-padded to the same width within an attribute (two digits, three from 101
+classes on), so the layout's sorted class order is the generation order; classes are drawn with falling frequencies
+(class c about 1 / (c + 1)); each image shows one horizontal band per attribute, its colour the class's hue.
+`missing` is the fraction of train and val cells left empty (missing labels); every class still appears labelled in
+train. Test labels go to ROOT/hidden/test_labels.csv (image and class name per attribute: the truth CSV that
+bench.score reads), not to labels.csv.
+
+`hidden_test_labels` reads a demo's hidden test labels for scoring (bench.ensemble's demo score, bench.score
+--split test).
 
     python -m bench.demo --out DIR [--seed 0] [--train 800 --val 200 --test 200 --width 96 --height 128]
                                    [--schema NAME:CLASSES,... [--missing FRACTION]]
@@ -32,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from bench.data.columns import IMAGE, SPLIT, attribute_name_problems
 from bench.data.dataset import DEFAULT_CLASS_NAMES, cache_home
 
 # Real train-split class counts (5000 images) per attribute: the demo samples labels with these frequencies.
@@ -59,17 +65,28 @@ class DemoSpec:
 
 
 def parse_schema(text: str) -> tuple[tuple[str, int], ...]:
-    """'colour:2,category:5' -> (('colour', 2), ('category', 5)); ValueError naming the bad entry."""
+    """'colour:2,category:5' -> (('colour', 2), ('category', 5)); ValueError naming the bad entry, or an attribute
+    name the CSV layout would refuse (bench/data/columns.py)."""
     out = []
     for part in text.split(","):
         name, _, k = part.strip().partition(":")
-        if not name or not k.isdigit() or int(k) < 2 or name in ("image", "split"):
-            raise ValueError(f"schema entry {part!r}: expected NAME:CLASSES with CLASSES >= 2 (and NAME not image "
-                             f"or split)")
+        if not name or not k.isdigit() or int(k) < 2:
+            raise ValueError(f"schema entry {part!r}: expected NAME:CLASSES with CLASSES >= 2")
         out.append((name, int(k)))
     if len({n for n, _ in out}) != len(out):
         raise ValueError(f"schema {text!r} names an attribute twice")
+    names = [n for n, _ in out]
+    bad = attribute_name_problems(names, [class_names_of(n, k) for n, k in out])
+    if bad:
+        raise ValueError(f"schema {text!r}: " + "; ".join(why for _, why in bad))
     return tuple(out)
+
+
+def class_names_of(attribute: str, k: int) -> list[str]:
+    """A CSV demo attribute's class names in generation order, `<attribute>_<index>` zero-padded to one width (at
+    least two digits) so that sorting them, as the CSV layout does, keeps this order."""
+    width = max(2, len(str(k - 1)))
+    return [f"{attribute}_{c:0{width}d}" for c in range(k)]
 
 
 def sample_labels(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -235,6 +252,8 @@ def draw_bands(labels, num_classes, rng, width: int, height: int) -> np.ndarray:
 def _write_csv_demo(out: Path, spec: DemoSpec) -> Path:
     names = [n for n, _ in spec.schema]
     ks = [k for _, k in spec.schema]
+    classes = [class_names_of(n, k) for n, k in spec.schema]
+    truth = []
     rng = np.random.default_rng([spec.seed, 2])
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "hidden").mkdir(exist_ok=True)
@@ -254,16 +273,23 @@ def _write_csv_demo(out: Path, spec: DemoSpec) -> Path:
             rel = f"img/{index:05d}.jpg"
             Image.fromarray(draw_bands(true, ks, np.random.default_rng([spec.seed, 3, index]), spec.width,
                                        spec.height)).save(out / rel, quality=92)
-            cells = ["" if split == "test" or c < 0 else f"{name}_{c:02d}" for name, c in zip(names, row)]
+            cells = ["" if split == "test" or c < 0 else names_[c] for names_, c in zip(classes, row)]
             rows.append([rel, split, *cells])
+            if split == "test":
+                truth.append([rel, *(names_[c] for names_, c in zip(classes, true))])
             index += 1
-        if split == "test":
-            (out / "hidden" / "test_attr.txt").write_text("".join(" ".join(map(str, r)) + "\n" for r in shown))
     with open(out / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["image", "split", *names], *rows])
+        csv.writer(f).writerows([[IMAGE, SPLIT, *names], *rows])
+    with open(out / HIDDEN_CSV, "w", newline="") as f:
+        csv.writer(f).writerows([[IMAGE, *names], *truth])
     (out / "hidden" / "README.txt").write_text(
-        "Demo test labels (class indices), for `python -m bench.score prediction.txt --labels hidden/test_attr.txt` "
-        f"only.\nGenerated by bench.demo with {asdict(spec)}.\n")
+        "Demo test labels (image and class name per attribute), for scoring only. Score a test prediction\n"
+        "(bench.ensemble's prediction.csv or a bench.predict CSV of the test images); ROOT is this dataset folder\n"
+        "(the one holding hidden/):\n"
+        "\n"
+        "    python -m bench.score PREDICTION.csv --truth ROOT/hidden/test_labels.csv --data ROOT\n"
+        "\n"
+        f"Generated by bench.demo with {asdict(spec)}.\n")
     return out
 
 
@@ -298,9 +324,32 @@ def write_demo(out: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     (out / "split" / "list_attr_cloth.txt").write_text(
         f"{len(names)}\nattribute_name   attribute_type\n" + "".join(f"{n:<20} {t}\n" for n, t in names))
     (out / "hidden" / "README.txt").write_text(
-        "Demo test labels, for `python -m bench.score prediction.txt --labels hidden/test_attr.txt` only.\n"
+        "Demo test labels (one line per image of split/test.txt, 6 class indices), for scoring only. Score a test\n"
+        "prediction (bench.ensemble's prediction.txt); ROOT is this dataset folder (the one holding hidden/):\n"
+        "\n"
+        "    python -m bench.score PREDICTION.txt --data ROOT --split test\n"
+        "\n"
         f"Generated by bench.demo with {asdict(spec)}.\n")
     return out
+
+
+HIDDEN_CSV = Path("hidden/test_labels.csv")   # a CSV demo's test labels: a truth CSV (image, class names)
+HIDDEN_TXT = Path("hidden/test_attr.txt")    # a FashionDataset demo's: one line of class indices per test image
+
+
+def hidden_test_labels(root: str | Path, attributes, class_names, paths) -> tuple[np.ndarray, str] | None:
+    """A demo's hidden test labels as class indices of `class_names`, one row per image of `paths` (the test split's,
+    in its order), and the file they came from; None when `root` has none. DatasetError (file:line) when they do not
+    fit the schema or the images."""
+    from bench.data.predictions import align_truth, read_predictions, read_truth_csv
+    root = Path(root)
+    if (root / HIDDEN_CSV).is_file():
+        truth = read_truth_csv(root / HIDDEN_CSV, attributes, class_names)
+        return align_truth(truth, list(paths), "the test split"), str(root / HIDDEN_CSV)
+    if (root / HIDDEN_TXT).is_file():
+        nc = tuple(len(c) for c in class_names)
+        return read_predictions(root / HIDDEN_TXT, nc, len(paths), attributes), str(root / HIDDEN_TXT)
+    return None
 
 
 def ensure_demo(spec: DemoSpec = DemoSpec()) -> Path:

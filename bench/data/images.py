@@ -8,6 +8,9 @@ Decoding writes each chunk of 64 images straight into a memory-mapped `.npy` und
 complete: decoding N images never holds all N in memory, and a kill leaves no half cache. `mmap=True` returns the
 cache file memory-mapped read-only (the trainer's `stream` data mode reads batches from it); by default the array is
 read into memory (`resident`).
+
+Every image the suite reads is opened by bench/data/opening.py (`open_image`: the pixel limit; `to_rgb`: transparent
+pixels composited on white), which the dataset's validation uses too.
 """
 from __future__ import annotations
 
@@ -19,20 +22,19 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
-from PIL import Image
 
 from bench.data.dataset import DatasetError, cache_home
+from bench.data.opening import ImageTooLarge, open_image, to_rgb  # noqa: F401 (ImageTooLarge: for callers)
 from bench.data.resize import RESIZE
 
-CACHE_VERSION = 1
-
+CACHE_VERSION = 2  # 2: transparent pixels composited on BACKGROUND
 
 def decode(path: Path, size: int, policy: str = "letterbox") -> np.ndarray:
-    """One image as (size, size, 3) uint8."""
+    """One image as (size, size, 3) uint8 (open_image's limit; transparency composited, see to_rgb)."""
     resize = RESIZE[policy]
-    with Image.open(path) as im:
+    with open_image(path) as im:
         im.draft("RGB", (size, size))  # JPEG DCT-domain downscale: much faster decode of big photos
-        return resize(im.convert("RGB"), size)
+        return resize(to_rgb(im, path), size)
 
 
 def _decode_chunk(paths: list[Path], size: int, policy: str) -> tuple[np.ndarray, list[str]]:

@@ -16,3 +16,7 @@ stage's run artifacts; no earlier stage imports it. Importing the package loads 
 # gain; one seed, the fifth variant tried): the schedule, not T or alpha, is the lead, and it is the user's --epochs.
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
+# --views default (--mode views): 8 stored views, so an 8-epoch student sees each view once and a longer schedule
+# cycles through them (function matching's students saw a fresh view every step; V is the CPU's compromise: V teacher
+# passes, once). Not measured yet: scripts/distill_ablation.sh measures the views mode against the cached mode.
+DEFAULT_VIEWS = 8

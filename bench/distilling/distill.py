@@ -17,6 +17,16 @@ Modes:
 - `online` (default on CUDA; "function matching", Beyer et al. 2022): every member runs on the student's augmented
   batch at each step (inference mode, autocast, on the training device), so the target always matches exactly what
   the student sees; nothing is precomputed. Costs a forward pass of every member per step.
+- `views` (function matching on a CPU; views.py): the teacher labels V fixed augmented views of every training
+  image once (crop, flip, rotation, jitter and, with `mixup`, a partner image, all drawn from a recorded seed and
+  stored with the probabilities in `teacher_views.npz`), and epoch e of the student trains on exactly view e mod V.
+  Costs V teacher passes once, then what a cached student costs.
+
+Targets in-sample or out-of-fold (teacher.py): members trained on train label their own training images
+(in-sample: more confident than on new images, close to the labels); members cross-fitted over train (`bench.run
+--folds K --pool train`) label each training image with the fold model that never saw it (out-of-fold; cached: their
+probs_train_oof.npz). run.json (`distill.targets`) and the leaderboard row say which.
+`init`: the student starts from a finished run's weights or an exported .safetensors file (init_weights.py).
 
 Honesty: the student is scored on val like any run; without --refit no val image is ever in its training split, so
 no teacher target of a val image reaches it (checked before training). Teacher members that chose their epoch or
@@ -24,8 +34,9 @@ parameters on val are recorded and named on the student's leaderboard row (the s
 `refit`: like `bench.run --refit`, after the val run a second distillation on train + val for the epochs the val
 run used, whose test predictions become the student's; its teacher targets come from the members' test weights
 (their refit models, where they have them). `unlabelled` adds images (the test split, a folder, or a list file)
-that only the teacher labels: label -1 for every attribute, so only the KD term learns from them; on the test split
-this is transductive, and the row says so.
+that only the teacher labels: label -1 for every attribute, so only the KD term learns from them; when any of them
+is an image of the test split (however named: `test`, a folder or a list file holding such images) this is
+transductive, and run.json (`transductive`, `test_images`) and the leaderboard row say so.
 """
 from __future__ import annotations
 
@@ -34,48 +45,67 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from bench.artifacts import save_probs, write_json
+from bench.artifacts import load_npz, save_probs, write_run
 from bench.data import DatasetError, FashionDataset, Split, open_dataset, reopen_args
 from bench.data.dataset import cache_home, check_image_files
+from bench.distilling import DEFAULT_VIEWS
 from bench.distilling.kd import DEFAULT_ALPHA, DEFAULT_TEMPERATURE, DistillLoss
-from bench.distilling.teacher import OnlineTeacher, Teacher, TeacherError, cached_targets, load_teacher
-from bench.training.kfold import refit as refit_model
+from bench.distilling.init_weights import InitWeights, resolve_init
+from bench.distilling.teacher import (IN_SAMPLE, OUT_OF_FOLD, OnlineTeacher, Teacher, TeacherError, cached_targets,
+                                      is_crossfit, load_teacher, oof_rows)
+from bench.distilling.views import VIEWS_FILE, Views, load_or_label_views
+from bench.training.kfold import OOF_TRAIN, refit as refit_model
 from bench.training.train import (ImageStore, choose_data_mode, decoded_bytes, demo_settings, resolve_recipe,
                                   train_model)
 from bench.training.trainer import Trainer
 
-MODES = ("auto", "cached", "online")
+MODES = ("auto", "cached", "online", "views")
 TARGETS_FILE = "teacher_targets.npz"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class DistillTrainer(Trainer):
     """The shared Trainer with the distillation loss: each step's teacher targets come from `source(rows, mirrored,
-    x)` (rows of the training split, which images the augmentation mirrored, the augmented batch) and reach the
-    loss before the step (DistillLoss.set_targets). Everything else (schedule, EMA, checkpoints, resume, OOM
-    micro-batches) is the Trainer's."""
+    x, view)` (rows of the training split, which images the augmentation mirrored, the augmented batch, the stored
+    view replayed or None) and reach the loss before the step (DistillLoss.set_targets). With `views` (the views
+    mode) the batch is not drawn but replayed: epoch e renders stored view e mod V of its rows (views.Views.render),
+    and mixup views pass the partners' labels and lam to the loss. Everything else (schedule, EMA, checkpoints,
+    resume, OOM micro-batches) is the Trainer's."""
 
-    def __init__(self, *args, source, temperature: float, alpha: float, **kw):
+    def __init__(self, *args, source, temperature: float, alpha: float, views: Views | None = None, **kw):
         super().__init__(*args, **kw)
         if self.dist.enabled:
             raise ValueError("distillation runs in one process (no torchrun)")
         self.criterion = DistillLoss(self.criterion, temperature, alpha)
         self.source = source
+        self.views = views
         self._batch = None
 
+    def augment_rows(self, idx: torch.Tensor, images: torch.Tensor | None = None):
+        """The Trainer's augmentation (the same draws), or in the views mode the stored view e mod V of these rows."""
+        if self.views is None:
+            return super().augment_rows(idx, images)
+        images = self.train.x[idx] if images is None else images
+        return self.views.render(images, idx, self.epoch % self.views.count, self.train.x)
+
     def augment_batch(self, idx: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
-        """The Trainer's augmentation (the same draws), remembering the rows and which images it mirrored."""
+        """The augmented batch, remembering the rows, which images were mirrored and the view replayed."""
         x, mirror = self.augment_rows(idx, images)
-        self._batch = (idx, mirror)
+        self._batch = (idx, mirror, None if self.views is None else self.epoch % self.views.count)
         return x
 
     def _step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        idx, mirror = self._batch
-        self.criterion.set_targets(self.source(idx, mirror, x))
+        idx, mirror, view = self._batch
+        mix = None
+        if self.views is not None and self.views.partner is not None:
+            j = self.views.partner[view][idx.to(self.views.partner.device)].to(self.train.y.device)
+            mix = (self.train.y[j], self.views.lam[view][idx.to(self.views.lam.device)].to(y.device))
+        self.criterion.set_targets(self.source(idx, mirror, x, view), mix)
         return super()._step(x, y)
 
 
@@ -86,7 +116,7 @@ class CachedSource:
         self.plain = torch.from_numpy(targets["plain"]).to(device)
         self.flip = torch.from_numpy(targets["flip"]).to(device)
 
-    def __call__(self, idx, mirror, x) -> torch.Tensor:
+    def __call__(self, idx, mirror, x, view=None) -> torch.Tensor:
         return torch.where(mirror[:, None], self.flip[idx], self.plain[idx])
 
 
@@ -94,8 +124,18 @@ class OnlineSource:
     def __init__(self, teacher: OnlineTeacher):
         self.teacher = teacher
 
-    def __call__(self, idx, mirror, x) -> torch.Tensor:
-        return self.teacher(x)
+    def __call__(self, idx, mirror, x, view=None) -> torch.Tensor:
+        return self.teacher(x, idx)
+
+
+class ViewsSource:
+    """The stored probabilities of the replayed view's rows (float16 on disk, float32 to the loss)."""
+
+    def __init__(self, views: Views, device):
+        self.probs = views.probs.to(device)
+
+    def __call__(self, idx, mirror, x, view=None) -> torch.Tensor:
+        return self.probs[view][idx.to(self.probs.device)].float()
 
 
 def targets_key(teacher: Teacher, split: str, files: list[Path]) -> str:
@@ -106,36 +146,64 @@ def targets_key(teacher: Teacher, split: str, files: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def load_or_compute_targets(teacher: Teacher, split: str, files: list[Path], run_dir: Path, device) -> dict:
+def load_or_compute_targets(teacher: Teacher, split: str, files: list[Path], run_dir: Path, device,
+                            stream: bool = False) -> dict:
     """The cached targets in run_dir/teacher_targets.npz when they are this teacher's for these images, else
-    computed now and stored there (atomically)."""
+    computed now (`stream`: the members' images read from the memory-mapped decode cache batch by batch) and stored
+    there (atomically)."""
     path, key = Path(run_dir) / TARGETS_FILE, targets_key(teacher, split, files)
     if path.exists():
-        with np.load(path) as z:
-            if str(z["key"]) == key:
-                print(f"  teacher targets: reusing {path} ({len(z['plain'])} images)")
-                return {"plain": z["plain"], "flip": z["flip"]}
+        z = load_npz(path)
+        if str(z["key"]) == key:
+            print(f"  teacher targets: reusing {path} ({len(z['plain'])} images)")
+            return {"plain": z["plain"], "flip": z["flip"]}
         print(f"  teacher targets: {path} is another teacher's or other images': recomputing")
-    print(f"  teacher targets: {len(teacher.members)} member(s) x 2 views (plain, flip) on {len(files)} images "
-          f"(once; stored in {path})")
-    targets = cached_targets(teacher, split, files, device)
+    how = ("the members' stored out-of-fold probabilities for the training images, their fold models for any "
+           "other" if teacher.targets == OUT_OF_FOLD else f"{len(teacher.members)} member(s) x 2 views (plain, flip)")
+    print(f"  teacher targets ({teacher.targets}): {how}; {len(files)} images (once; stored in {path})")
+    targets = cached_targets(teacher, split, files, device, stream=stream)
     save_probs(path, **targets, key=np.array(key), files=np.array([str(f) for f in files]))
     return targets
 
 
-def trainer_factory(teacher: Teacher, mode: str, split: str, files: list[Path], temperature: float, alpha: float):
+@dataclass
+class ViewsSettings:
+    """The views mode's settings (bench.distill --views, --mixup; the seed is the student's --seed)."""
+    count: int = DEFAULT_VIEWS
+    mixup: float | None = None
+    seed: int = 0
+
+    def record(self) -> dict:
+        return {"count": self.count, "mixup": self.mixup, "seed": self.seed, "file": VIEWS_FILE,
+                "replay": "epoch e trains on stored view e mod count"}
+
+
+def trainer_factory(teacher: Teacher, mode: str, split: str, files: list[Path], temperature: float, alpha: float,
+                    views: ViewsSettings | None = None, init: InitWeights | None = None, progress: bool = False):
     """make_trainer for train_model: a DistillTrainer whose teacher labels `files` (the rows of the training split,
-    in order) from the members' `split` weights."""
+    in order) from the members' `split` weights; `init`: the student's starting weights (a resumed run's state
+    replaces them)."""
     def make(model, recipe, train, val, run_dir, counts, **kw):
         if len(train.x) != len(files):
             raise RuntimeError(f"training split has {len(train.x)} rows, the teacher's image list {len(files)}")
         device = train.x.device
+        if init is not None:
+            init.apply(model)
+        replay = None
         if mode == "cached":
-            source = CachedSource(load_or_compute_targets(teacher, split, files, run_dir, device), device)
+            source = CachedSource(load_or_compute_targets(teacher, split, files, run_dir, device,
+                                                          stream=train.mode == "stream"), device)
+        elif mode == "online":
+            source = OnlineSource(OnlineTeacher(teacher, split, device, files))
         else:
-            source = OnlineSource(OnlineTeacher(teacher, split, device))
+            online = OnlineTeacher(teacher, split, device, files)
+            replay = load_or_label_views(online, teacher.identity(), split, files, run_dir, train.x, recipe,
+                                         kw["size"], train.x.shape[-1], views.count, views.seed, views.mixup,
+                                         progress)
+            del online  # the members' networks are needed no more
+            source = ViewsSource(replay, device)
         return DistillTrainer(model, recipe, train, val, run_dir, counts, source=source, temperature=temperature,
-                              alpha=alpha, **kw)
+                              alpha=alpha, views=replay, **kw)
     return make
 
 
@@ -151,19 +219,21 @@ class ExtendedDataset(FashionDataset):
 
 
 def unlabelled_paths(ds: FashionDataset, source: str) -> tuple[list[str], dict]:
-    """Paths of --unlabelled images (relative to the dataset root, or absolute) and what run.json records."""
+    """Paths of --unlabelled images (relative to the dataset root, or absolute) and what run.json records. Whether
+    the student sees the test split is decided by the images, whatever named them: `test_images` counts those that
+    resolve to an image of the dataset's test split, and any makes the run `transductive`."""
     if source == "test":
         paths = list(ds.splits["test"].paths)
-        info = {"source": "test", "transductive": True}
+        info = {"source": "test"}
     else:
         where = Path(source)
         if where.is_dir():
             paths = sorted(str(p.resolve()) for p in where.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-            info = {"source": str(where.resolve()), "kind": "folder", "transductive": False}
+            info = {"source": str(where.resolve()), "kind": "folder"}
         elif where.is_file():
             lines = [ln.strip() for ln in where.read_text(encoding="utf-8-sig").splitlines()]
             paths = [str((where.parent / ln).resolve()) if not Path(ln).is_absolute() else ln for ln in lines if ln]
-            info = {"source": str(where.resolve()), "kind": "list file", "transductive": False}
+            info = {"source": str(where.resolve()), "kind": "list file"}
         else:
             raise DatasetError([f"--unlabelled {source}: not `test`, a folder of images or a list file"])
         problems = [f"--unlabelled {source}: {p}: no such image" for p in paths if not (ds.root / p).is_file()]
@@ -172,12 +242,14 @@ def unlabelled_paths(ds: FashionDataset, source: str) -> tuple[list[str], dict]:
             problems.append(f"--unlabelled {source}: no images found")
         if problems:
             raise DatasetError(problems, "unlabelled images")
-        labelled = {str((ds.root / p).resolve()): s for s in ("train", "val") for p in ds.splits[s].paths}
-        clash = [f"{p}: already in the {labelled[str((ds.root / p).resolve())]} split" for p in paths
-                 if str((ds.root / p).resolve()) in labelled]
-        if clash:
-            raise DatasetError([f"--unlabelled {source}: " + c for c in clash], "unlabelled images")
-    info["images"] = len(paths)
+    split_of = {str((ds.root / p).resolve()): s for s in ("train", "val", "test") for p in ds.splits[s].paths}
+    splits = [split_of.get(str((ds.root / p).resolve())) for p in paths]  # each image's split, by its file
+    clash = [f"--unlabelled {source}: {p}: already in the {s} split" for p, s in zip(paths, splits)
+             if s in ("train", "val")]
+    if clash:
+        raise DatasetError(clash, "unlabelled images")
+    seen = splits.count("test")
+    info.update(transductive=seen > 0, test_images=seen, images=len(paths))
     return paths, info
 
 
@@ -212,26 +284,70 @@ class DistillSpec:
     data_mode: str = "auto"
     compile: str = "off"
     checkpoint_every: float | None = None
+    views: int | None = None            # mode views: how many stored views (default DEFAULT_VIEWS)
+    mixup: float | None = None          # mode views: mixup's Beta(alpha, alpha); None: no mixup
+    init: str | None = None             # RUN/MODEL or an exported .safetensors file: the student's start
+
+
+class Prepared(NamedTuple):
+    """What `prepare` checked and resolved before anything is written."""
+    teacher: Teacher
+    mode: str
+    ds: FashionDataset
+    info: dict | None                   # the --unlabelled images' record
+    recipe: object
+    size: int
+    views: ViewsSettings | None
+    init: InitWeights | None
 
 
 def default_run_name(teacher: str) -> str:
     return "distill-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", teacher).strip("-")
 
 
-def provenance(teacher: Teacher, mode: str, temperature: float, alpha: float, unlabelled: dict | None) -> str:
-    """The student's leaderboard note: what it learned from, and what of that was chosen on val or seen test."""
-    text = f"distilled from `{teacher.name}` ({mode}, T {temperature:g}, alpha {alpha:g})"
+def provenance(teacher: Teacher, mode: str, temperature: float, alpha: float, unlabelled: dict | None,
+               views: ViewsSettings | None = None, init: InitWeights | None = None) -> str:
+    """The student's leaderboard note: what it learned from (mode, targets in-sample or out-of-fold), where it
+    started, and what of that was chosen on val or seen test."""
+    how = mode if views is None else f"views: {views.count} stored views" + \
+        (f", mixup {views.mixup:g}" if views.mixup else "")
+    text = f"distilled from `{teacher.name}` ({how}, T {temperature:g}, alpha {alpha:g}); targets {teacher.targets}"
     if chose := teacher.selected_on_val():
         text += f"; teacher members selected on val: {', '.join(chose)} (the student inherits that optimism)"
+    if init is not None:
+        text += "; " + init.note()
     if unlabelled:
         text += f"; --unlabelled {unlabelled['source']} ({unlabelled['images']} images labelled by the teacher"
-        text += ", transductive: the test split)" if unlabelled.get("transductive") else ")"
+        if not unlabelled.get("transductive"):
+            text += ")"
+        elif unlabelled["source"] == "test":
+            text += ", transductive: the test split)"
+        else:
+            text += f", transductive: {unlabelled['test_images']} of them from the test split)"
     return text
 
 
-def prepare(spec: DistillSpec, device):
-    """Everything checked before any training: (teacher, mode, dataset with any unlabelled images, unlabelled info,
-    recipe, size). Raises TeacherError, DatasetError, ValueError."""
+def check_views(spec: DistillSpec, mode: str) -> ViewsSettings | None:
+    """The views mode's settings; ValueError for --views or --mixup outside it, V < 1 or mixup <= 0."""
+    if mode != "views":
+        for flag, value in (("--views", spec.views), ("--mixup", spec.mixup)):
+            if value is not None:
+                raise ValueError(f"{flag} {value}: only with --mode views (the teacher labels stored views; the "
+                                 f"mode here is {mode})")
+        return None
+    count = DEFAULT_VIEWS if spec.views is None else spec.views
+    if count < 1:
+        raise ValueError(f"--views {count}: must be at least 1 (how many augmented views of each training image "
+                         f"the teacher labels)")
+    if spec.mixup is not None and not spec.mixup > 0:
+        raise ValueError(f"--mixup {spec.mixup}: mixup's Beta(alpha, alpha) needs alpha > 0 (leave --mixup out for "
+                         f"no mixup)")
+    return ViewsSettings(count, spec.mixup, spec.seed)
+
+
+def prepare(spec: DistillSpec, device) -> Prepared:
+    """Everything checked before any training, before anything is written (Prepared). Raises TeacherError,
+    InitError, DatasetError, ValueError."""
     if spec.mode not in MODES:
         raise ValueError(f"mode {spec.mode!r}: one of {', '.join(MODES)}")
     if not spec.temperature > 0:
@@ -239,6 +355,7 @@ def prepare(spec: DistillSpec, device):
     if not 0 <= spec.alpha <= 1:
         raise ValueError(f"--alpha {spec.alpha}: must be in [0, 1]")
     mode = spec.mode if spec.mode != "auto" else ("online" if torch.device(device).type == "cuda" else "cached")
+    views = check_views(spec, mode)
     teacher = load_teacher(spec.runs_dir, spec.teacher)
     first = teacher.members[0].meta
     root = Path(spec.data or first["data_root"])
@@ -248,6 +365,14 @@ def prepare(spec: DistillSpec, device):
                            f"members trained on ({teacher.dataset}); pass --data")
     if ds.num_classes != teacher.num_classes:
         raise TeacherError(f"teacher classes {teacher.num_classes} differ from the dataset's {ds.num_classes}")
+    teacher.root = ds.root
+    for m in teacher.members:
+        if is_crossfit(m):  # every training image must have its out-of-fold target
+            fold, _ = oof_rows(m, ds.files("train"), ds.root)
+            if (fold < 0).any():
+                missing = ds.splits["train"].paths[int(np.flatnonzero(fold < 0)[0])]
+                raise TeacherError(f"teacher {teacher.name}: {m.label}'s {OOF_TRAIN} has no out-of-fold target for "
+                                   f"the training image {missing}; retrain it on this dataset")
     info = None
     if spec.unlabelled:
         paths, info = unlabelled_paths(ds, spec.unlabelled)
@@ -256,13 +381,25 @@ def prepare(spec: DistillSpec, device):
     if spec.data is None and root.resolve().parent == cache_home().resolve() and root.name.startswith("demo-"):
         overrides = demo_settings(None, overrides, root)  # the built-in demo data: bench.run's quick settings
     recipe, size = resolve_recipe(spec.student, spec.recipe, overrides, spec.metric)
-    return teacher, mode, ds, info, recipe, size
+    init = None
+    if spec.init:
+        init = resolve_init(spec.init, spec.runs_dir, spec.student, ds.num_classes, ds.attributes, ds.class_names,
+                            recipe.hidden)
+        init.load()  # read (and verified) now: a file the safe loader refuses stops here, nothing written
+    return Prepared(teacher, mode, ds, info, recipe, size, views, init)
+
+
+def teacher_bytes(teacher: Teacher, n: int) -> int:
+    """Bytes the cached mode decodes for the teacher: n images at each member's own size (once per size and
+    resize policy)."""
+    keys = {(m.meta["config"]["size"], m.meta["config"]["recipe"]["resize"]) for m in teacher.members}
+    return sum(n * side * side * 3 for side, _ in keys)
 
 
 def distill(spec: DistillSpec, device, on_epoch=None) -> dict:
     """Train (or resume, or skip when finished) the student; returns its run.json contents. Raises TeacherError,
     DatasetError or ValueError before anything is written when the teacher or the options do not fit."""
-    teacher, mode, ds, info, recipe, size = prepare(spec, device)
+    teacher, mode, ds, info, recipe, size, views, init = prepare(spec, device)
     run = spec.run or default_run_name(spec.teacher)
     model_dir = Path(spec.runs_dir) / run / spec.student
     train_files = ds.files("train")
@@ -272,34 +409,51 @@ def distill(spec: DistillSpec, device, on_epoch=None) -> dict:
         raise ValueError(f"{len(leaked)} val image(s) in the student's training images, e.g. {leaked[0]}")
     settings = {"teacher": spec.teacher, "mode": mode, "temperature": spec.temperature, "alpha": spec.alpha,
                 "unlabelled": info}
-    extra_config = {"distill": {**settings, "identity": teacher.identity()}}
-    extra_meta = {"distill": {**settings, "teacher_detail": teacher.describe("val"), "refit": spec.refit,
+    # the config keeps the fields it had before `test_images` was counted, so those run folders resume; the views
+    # and init enter it only where used (a student of before them keeps its config)
+    config_info = info and {k: v for k, v in info.items() if k != "test_images"}
+    extra_config = {"distill": {**settings, "unlabelled": config_info, "identity": teacher.identity(),
+                                **({"views": {"count": views.count, "mixup": views.mixup, "seed": views.seed}}
+                                   if views else {}),
+                                **({"init": init.identity()} if init else {})}}
+    extra_meta = {"distill": {**settings, "targets": teacher.targets, "teacher_detail": teacher.describe("val"),
+                              "refit": spec.refit,
                               "labelled_by_teacher": {"train": len(ds.splits["train"]) - (info or {}).get("images", 0),
                                                       "unlabelled": (info or {}).get("images", 0),
                                                       "val": 0 if not spec.refit else "refit only"},
-                              "provenance": provenance(teacher, mode, spec.temperature, spec.alpha, info),
-                              "in_sample_note": "cached targets on the teacher's own training images are in-sample "
-                                                "(its members trained on them)" if mode == "cached" else None}}
-    dm, why = choose_data_mode(spec.data_mode, decoded_bytes(ds, [(recipe, size)]), device)
+                              "views": views.record() if views else None,
+                              "init": init.record() if init else None,
+                              "provenance": provenance(teacher, mode, spec.temperature, spec.alpha, info, views,
+                                                       init),
+                              "in_sample_note": "the teacher's targets on its own training images are in-sample "
+                                                "(its members trained on them)" if teacher.targets == IN_SAMPLE
+                                                else None}}
+    if init:
+        extra_meta["init"] = init.record()  # where the student's weights started (the leaderboard's init column)
+    needed = decoded_bytes(ds, [(recipe, size)]) + (teacher_bytes(teacher, len(train_files)) if mode == "cached"
+                                                    else 0)
+    dm, why = choose_data_mode(spec.data_mode, needed, device)
     print(f"[data] {dm}: {why}")
     print(f"[distill] teacher {teacher.name} ({teacher.kind}: {', '.join(m.label for m in teacher.members)}; "
           f"{teacher.combine}) -> {spec.student}, {mode}, T {spec.temperature:g}, alpha {spec.alpha:g}; "
           f"artifacts in {model_dir}")
     store = ImageStore(ds, device, progress=spec.progress, mode=dm, mode_reason=why)
     if spec.force:
-        for f in (model_dir / TARGETS_FILE, model_dir / "refit" / TARGETS_FILE):
-            f.unlink(missing_ok=True)
+        for f in (TARGETS_FILE, VIEWS_FILE):
+            (model_dir / f).unlink(missing_ok=True)
+            (model_dir / "refit" / f).unlink(missing_ok=True)
     kw = dict(progress=spec.progress, force=spec.force, compile=spec.compile, checkpoint_every=spec.checkpoint_every,
               on_epoch=on_epoch)
     meta = train_model(spec.student, ds, store, recipe, size, model_dir, spec.seed, extra_meta=extra_meta,
                        extra_config=extra_config,
-                       make_trainer=trainer_factory(teacher, mode, "val", train_files, spec.temperature, spec.alpha),
+                       make_trainer=trainer_factory(teacher, mode, "val", train_files, spec.temperature, spec.alpha,
+                                                    views, init, spec.progress),
                        **kw)
     if spec.refit:
         pool_files = train_files + ds.files("val")
         meta = refit_model(spec.student, ds, store, recipe, size, model_dir, spec.seed, extra_config=extra_config,
                            make_trainer=trainer_factory(teacher, mode, "test", pool_files, spec.temperature,
-                                                        spec.alpha), **kw)
+                                                        spec.alpha, views, init, spec.progress), **kw)
         meta["distill"]["refit_teacher"] = teacher.describe("test")
-        write_json(meta, model_dir / "run.json")
+        write_run(meta, model_dir)
     return meta

@@ -11,7 +11,8 @@ are cross-fitted: the members' epochs (and any tuned parameters) were chosen on 
 ensemble's val score stays optimistic. Without CV (uniform weights, or fewer than 2 x folds val images) the entry is
 in-sample; run.json's `val_scoring` says which, and the leaderboard shows it.
 Checks first that OUT holds no prediction yet (--force overwrites), then writes OUT/prediction.txt (test.txt order,
-one int per attribute per line, validated first) and OUT/prediction.zip, both atomically, and an ensemble entry
+one int per attribute per line, validated first) and OUT/prediction.zip, both atomically, with the txt's provenance
+file (its split and test images, bench/data/predictions.py; a CSV dataset gets OUT/prediction.csv), and an entry
 RUNS/_ensembles/<name>/ that the leaderboard report (rebuilt in RUNS' report folder) picks up.
 """
 from __future__ import annotations
@@ -25,10 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.artifacts import ArtifactError, RunArtifacts, find_runs, save_probs, write_json
+from bench.artifacts import ArtifactError, RunArtifacts, find_runs, load_cache, save_cache, save_probs, write_run
 from bench.data import (DatasetError, attributes_of, class_counts, format_prediction_csv, format_predictions,
-                        open_dataset, read_prediction_csv, read_predictions, reopen_args)
+                        open_dataset, provenance_path, provenance_text, read_prediction_csv, read_predictions,
+                        reopen_args)
+from bench.data.demo import hidden_test_labels
 from bench.data.folds import stratified_folds
+from bench.replicas import matches as replica_matches, selected_sets, set_name
 from bench.ensembling.combiners import COMBINERS, combine
 from bench.ensembling.decisions import DECISIONS, decide, fit_rule, prior_from_counts
 from bench.ensembling.views import parse_view
@@ -73,8 +77,11 @@ def check_members(members: list[RunArtifacts]) -> None:
 def check_names(runs_dir: Path, runs: list[str] | None, models: list[str] | None) -> None:
     """Each name given to --runs / --models names a finished model run, else EnsembleError naming it and listing the
     finished ones (a mistyped name dropped its member silently, or ended in 'no finished runs found')."""
-    done = sorted(m.label for m in find_runs(runs_dir, done_only=True) if m.meta.get("kind", "model") == "model")
-    known = {"--runs": {*done, *(d.split("/")[0] for d in done)}, "--models": {d.split("/")[1] for d in done}}
+    arts = [m for m in find_runs(runs_dir, done_only=True) if m.meta.get("kind", "model") == "model"]
+    done = sorted(m.label for m in arts)
+    sets = [(set_name(m.dir, m.meta), m.meta["replica"]["of"]) for m in arts if set_name(m.dir, m.meta)]
+    known = {"--runs": {*done, *(d.split("/")[0] for d in done), *(s for s, _ in sets)},  # a replica set: its seeds
+             "--models": {*(d.split("/")[1] for d in done), *(of for _, of in sets)}}
     for flag, names in (("--runs", runs), ("--models", models)):
         unknown = [n for n in names or () if n not in known[flag]]
         if unknown and not done:
@@ -102,13 +109,13 @@ def member_views(member: RunArtifacts, views: list[str], data_root, device,
     for split in splits:
         stored = member.load_probs(split) if member.has_probs(split) else {}
         cache_path = member.dir / f"tta_{split}.npz"
-        cached = dict(np.load(cache_path)) if cache_path.exists() else {}
+        cached = load_cache(cache_path) or {}  # a cache that differs from its digest is recomputed
         if str(cached.pop("checkpoint", "")) != checkpoint_key(member, split):
             cached = {}  # computed from other weights (or by a version that did not record them): stale
         have[split] = {**cached, **stored}
     missing = {s: [v for v in views if v not in have[s]] for s in splits}
     missing = {s: v for s, v in missing.items() if v}
-    if missing and member.meta.get("kfold"):
+    if missing and (member.meta.get("kfold") or member.meta.get("crossfit")):
         raise EnsembleError(f"{member.label} is a k-fold member: its probabilities come from several models, so only "
                             f"the stored views plain and flip exist (asked for {missing})")
     if missing:
@@ -118,7 +125,7 @@ def member_views(member: RunArtifacts, views: list[str], data_root, device,
         for split, computed in compute_views(member, missing, data_root, device).items():
             have[split].update(computed)
             extra = {k: v for k, v in have[split].items() if k not in (*STORED_VIEWS, "labels")}
-            save_probs(member.dir / f"tta_{split}.npz", checkpoint=np.array(checkpoint_key(member, split)), **extra)
+            save_cache(member.dir / f"tta_{split}.npz", checkpoint=np.array(checkpoint_key(member, split)), **extra)
     return have
 
 
@@ -186,20 +193,27 @@ def check_out(out: Path, force: bool) -> None:
             raise EnsembleError(f"{f} exists; pass --force to overwrite it or choose another --out")
 
 
-def write_submission(pred: np.ndarray, out: Path, num_classes, force: bool = False) -> tuple[Path, Path]:
-    """OUT/prediction.txt and OUT/prediction.zip, never half-written.
+def write_submission(pred: np.ndarray, out: Path, num_classes, force: bool = False,
+                     provenance: dict | None = None) -> tuple[Path, Path]:
+    """OUT/prediction.txt and OUT/prediction.zip, never half-written, and beside them the txt's provenance file
+    (bench/data/predictions.py: `provenance` holds provenance_text's split, images, dataset and data_root).
 
-    Both are written and checked under unique temporary names first; then the old txt is removed, the zip renamed
-    into place, then the txt (renames are atomic). So a prediction.txt always has its own zip beside it; a kill
-    mid-way leaves the old pair, or a complete zip (old or new) without txt, never a broken file.
+    All are written and checked under unique temporary names first; then the old txt is removed, the zip renamed
+    into place, then the txt, then the provenance file (renames are atomic). So a prediction.txt always has its own
+    zip beside it; a kill mid-way leaves the old pair, or a complete zip (old or new) without txt, never a broken
+    file; a provenance file left from an older txt names that txt's sha256, so bench.score calls it unknown.
     """
     check_out(out, force)
     out.mkdir(parents=True, exist_ok=True)
     txt, zpath = out / "prediction.txt", out / "prediction.zip"
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp_txt, tmp_zip = out / f".prediction-{tag}.txt.tmp", out / f".prediction-{tag}.zip.tmp"
+    tmp_prov = out / f".prediction-{tag}.provenance.tmp"
     try:
-        tmp_txt.write_text(format_predictions(pred))
+        text = format_predictions(pred)
+        tmp_txt.write_text(text)
+        if provenance is not None:
+            tmp_prov.write_text(provenance_text(text, txt.name, written_by="bench.ensemble", **provenance))
         read_predictions(tmp_txt, num_classes, expected_lines=len(pred))  # the scorer's own validator
         with zipfile.ZipFile(tmp_zip, "w", zipfile.ZIP_DEFLATED) as z:
             z.write(tmp_txt, "prediction.txt")
@@ -209,23 +223,40 @@ def write_submission(pred: np.ndarray, out: Path, num_classes, force: bool = Fal
         txt.unlink(missing_ok=True)
         os.replace(tmp_zip, zpath)
         os.replace(tmp_txt, txt)
+        if provenance is not None:
+            os.replace(tmp_prov, provenance_path(txt))
     finally:
         tmp_txt.unlink(missing_ok=True)
         tmp_zip.unlink(missing_ok=True)
+        tmp_prov.unlink(missing_ok=True)
     return txt, zpath
 
 
-def write_prediction_csv(pred: np.ndarray, out: Path, paths, attributes, class_names, force: bool = False) -> Path:
-    """A CSV dataset's submission, OUT/prediction.csv (image path and class name per attribute), written under a
-    unique temporary name, read back with the scorer's validator, then renamed into place."""
+def predicted_test_images(meta: dict, root: Path, n: int) -> list[str] | None:
+    """The test images the members predicted, in order: the test split of the dataset at `root` reopened as they
+    recorded it, when it is still the one they were trained on (fingerprint) and lists `n` images; else None."""
+    try:
+        ds = open_dataset(root, check_images=False, **reopen_args(meta.get("data_layout")))
+        paths = list(ds.splits["test"].paths)
+        same = len(paths) == n and ds.fingerprint() == meta["config"]["dataset"]
+    except (DatasetError, OSError, KeyError):
+        return None
+    return paths if same else None
+
+
+def write_prediction_csv(pred: np.ndarray, out: Path, paths, attributes, class_names, force: bool = False,
+                         probs: np.ndarray | None = None) -> Path:
+    """A CSV dataset's submission, OUT/prediction.csv: the prediction CSV that bench.predict writes and bench.score
+    reads (bench/data/predictions.py: image path, class name and, given `probs`, its probability per attribute),
+    written under a unique temporary name, read back with the scorer's reader, then renamed into place."""
     check_out(out, force)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prediction.csv"
     tmp = out / f".prediction-{os.getpid()}-{uuid.uuid4().hex[:8]}.csv.tmp"
     try:
-        tmp.write_text(format_prediction_csv(paths, pred, attributes, class_names))
-        back_paths, back = read_prediction_csv(tmp, attributes, class_names)
-        if back_paths != list(paths) or not (back == pred).all():
+        tmp.write_text(format_prediction_csv(paths, pred, attributes, class_names, probs))
+        back = read_prediction_csv(tmp, attributes, class_names)
+        if back.images != list(paths) or not (back.values == pred).all():
             raise EnsembleError(f"{tmp}: the prediction CSV does not read back as written")
         os.replace(tmp, path)
     finally:
@@ -271,8 +302,10 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
         parse_view(v)
     check_out(Path(a.out), a.force)  # before loading anything: a refusal at the end would waste the work
     check_names(a.runs_dir, a.runs, a.models)
-    members = [m for m in find_runs(a.runs_dir, a.runs, a.models, done_only=True)
-               if m.meta.get("kind", "model") == "model"]
+    members = [m for m in find_runs(a.runs_dir, done_only=True)  # a model name takes its replicas too
+               if m.meta.get("kind", "model") == "model" and replica_matches(m, a.runs, a.models)]
+    for line in selected_sets(members, a.runs, a.models):
+        print(f"[ensemble] {line}")
     check_members(members)
     if len(members) == 1 and a.weights != "uniform":  # one member has nothing to weigh: say "uniform", not "fitted"
         print(f"[ensemble] one member ({members[0].label}): weights {a.weights} -> uniform (nothing to weigh)")
@@ -325,16 +358,17 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
         scoring = "in-sample (uniform weights, argmax: nothing fitted)" if not fitting else \
             f"in-sample (too few val images for {n_folds}-fold CV; optimistic)"
     if views == ["plain"]:
-        plain_pred = honest_pred
+        plain_pred, plain_probs = honest_pred, honest_probs
     else:  # the same ensemble on the plain view alone, fitted and scored the same way: the leaderboard compares it
         #   with the members' plain scores, and the TTA ensemble with the members' TTA scores (like with like)
         plain_cv = oof(list(plain.values()))
         if plain_cv is not None:
-            plain_pred = plain_cv.pred
+            plain_pred, plain_probs = plain_cv.pred, plain_cv.probs
         else:
             w_plain = weighting(list(plain.values()), labels, nc, a.combine, a.per_attribute, a.seed, a.metric)
             comb = combine(list(plain.values()), w_plain, nc, a.combine)
-            plain_pred = decide(rule, comb, nc, prior, fit_rule(rule, comb, labels, nc, prior, a.metric))
+            plain_pred, plain_probs = decide(rule, comb, nc, prior, fit_rule(rule, comb, labels, nc, prior,
+                                                                             a.metric)), comb
     plain_score = score(labels, plain_pred, nc, attrs)
     adjusted = rule != "argmax"
     where = "val" if member_folds is None else "out-of-fold over train + val (k-fold members)"
@@ -366,17 +400,23 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
     test_comb = combine(list(test.values()), weights, nc, a.combine)
     pred = decide(rule, test_comb, nc, prior, params)
     layout = members[0].meta.get("data_layout")
+    root = Path(a.data or members[0].meta["data_root"])
+    test_paths = predicted_test_images(members[0].meta, root, len(pred))
     if reopen_args(layout):  # a CSV dataset: image paths and class names, not the challenge's int lines
-        root = Path(a.data or members[0].meta["data_root"])
         paths = open_dataset(root, check_images=False, **reopen_args(layout)).splits["test"].paths
         if len(paths) != len(pred):
             raise EnsembleError(f"the test split at {root} lists {len(paths)} images, the members predicted "
                                 f"{len(pred)}; pass --data")
-        txt = write_prediction_csv(pred, Path(a.out), paths, attrs, members[0].meta["class_names"], a.force)
-        print(f"wrote {txt} ({len(pred)} images, {rule}; class names per attribute)")
+        txt = write_prediction_csv(pred, Path(a.out), paths, attrs, members[0].meta["class_names"], a.force,
+                                   test_comb)
+        print(f"wrote {txt} ({len(pred)} images, {rule}; class name and probability per attribute)")
     else:
-        txt, zpath = write_submission(pred, Path(a.out), nc, a.force)
-        print(f"wrote {txt} ({len(pred)} lines, {rule}) and {zpath}")
+        prov = {"split": "test", "images": test_paths, "dataset": members[0].meta["config"]["dataset"],
+                "data_root": str(root)}
+        txt, zpath = write_submission(pred, Path(a.out), nc, a.force, prov)
+        print(f"wrote {txt} ({len(pred)} lines, {rule}) and {zpath}"
+              + ("" if test_paths else f"; the members' test images could not be listed from {root} (moved or "
+                 "changed since training; --data), so its provenance file names the split only"))
     result = {"kind": "ensemble", "status": "done", "name": a.name, "members": names, "views": views,
               "scored_on": scored_on(members[0].meta),
               "combine": a.combine, "weighting": a.weights, "metric": a.metric, "decision": rule,
@@ -397,15 +437,23 @@ def make_ensemble(a: EnsembleSpec, device) -> dict:
               "device": members[0].meta.get("device"), "prediction": str(txt),
               "member_identity": {m.label: member_identity(m) for m in members},
               "created": time.strftime("%Y-%m-%d %H:%M:%S")}
-    hidden = Path(a.data or members[0].meta["data_root"]) / "hidden" / "test_attr.txt"
-    if hidden.exists():  # demo data only: its test labels exist for exactly this
-        result["demo_test"] = score(read_predictions(hidden, nc, attributes=attrs), pred, nc, attrs)
-        print(format_score(result["demo_test"], "demo test split (hidden labels)"))
+    try:
+        hidden = (hidden_test_labels(root, attrs, members[0].meta["class_names"], test_paths)
+                  if test_paths is not None else None)
+    except DatasetError as e:  # a demo's hidden labels that do not fit its test split: say so, keep the entry
+        hidden = None
+        print(f"demo test split not scored: {e.summary(3)}")
+    if hidden is not None:  # demo data only: its test labels exist for exactly this
+        result["demo_test"] = score(hidden[0], pred, nc, attrs)
+        print(format_score(result["demo_test"], f"demo test split (hidden labels, {hidden[1]})",
+                           challenge=not reopen_args(layout)))
     edir = Path(a.runs_dir) / "_ensembles" / a.name
     edir.mkdir(parents=True, exist_ok=True)
     # out-of-fold when CV ran (val_scoring); `pred` holds the decided predictions the leaderboard scores
     # `pred` at the ensemble's views, `pred_plain` the same ensemble on the plain view alone
-    save_probs(edir / "probs_val.npz", plain=honest_probs, labels=labels, pred=honest_pred, pred_plain=plain_pred)
+    # plain_view: the combined probabilities behind pred_plain (what the galleries rank its mistakes by)
+    save_probs(edir / "probs_val.npz", plain=honest_probs, labels=labels, pred=honest_pred, pred_plain=plain_pred,
+               plain_view=plain_probs)
     save_probs(edir / "probs_test.npz", plain=test_comb, pred=pred)
-    write_json(result, edir / "run.json")
+    write_run(result, edir)  # records the digests of the entry's probabilities (bench/artifacts.py verify)
     return result

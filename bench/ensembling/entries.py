@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.artifacts import ArtifactError, RunArtifacts, read_run
+from bench.artifacts import ArtifactError, RunArtifacts, inside, read_run
 from bench.ensembling.ensemble import EnsembleError, member_identity
 
 
@@ -35,7 +35,11 @@ def read_entry(runs_dir: Path, name: str) -> tuple[dict, list[RunArtifacts]]:
     members = []
     for label in entry.get("members", []):
         try:
-            members.append(read_run(Path(runs_dir) / label))
+            folder = inside(runs_dir, label, "members", path)
+        except ArtifactError as e:  # a member label leading out of the runs folder
+            raise EnsembleError(str(e)) from e
+        try:
+            members.append(read_run(folder))
         except ArtifactError as e:
             raise EnsembleError(f"ensemble {name}: member {label} of {path} is gone ({e}); rebuild the entry with "
                                 f"python -m bench.ensemble --name {name} --force") from e

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from bench import checkpoints
 from bench.artifacts import RunArtifacts
 from bench.data import open_dataset, reopen_args
 from bench.data.images import load_images
@@ -21,12 +22,13 @@ def restore_input_config(model, meta: dict) -> None:
 
 
 def load_trained(meta: dict, ckpt: Path) -> torch.nn.Module:
-    """The model a run trained (its run.json `meta`), with the weights of checkpoint `ckpt` and the input
-    normalisation it was trained with, on the CPU in eval mode."""
+    """The model a run trained (its run.json `meta`), with the weights of checkpoint `ckpt` (a run's `.pt`, or a
+    `.safetensors` file from bench.export) and the input normalisation it was trained with, on the CPU in eval
+    mode. Nothing in the file can run code (bench/checkpoints.py)."""
     from zoo import create_model
     cfg, recipe = meta["config"], meta["config"]["recipe"]
     model, _ = create_model(cfg["model"], tuple(meta["num_classes"]), recipe["dropout"], recipe["hidden"], "none")
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["model"])
+    model.load_state_dict(checkpoints.load_weights(ckpt))  # verified, and read without running code
     restore_input_config(model, meta)
     return model.eval()
 

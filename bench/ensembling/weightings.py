@@ -60,14 +60,14 @@ def caruana(probs, labels, num_classes, method="mean", per_attribute: bool = Fal
     breaks ties), through the chosen combiner; the weights are the pick counts averaged over bags.
     """
     m, n_attr = len(probs), len(num_classes)
-    combiner = COMBINERS[method]
-    blocks = [np.stack(b) for b in zip(*[split_probs(p, num_classes) for p in probs])]  # per attribute (M, N, k)
+    COMBINERS[method]  # an unknown combiner fails before any work
+    blocks = [np.stack(b).astype(np.float64) for b in zip(*[split_probs(p, num_classes) for p in probs])]  # (M, N, k)
     rows = np.arange(len(labels))
 
     def quality(counts: np.ndarray, attrs) -> tuple[float, float]:
         acc, nll = [], []
         for a in attrs:
-            avg = combiner(blocks[a], counts / counts.sum())
+            avg = combine(list(blocks[a]), counts, (num_classes[a],), method)
             acc.append(attribute_gain(labels[:, a], avg.argmax(1), num_classes[a], metric))
             nll.append(-np.log(np.clip(avg[rows, labels[:, a]], 1e-8, 1)).mean())
         return float(np.mean(acc)), -float(np.mean(nll))

@@ -4,7 +4,8 @@ The graph takes `images`: uint8 RGB, NHWC (batch, size, size, 3), what PIL, Open
 decoded and resized by the model's resize policy (metadata `size`, `resize`); the batch is dynamic. Inside: the
 conversion to float pixels and each network's own normalisation (zoo/multihead.py), every TTA view of the plan
 (bench/ensembling/views.py), the mean over views and over a k-fold member's fold models, then the members combined
-per attribute with the entry's weights (`mean` or `geometric`, the combiners of bench/ensembling/combiners.py).
+per attribute with the entry's weights and combiner (bench/ensembling/combiners.py `combine`, traced: the function
+bench.ensemble and bench.predict combine with).
 Outputs `probs_0` .. `probs_{A-1}`: each attribute's (batch, classes) probabilities. The decision rule stays
 outside (it is an argmax of adjusted log-probabilities): its name, tau, the training class counts (its prior),
 attribute and class names, size, resize policy, views, members with their weight identities and weights are in the
@@ -25,12 +26,11 @@ import torch
 from torch import nn
 
 from bench.artifacts import atomic_path
-from bench.ensembling.combiners import TORCH_COMBINERS
+from bench.ensembling.combiners import combine
 from bench.ensembling.views import view_images
 from bench.inference.predict import Plan, PredictError, check_weights
 
 OPSET = 18
-GRAPH_COMBINERS = tuple(TORCH_COMBINERS)  # the combiners with a torch form (bench/ensembling/combiners.py)
 
 
 class PlanGraph(nn.Module):
@@ -38,16 +38,10 @@ class PlanGraph(nn.Module):
 
     def __init__(self, plan: Plan, networks: list[list[nn.Module]]):
         super().__init__()
-        if len(networks) > 1 and plan.combine not in GRAPH_COMBINERS:
-            raise PredictError(f"combiner {plan.combine} has no graph form (export knows {', '.join(GRAPH_COMBINERS)}"
-                               f"; add it to bench/inference/onnx_export.py)")
         self.members = nn.ModuleList(nn.ModuleList(nets) for nets in networks)
         self.views, self.combine, self.num_classes = list(plan.views), plan.combine, list(plan.num_classes)
-        w = np.asarray(plan.weights, float)
-        if w.ndim == 1:
-            w = np.repeat(w[:, None], len(self.num_classes), 1)
-        w = w / np.maximum(w.sum(0, keepdims=True), 1e-12)  # each attribute's weights sum to 1, as combine() does
-        self.register_buffer("weights", torch.tensor(w, dtype=torch.float32), persistent=False)
+        self.register_buffer("weights", torch.tensor(np.asarray(plan.weights, float), dtype=torch.float32),
+                             persistent=False)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = images.permute(0, 3, 1, 2)
@@ -60,16 +54,7 @@ class PlanGraph(nn.Module):
             per_net = [torch.cat([z.float().softmax(-1) for z in net(xv)], 1) for net in nets]
             probs = torch.stack(per_net).mean(0)
             members.append(probs.reshape(len(self.views), n, probs.shape[1]).mean(0))
-        parts = [torch.split(p, self.num_classes, 1) for p in members]
-        out = []
-        for a in range(len(self.num_classes)):
-            stack = torch.stack([p[a] for p in parts])  # (M, batch, k)
-            w = self.weights[:, a].view(-1, 1, 1)
-            if len(parts) == 1:
-                out.append(stack[0])
-            else:
-                out.append(TORCH_COMBINERS[self.combine](stack, w))
-        return tuple(out)
+        return tuple(torch.split(combine(members, self.weights, self.num_classes, self.combine), self.num_classes, 1))
 
 
 def build_graph(plan: Plan) -> PlanGraph:
@@ -82,20 +67,29 @@ def build_graph(plan: Plan) -> PlanGraph:
     return PlanGraph(plan, nets).eval()
 
 
-def export_onnx(plan: Plan, out: Path, latency_batch: int = 8, seed: int = 0) -> dict:
-    """Write the plan's graph to `out` (atomically), check it loads, and time it: returns {"path", "bytes",
-    "ort_ms", "torch_ms" (per image, one timed run of `latency_batch` images after one warm-up run each),
-    "max_abs_diff" (onnxruntime vs eager PyTorch on those images)}."""
-    import onnx
-    import onnxruntime as ort
-    graph = build_graph(plan)
-    size = plan.inputs[0][0]
-    gen = torch.Generator().manual_seed(seed)
-    example = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=gen)
-    names = [f"probs_{i}" for i in range(len(plan.num_classes))]
+clock = time.perf_counter  # the latency timer (tests put a scripted one here)
+
+
+def check_out(out: Path, force: bool = False) -> None:
+    """Refuse, before any work, an `out` that is a folder, or an existing file without `force` (it may be another
+    model's graph), or one in a folder that does not exist (ValueError naming it)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out) as tmp:
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a folder; name the graph's file, e.g. {out / 'model.onnx'}")
+    if out.exists() and not force:
+        raise ValueError(f"{out} exists; pass --force to overwrite it or choose another --out")
+    if not out.parent.is_dir():
+        raise ValueError(f"--out {out}: {out.parent} " + ("is not a folder" if out.parent.exists() else
+                                                          "does not exist"))
+
+
+def save_graph(graph: PlanGraph, plan: Plan, path: Path, example: torch.Tensor) -> None:
+    """The graph traced on `example` (uint8 NHWC; the batch is dynamic), with the plan's metadata_props, checked,
+    written to `path` atomically."""
+    import onnx
+    names = [f"probs_{i}" for i in range(len(plan.num_classes))]
+    size = plan.inputs[0][0]
+    with atomic_path(path) as tmp:
         torch.onnx.export(graph, (example,), str(tmp), input_names=["images"], output_names=names,
                           opset_version=OPSET, dynamo=True, dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
                           external_data=False, verbose=False)
@@ -106,19 +100,36 @@ def export_onnx(plan: Plan, out: Path, latency_batch: int = 8, seed: int = 0) ->
                             f"{', '.join(plan.attributes)}; decision rule {plan.decision} in metadata_props")
         onnx.checker.check_model(model)
         onnx.save(model, str(tmp))
+
+
+def timed(run, batch: int):
+    """(result, milliseconds per image): `run()` once to warm up, then once timed by `clock`."""
+    run()
+    t0 = clock()
+    result = run()
+    return result, 1e3 * (clock() - t0) / batch
+
+
+def export_onnx(plan: Plan, out: Path, latency_batch: int = 8, seed: int = 0, force: bool = False) -> dict:
+    """Write the plan's graph to `out` (atomically), check it loads, and time it: returns {"path", "bytes",
+    "ort_ms", "torch_ms" (per image, one timed run of `latency_batch` images after one warm-up run each),
+    "max_abs_diff" (onnxruntime vs eager PyTorch on those images)}. Refuses (ValueError, before any work) a
+    latency batch below 1 and what check_out refuses."""
+    import onnxruntime as ort
+    if latency_batch < 1:
+        raise ValueError(f"--latency-batch {latency_batch}: must be at least 1 image")
+    out = Path(out)
+    check_out(out, force)
+    graph = build_graph(plan)
+    size = plan.inputs[0][0]
+    gen = torch.Generator().manual_seed(seed)
+    save_graph(graph, plan, out, torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8, generator=gen))
     x = torch.randint(0, 256, (latency_batch, size, size, 3), dtype=torch.uint8, generator=gen)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     feed = {"images": x.numpy()}
-    session.run(None, feed)
-    t0 = time.perf_counter()
-    got = session.run(None, feed)
-    ort_s = time.perf_counter() - t0
+    got, ort_ms = timed(lambda: session.run(None, feed), latency_batch)
     with torch.inference_mode():
-        graph(x)
-        t0 = time.perf_counter()
-        want = graph(x)
-        torch_s = time.perf_counter() - t0
+        want, torch_ms = timed(lambda: graph(x), latency_batch)
     diff = max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want))
-    return {"path": out, "bytes": out.stat().st_size, "ort_ms": 1e3 * ort_s / latency_batch,
-            "torch_ms": 1e3 * torch_s / latency_batch, "batch": latency_batch, "max_abs_diff": diff,
-            "threads": torch.get_num_threads()}
+    return {"path": out, "bytes": out.stat().st_size, "ort_ms": ort_ms, "torch_ms": torch_ms,
+            "batch": latency_batch, "max_abs_diff": diff, "threads": torch.get_num_threads()}

@@ -15,8 +15,6 @@ any other. `OnnxScorer` runs an exported graph (onnx_export.py) instead, checked
 """
 from __future__ import annotations
 
-import csv
-import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +23,15 @@ from typing import Callable
 import numpy as np
 
 from bench.artifacts import ArtifactError, RunArtifacts, atomic_write, read_run
-from bench.data import attributes_of
+from bench.data import ColumnClash, attributes_of, format_prediction_csv, prediction_columns
 from bench.data.resize import RESIZE
 from bench.ensembling.combiners import COMBINERS, combine
 from bench.ensembling.decisions import decide, fit_rule, prior_from_counts
 from bench.ensembling.ensemble import EnsembleError, member_identity, member_views, tta_mean
-from bench.ensembling.entries import read_entry
+from bench.ensembling.entries import entry_dir, read_entry
 from bench.ensembling.views import parse_view
 from bench.inference.sources import Batch, decoded_batches
-from bench.metrics import TARGETS, split_probs
+from bench.metrics import TARGETS
 
 FORMAT = "1"  # version of the graph metadata written by onnx_export.py (key `fashion_bench`)
 INPUT_LAYOUT = "uint8 RGB, NHWC (batch, size, size, 3)"
@@ -46,9 +44,11 @@ class PredictError(ValueError):
 def member_checkpoints(member: RunArtifacts) -> list[Path]:
     """The weights that predict new images for this run: its test weights (best.pt, or refit/best.pt after --refit),
     or a k-fold member's fold models (their mean made its test probabilities)."""
-    kfold = member.meta.get("kfold")
+    if member.meta.get("weights_file"):  # a .safetensors file from bench.export (weights_file.py)
+        return [member.dir / member.meta["weights_file"]]
+    kfold = member.meta.get("kfold") or member.meta.get("crossfit")  # crossfit: bench.run --folds K --pool train
     if kfold:
-        return [member.dir / f / "best.pt" for f in kfold["folds"]]
+        return [member.sub(f, "kfold.folds") / "best.pt" for f in kfold["folds"]]
     return [member.checkpoint("test")]
 
 
@@ -85,6 +85,7 @@ class Plan:
     num_classes: tuple[int, ...]
     identity: dict = field(default_factory=dict)   # label -> member_identity (which weights)
     members: list[RunArtifacts] = field(default_factory=list)
+    home: Path | None = None             # the run or entry folder (where its cached ONNX graph is kept)
 
     @property
     def prior(self):
@@ -96,8 +97,6 @@ class Plan:
 
     def combined(self, member_probs: list[np.ndarray]) -> np.ndarray:
         """The members' probabilities (each averaged over its networks and views) combined as the entry does."""
-        if len(member_probs) == 1:
-            return member_probs[0]
         return combine(member_probs, self.weights, self.num_classes, self.combine)
 
     def metadata(self) -> dict[str, str]:
@@ -173,7 +172,7 @@ def plan_model(runs_dir: Path, label: str, metric: str | None = None, views: lis
     cfg = meta["config"]
     return Plan(f"model {member.label}", [member.label], [(cfg["size"], cfg["recipe"]["resize"])], views,
                 np.ones(1), "mean", rule, params, counts, metric, attributes_of(meta), _class_names(meta), nc,
-                {member.label: member_identity(member)}, [member])
+                {member.label: member_identity(member)}, [member], member.dir)
 
 
 def plan_ensemble(runs_dir: Path, name: str, metric: str | None = None) -> Plan:
@@ -197,17 +196,28 @@ def plan_ensemble(runs_dir: Path, name: str, metric: str | None = None) -> Plan:
                 entry.get("decision", "argmax"), entry.get("decision_params") or {},
                 entry.get("train_class_counts"), entry.get("metric", "overall"), attributes_of(entry),
                 _class_names(entry if entry.get("class_names") else first), tuple(entry["num_classes"]),
-                {m.label: member_identity(m) for m in members}, members)
+                {m.label: member_identity(m) for m in members}, members, entry_dir(runs_dir, name))
 
 
 class TorchScorer:
-    """The plan's networks in PyTorch: a batch's (n, sum classes) combined probabilities."""
+    """The plan's networks in PyTorch: a batch's (n, sum classes) combined probabilities. Each network runs as the
+    trainer evaluates (`predict`: inference mode, the precision bench/training/precision.py decides for the device,
+    `precision` overriding the process's --precision) in its inference form (`inference_net`: BatchNorm folded,
+    channels_last), equal to the eager network within float rounding."""
 
-    def __init__(self, plan: Plan, device, batch_size: int = 64):
+    def __init__(self, plan: Plan, device, batch_size: int = 64, precision: str | None = None):
         import torch
         from bench.ensembling.tta import load_trained
+        from bench.training.precision import decide
+        from bench.training.trainer import inference_net
         self.plan, self.device, self.batch_size = plan, torch.device(device), batch_size
-        self.networks = [[load_trained(m.meta, c).to(self.device) for c in check_weights(m)] for m in plan.members]
+        self.numerics = decide(self.device, precision)
+        self.networks = [[inference_net(load_trained(m.meta, c)).to(self.device) for c in check_weights(m)]
+                         for m in plan.members]
+
+    def describe(self) -> str:
+        return (f"PyTorch on {self.device} ({self.numerics.precision}, {self.numerics.layout}, BatchNorm folded: "
+                f"{self.numerics.reason})")
 
     def __call__(self, batch: Batch) -> np.ndarray:
         import torch
@@ -218,8 +228,9 @@ class TorchScorer:
             x = torch.from_numpy(batch.images[key]).permute(0, 3, 1, 2).to(self.device)
             views = {}
             for name in self.plan.views:  # each view: the mean over the member's networks (k-fold: its K models)
-                views[name] = np.mean([predict(net, x, self.batch_size, view=lambda xb: view_images(xb, name))
-                                       .float().cpu().numpy() for net in nets], 0)
+                views[name] = np.mean([predict(net, x, self.batch_size, view=lambda xb: view_images(xb, name),
+                                               precision=self.numerics.precision).float().cpu().numpy()
+                                       for net in nets], 0)
             per_member.append(tta_mean(views, self.plan.views))
         return self.plan.combined(per_member)
 
@@ -250,39 +261,22 @@ def predict_files(files: list[Path], plan: Plan, scorer: Callable[[Batch], np.nd
 
 
 def csv_header(plan: Plan, all_probs: bool = False) -> list[str]:
-    """The CSV's columns: image (as in a CSV dataset's labels and bench.ensemble's prediction.csv, a name no attribute
-    can have), then per attribute ATTRIBUTE and ATTRIBUTE_prob (`all_probs`: then ATTRIBUTE=CLASS per class).
-    PredictError when two columns would share a name (e.g. attributes `colour` and `colour_prob`)."""
-    header = ["image"]
-    for a in plan.attributes:
-        header += [a, f"{a}_prob"]
-    if all_probs:
-        header += [f"{a}={c}" for a, names in zip(plan.attributes, plan.class_names) for c in names]
-    twice = sorted({h for h in header if header.count(h) > 1})
-    if twice:
-        raise PredictError(f"{plan.source}: the CSV would have more than one column named {', '.join(twice)} "
-                           f"(columns: image, then per attribute ATTRIBUTE and ATTRIBUTE_prob"
-                           f"{', with --probs ATTRIBUTE=CLASS' if all_probs else ''}); rename the attribute in the "
-                           f"dataset's labels")
-    return header
+    """The CSV's columns, the prediction CSV's (bench/data/columns.py `prediction_columns`, as bench.ensemble's
+    prediction.csv and bench.score read it): image, then per attribute ATTRIBUTE and ATTRIBUTE_prob (`all_probs`:
+    then ATTRIBUTE=CLASS per class). PredictError when two columns would share a name (a run made before the dataset
+    reader refused such attribute names, e.g. `colour` and `colour_prob`)."""
+    try:
+        return prediction_columns(plan.attributes, plan.class_names, True, all_probs)
+    except ColumnClash as e:
+        raise PredictError(f"{plan.source}: {e}; rename the attribute in the dataset's labels") from e
 
 
 def csv_text(result: Prediction, plan: Plan, all_probs: bool = False) -> str:
     """One row per image: its path, and per attribute the decided class name and its probability (`all_probs`: then
-    every class's probability); columns per csv_header."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(csv_header(plan, all_probs))
-    parts = split_probs(result.probs, plan.num_classes)
-    for i, path in enumerate(result.paths):
-        row = [str(path)]
-        for a, (p, names) in enumerate(zip(parts, plan.class_names)):
-            c = int(result.pred[i, a])
-            row += [names[c], f"{p[i, c]:.6f}"]
-        if all_probs:
-            row += [f"{v:.6f}" for p in parts for v in p[i]]
-        w.writerow(row)
-    return buf.getvalue()
+    every class's probability): the prediction CSV (bench/data/predictions.py `format_prediction_csv`)."""
+    csv_header(plan, all_probs)
+    return format_prediction_csv([str(p) for p in result.paths], result.pred, plan.attributes, plan.class_names,
+                                 result.probs, all_probs)
 
 
 def write_csv(result: Prediction, plan: Plan, out: Path, all_probs: bool = False) -> Path:

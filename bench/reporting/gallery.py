@@ -6,13 +6,15 @@ the predicted class), sorted by that probability, highest first: confident error
 usually label noise, confident errors on clear photos model failure. Plus one page of the rarest classes (by training
 count) with a few val images each and what the entry said about them, right or wrong.
 
-Which predictions: a model's are its plain-view argmax (the leaderboard's main column); an ensemble's are the ones
-its entry stored with its probabilities (`pred` of probs_val.npz: its decision rule, e.g. logit adjustment, at its
-declared views, out-of-fold when CV ran; the main column when its views are plain, else the TTA column). The shown
-probability is the (combined) probability of the predicted class; a fitted rule may pick a class other than the most
-probable one. A k-fold member shows its out-of-fold predictions over train + val. Images missing labels (-1) for an
-attribute are skipped for it. The dataset is reopened from the data_root the run recorded; when it cannot be (moved,
-changed), the gallery is skipped with one line saying why, and the report is built as usual.
+Which predictions: the entry's main column, as bench/reporting/predictions.py decides it for the leaderboard (the
+one owner of that choice), so each class's wrong / labelled count agrees with the per-class accuracy beside it: the
+plain view (a model's argmax; an ensemble's decision rule on its members' plain probabilities, out-of-fold when CV
+ran). The shown probability is the (combined) probability of the predicted class, at the views the entry stored
+probabilities for (an ensemble with TTA views stores them at those views only, and the gallery says so); a fitted
+rule may pick a class other than the most probable one. A k-fold member shows its out-of-fold predictions over
+train + val. Images missing labels (-1) for an attribute are skipped for it. The dataset is reopened from the
+data_root the run recorded; when it cannot be (moved, changed), the gallery is skipped with one line saying why, and
+the report is built as usual.
 """
 from __future__ import annotations
 
@@ -24,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from bench.artifacts import ArtifactError, read_run
+from bench.artifacts import ArtifactError, inside, read_run
 from bench.data import DatasetError, attributes_of, open_dataset, reopen_args
-from bench.metrics import MISSING, split_probs
+from bench.metrics import MISSING
+from bench.reporting.predictions import Column
 
 K_MISTAKES = 12  # wrong predictions shown per attribute
 K_RARE = 6  # rarest classes on the rare-classes page
@@ -91,24 +94,16 @@ def rarest_classes(train_counts, val_labels: np.ndarray, k: int = K_RARE) -> tup
     return chosen, skipped
 
 
-def entry_predictions(kind: str, meta: dict, probs: dict) -> tuple[np.ndarray, np.ndarray, str]:
-    """(predictions, probability of each predicted class, which predictions these are) of an entry's val
-    probabilities (probs_val.npz), as the module docstring says."""
-    nc = tuple(meta["num_classes"])
-    parts = split_probs(probs["plain"], nc)
-    if kind == "ensemble" and "pred" in probs:
-        pred = probs["pred"]
-        views = "+".join(meta.get("views", ["plain"]))
-        rule = meta.get("decision", "argmax")
-        column = "the leaderboard's main column" if views == "plain" or "pred_plain" not in probs else \
-            "the leaderboard's TTA column (its main column is the plain-view twin, whose probabilities are not stored)"
-        what = (f"its `{rule}` predictions at views {views} ({meta.get('val_scoring', 'scoring not recorded')}); "
-                f"{column}; p is the ensemble's probability of the predicted class")
-    else:
-        pred = np.stack([p.argmax(1) for p in parts], 1)
-        what = "plain-view argmax (the leaderboard's main column); p is the model's probability of the predicted class"
-    conf = np.stack([p[np.arange(len(p)), pred[:, a]] for a, p in enumerate(parts)], 1)
-    return pred, conf, what
+def describe(column: Column, meta: dict) -> str:
+    """What a gallery shows: which predictions, at which views, and what its p is."""
+    if meta.get("kind") != "ensemble":
+        return (f"{column.views}-view {column.rule} (the leaderboard's main column); p is the model's probability "
+                f"of the predicted class")
+    p = "the ensemble's probability of the predicted class" + (
+        "" if column.conf_views == column.views else
+        f" at its views {column.conf_views} (its {column.views}-view probabilities are not stored)")
+    return (f"its `{column.rule}` predictions at views {column.views} "
+            f"({meta.get('val_scoring', 'scoring not recorded')}); the leaderboard's main column; p is {p}")
 
 
 def image_paths(meta: dict, runs_dir: Path, labels: np.ndarray) -> list[Path]:
@@ -120,7 +115,7 @@ def image_paths(meta: dict, runs_dir: Path, labels: np.ndarray) -> list[Path]:
         if not members:
             raise GalleryUnavailable("the ensemble's run.json lists no members")
         try:
-            source = read_run(Path(runs_dir) / members[0]).meta
+            source = read_run(inside(runs_dir, members[0], "members", "the entry's run.json")).meta
         except ArtifactError as e:
             raise GalleryUnavailable(f"its member {members[0]} is gone ({e})") from None
     root = source.get("data_root")
@@ -193,14 +188,13 @@ def draw_grid(cells: list, path: Path, title: str, columns: int) -> None:
     save_figure(fig, path, key, dpi=DPI, compress_level=1)
 
 
-def build_gallery(entry_label: str, kind: str, meta: dict, probs: dict, runs_dir: Path, files: Path,
+def build_gallery(entry_label: str, meta: dict, labels: np.ndarray, column: Column, runs_dir: Path, files: Path,
                   k: int = K_MISTAKES, k_rare: int = K_RARE, per_rare: int = PER_RARE) -> Gallery:
-    """Draw one entry's galleries into `files` (the report's leaderboard_files/); return what was drawn. Raises
-    GalleryUnavailable (with the reason) when the images cannot be found; nothing is then written."""
-    labels = probs.get("labels")
-    if labels is None:
-        raise GalleryUnavailable("its val probabilities have no labels")
-    pred, conf, what = entry_predictions(kind, meta, probs)
+    """Draw the galleries of one entry's `column` of predictions (bench/reporting/predictions.py; the report passes
+    the entry's main column) on the scored images' `labels` into `files` (the report's leaderboard_files/); return
+    what was drawn. Raises GalleryUnavailable (with the reason) when the images cannot be found; nothing is then
+    written."""
+    pred, conf, what = column.pred, column.conf, describe(column, meta)
     paths = image_paths(meta, runs_dir, labels)
     attrs, names = attributes_of(meta), meta["class_names"]
     split = "val" if meta.get("scored_on", "val") == "val" else "out-of-fold (train + val)"

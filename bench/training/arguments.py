@@ -1,10 +1,12 @@
 """Command-line arguments that set recipe fields, shared by the commands that train (bench.distill; bench.run has
 the same flags): --epochs, --size, --batch-size, --lr, --weight-decay, --dropout, --label-smoothing, --loss,
---ema, --pretrained and --set FIELD=VALUE, and turning them into recipe overrides. Parsing only: no torch."""
+--ema, --pretrained and --set FIELD=VALUE, and turning them into recipe overrides; the run controls (--data-mode,
+--compile, --checkpoint-every, --precision, --seed). Parsing only: no torch."""
 from __future__ import annotations
 
 import argparse
 
+from bench.training.precision import PRECISION_HELP, PRECISIONS
 from bench.training.schemes import LOSSES
 from zoo.recipes import parse_setting
 
@@ -40,8 +42,14 @@ def recipe_overrides(a: argparse.Namespace) -> dict:
     return overrides
 
 
+def add_precision_argument(p: argparse.ArgumentParser) -> None:
+    """--precision, shared by the commands that run networks (bench.run, bench.distill, bench.tune, bench.predict);
+    bench/training/precision.py decides what each value means on each device."""
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+
+
 def add_run_control_arguments(p: argparse.ArgumentParser) -> None:
-    """--data-mode, --compile, --checkpoint-every and --seed, shared by bench.run and bench.distill."""
+    """--data-mode, --compile, --checkpoint-every, --precision and --seed, shared by bench.run and bench.distill."""
     p.add_argument("--data-mode", default="auto", choices=["auto", "resident", "stream"],
                    help="resident: each decoded split one tensor on the device; stream: batches read from the "
                         "memory-mapped decode cache (datasets larger than memory); auto (default): resident when it "
@@ -51,4 +59,5 @@ def add_run_control_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=float, metavar="SECONDS",
                    help="save the resumable state at the first epoch boundary after this many seconds (0: every "
                         "epoch; default: 50x the cost of one save, i.e. < 2%% of training time)")
+    add_precision_argument(p)
     p.add_argument("--seed", type=int, default=0)

@@ -18,10 +18,16 @@ Resampling: by default one bilinear `grid_sample` per batch (fast; it point-samp
 low-pass filtered first). `antialias=True` instead cuts each crop on whole pixels and resizes it with torch's
 antialiased bilinear interpolation, one call per image (what torchvision's `resized_crop(antialias=True)` does, as
 the plain loop); it cannot rotate, and reading the boxes is one host sync per batch on a GPU.
+
+Replayable: `augment` is `draw_params` (every random draw, from the generator, into an AugParams) followed by
+`apply_params` (the pixels, from the images and those parameters alone). The trainer calls `augment`; the
+distillation's `views` mode (bench/distilling/views.py) stores the parameters of fixed views and applies them again,
+so the teacher labels exactly the pixels the student later trains on.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -66,46 +72,109 @@ def pixel_boxes(sx, sy, tx, ty, h: int, w: int) -> torch.Tensor:
     return torch.stack([top, left, ch, cw], 1).long()
 
 
-def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35, hflip: bool = True,
-            rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None,
-            crop_ratio: float = 4 / 3, crop_sampling: str = "area", antialias: bool = False,
-            return_mirror: bool = False):
-    """Random resized crop (drawn by crop_boxes: area or side fraction per `crop_sampling`, aspect in [1/crop_ratio,
-    crop_ratio]) resized to out_size, by one warp per batch or, with `antialias`, per image; rotation, flip, colour
-    jitter. `return_mirror`: also return which images were mirrored, (B,) bool (the same draws either way)."""
-    b, _, h, w = x_uint8.shape
-    dev = x_uint8.device
-    x = x_uint8.float()
+@dataclass
+class AugParams:
+    """One batch's augmentation, drawn: everything `apply_params` needs to make the views again, bit for bit.
+    `geometry` is "none" (no warp: the image or its mirror, pixel for pixel), "warp" (one affine grid_sample: crop
+    box and rotation) or "antialias" (crops on whole pixels, antialiased resize); `sx, sy, tx, ty` the crop box
+    (crop_boxes), `angle` radians (warp only), `mirror` (B,) bool, `jitter` (B, 3) brightness, contrast and
+    saturation factors (None: no jitter); `size` the output side."""
+    geometry: str
+    size: int
+    mirror: torch.Tensor
+    sx: torch.Tensor | None = None
+    sy: torch.Tensor | None = None
+    tx: torch.Tensor | None = None
+    ty: torch.Tensor | None = None
+    angle: torch.Tensor | None = None
+    jitter: torch.Tensor | None = None
+
+    TENSORS = ("mirror", "sx", "sy", "tx", "ty", "angle", "jitter")
+
+    def rows(self, idx) -> "AugParams":
+        """The parameters of rows `idx` (a tensor or array of positions), in that order."""
+        idx = torch.as_tensor(idx, device=self.mirror.device)
+        return replace(self, **{k: getattr(self, k)[idx] for k in self.TENSORS if getattr(self, k) is not None})
+
+    def to(self, device) -> "AugParams":
+        return replace(self, **{k: getattr(self, k).to(device) for k in self.TENSORS if getattr(self, k) is not None})
+
+
+def draw_params(b: int, h: int, g: torch.Generator, device, crop_scale: float = 0.35, hflip: bool = True,
+                rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None, crop_ratio: float = 4 / 3,
+                crop_sampling: str = "area", antialias: bool = False) -> AugParams:
+    """Draw the augmentation of a batch of `b` images of side `h` from generator `g`: the random draws `augment`
+    makes, in its order (crop box, rotation, flip, jitter), so `apply_params(x, draw_params(...))` is `augment`."""
     size = out_size or h
     if antialias and rotate:
         raise ValueError("antialiased crops cannot rotate (rotate must be 0)")
+    p = {}
     if antialias and (crop_scale < 1.0 or size != h):
-        boxes = pixel_boxes(*crop_boxes(b, min(crop_scale, 1.0), g, dev, crop_ratio, crop_sampling), h, w).tolist()
+        geometry = "antialias"
+        p["sx"], p["sy"], p["tx"], p["ty"] = crop_boxes(b, min(crop_scale, 1.0), g, device, crop_ratio, crop_sampling)
+    elif crop_scale < 1.0 or rotate or size != h:
+        geometry = "warp"
+        p["sx"], p["sy"], p["tx"], p["ty"] = crop_boxes(b, min(crop_scale, 1.0), g, device, crop_ratio, crop_sampling)
+        p["angle"] = _uniform(b, -rotate, rotate, g, device) * (math.pi / 180)
+    else:
+        geometry = "none"
+    mirror = torch.zeros(b, dtype=torch.bool, device=device)
+    if hflip:
+        mirror = torch.rand(b, generator=g, device=device) < 0.5
+    if jitter:
+        p["jitter"] = torch.stack([_uniform(b, 1 - jitter, 1 + jitter, g, device) for _ in range(3)], 1)
+    return AugParams(geometry, size, mirror, **p)
+
+
+def apply_params(x_uint8: torch.Tensor, p: AugParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the augmented images, float pixels 0..255 channels_last, and which were mirrored) of uint8 images `x_uint8`
+    (B, 3, H, W) with drawn parameters `p` (one row per image). Each image's view depends on its own row of `p`
+    alone, so the same images and rows give the same pixels in any batch of the same shape."""
+    b, _, h, w = x_uint8.shape
+    x = x_uint8.float()
+    size = p.size
+    if p.geometry == "antialias":
+        boxes = pixel_boxes(p.sx, p.sy, p.tx, p.ty, h, w).tolist()
         x = torch.cat([F.interpolate(x[i:i + 1, :, top:top + ch, left:left + cw], size=(size, size),
                                      mode="bilinear", align_corners=False, antialias=True)
                        for i, (top, left, ch, cw) in enumerate(boxes)])
-    elif crop_scale < 1.0 or rotate or size != h:
-        sx, sy, tx, ty = crop_boxes(b, min(crop_scale, 1.0), g, dev, crop_ratio, crop_sampling)
-        angle = _uniform(b, -rotate, rotate, g, dev) * (math.pi / 180)
-        cos, sin = torch.cos(angle), torch.sin(angle)
+    elif p.geometry == "warp":
+        sx, sy, tx, ty = p.sx, p.sy, p.tx, p.ty
+        cos, sin = torch.cos(p.angle), torch.sin(p.angle)
         theta = torch.stack([
             torch.stack([sx * cos, -sy * sin, tx], 1),
             torch.stack([sx * sin, sy * cos, ty], 1),
         ], 1)
         grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    mirror = torch.zeros(b, dtype=torch.bool, device=dev)
-    if hflip:
-        mirror = torch.rand(b, generator=g, device=dev) < 0.5
-        x = torch.where(mirror.view(b, 1, 1, 1), x.flip(3), x)
-    if jitter:
-        bright = _uniform(b, 1 - jitter, 1 + jitter, g, dev).view(b, 1, 1, 1)
-        contrast = _uniform(b, 1 - jitter, 1 + jitter, g, dev).view(b, 1, 1, 1)
-        sat = _uniform(b, 1 - jitter, 1 + jitter, g, dev).view(b, 1, 1, 1)
+    x = torch.where(p.mirror.view(b, 1, 1, 1), x.flip(3), x)
+    if p.jitter is not None:
+        bright, contrast, sat = (p.jitter[:, k].view(b, 1, 1, 1) for k in range(3))
         x = x * bright
         grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = (x - grey.mean((2, 3), keepdim=True)) * contrast + grey.mean((2, 3), keepdim=True)
         grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
         x = grey + (x - grey) * sat
     x = x.clamp_(0, 255).contiguous(memory_format=torch.channels_last)
+    return x, p.mirror
+
+
+def mix(x: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Mixup of two batches of augmented views: lam * x + (1 - lam) * partner, per image (lam: (B,))."""
+    lam = lam.to(x.dtype).view(-1, 1, 1, 1)
+    return (lam * x + (1 - lam) * partner).contiguous(memory_format=torch.channels_last)
+
+
+def augment(x_uint8: torch.Tensor, g: torch.Generator, crop_scale: float = 0.35, hflip: bool = True,
+            rotate: float = 10.0, jitter: float = 0.2, out_size: int | None = None,
+            crop_ratio: float = 4 / 3, crop_sampling: str = "area", antialias: bool = False,
+            return_mirror: bool = False):
+    """Random resized crop (drawn by crop_boxes: area or side fraction per `crop_sampling`, aspect in [1/crop_ratio,
+    crop_ratio]) resized to out_size, by one warp per batch or, with `antialias`, per image; rotation, flip, colour
+    jitter: `draw_params` then `apply_params`. `return_mirror`: also return which images were mirrored, (B,) bool
+    (the same draws either way)."""
+    b, _, h, _ = x_uint8.shape
+    p = draw_params(b, h, g, x_uint8.device, crop_scale, hflip, rotate, jitter, out_size, crop_ratio, crop_sampling,
+                    antialias)
+    x, mirror = apply_params(x_uint8, p)
     return (x, mirror) if return_mirror else x

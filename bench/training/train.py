@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.artifacts import atomic_write, claim, read_run, save_probs, write_json
+from bench.artifacts import atomic_write, claim, read_run, save_probs, write_run
 from bench.data import FashionDataset, attributes_of, class_counts
 from bench.data.images import load_images
 from bench.metrics import probs_to_pred, score
@@ -222,13 +222,13 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
             "data_layout": ds.layout, "num_classes": list(ds.num_classes), "attributes": list(ds.attributes),
             "class_names": [list(c) for c in ds.class_names],
             "train_class_counts": [c.tolist() for c in class_counts(labels["train"], ds.num_classes)],
-            "data_mode": store.describe(),
+            "data_mode": store.describe(), **trainer.numerics.record(),  # precision, layout (not in the config)
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), **(extra_meta or {})}
     if dist.enabled:
         meta["distributed"] = {"world_size": dist.world, "backend": dist.backend,
                                "batch_per_process": trainer.local_batch}
     if dist.main:
-        write_json(meta, meta_path)
+        write_run(meta, model_dir)
     print(f"[{name}] {entry.timm_name} @{size}px, init {init['init']}, {meta['params'] / 1e6:.1f} M params, "
           f"{meta['gflops']:.2f} GFLOPs, recipe {recipe.optimizer} lr {recipe.lr} x {recipe.epochs} epochs "
           f"on {meta['device']}{' (compiled)' if trainer.compiled else ''}")
@@ -236,7 +236,7 @@ def _train_model(name, ds, store, recipe, size, model_dir, seed, progress, on_ep
         history = trainer.fit()
     except NonFiniteLoss as e:
         if dist.main:
-            write_json({**meta, "status": "failed", "error": str(e)}, meta_path)
+            write_run({**meta, "status": "failed", "error": str(e)}, model_dir)
         raise
     return finalize(meta, trainer, {s: store.split(s, size, recipe.resize) for s in ("val", "test")}, labels,
                     history, model_dir)
@@ -304,7 +304,7 @@ def finalize(meta: dict, trainer: Trainer, splits: dict[str, Split], labels: dic
         "val_tta": score(labels["val"], probs_to_pred((plain + flip) / 2, nc), nc, attributes_of(meta)),
     })
     if main:
-        write_json(meta, model_dir / "run.json")
+        write_run(meta, model_dir)
     v, t = meta["val"], meta["val_tta"]
     print(f"[{meta['name']}] done: val overall {v['overall_acc']:.4f} (flip-TTA {t['overall_acc']:.4f}), "
           f"class-average {v['class_avg_acc']:.4f}, balanced {v['mean_class_acc']:.4f}, best epoch {meta['best_epoch']}, "

@@ -1,9 +1,11 @@
 """The one trainer every backbone goes through.
 
 Fast path (CUDA): the decoded dataset sits on the GPU as uint8, batches are gathered and augmented there
-(augment.py), the model normalises its own input (zoo/multihead.py) and runs in bf16 autocast and
-channels_last, optionally through torch.compile. Nothing in a training step waits for the host: the loss is checked
-for NaN/inf once per epoch. The same code runs on the CPU in fp32.
+(augment.py), the model normalises its own input (zoo/multihead.py) and runs in the precision and layout that
+bench/training/precision.py decides per device (CUDA: bf16 autocast; CPU: fp32, bf16 with --precision bf16; both
+channels_last), optionally through torch.compile. Nothing in a training step waits for the host: the loss is checked
+for NaN/inf once per epoch. The same code runs on the CPU. Evaluation (`predict`) runs in inference mode on a copy
+with BatchNorm folded into the convolutions (`inference_net`).
 
 Data larger than memory (data mode `stream`, `Split.x` a MappedImages): the decoded splits stay in their
 memory-mapped cache files and each batch's rows are read from them, by a host thread one batch ahead while the
@@ -43,16 +45,18 @@ from typing import Callable, Iterator
 import numpy as np
 import pandas as pd
 import timm.optim
-import timm.scheduler
 import timm.utils
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bench import checkpoints
 from bench.artifacts import atomic_write
 from bench.training.augment import augment, to_input
 from bench.training.distributed import SINGLE, Dist, check_batch
 from bench.training.losses import MultiAttributeLoss
+from bench.training.precision import decide
+from bench.training.schedules import create_schedule
 from bench.metrics import score
 from zoo import Recipe, count_params
 
@@ -124,7 +128,8 @@ class MappedImages:
         self._turn = 1 - self._turn
         slot[1].synchronize()  # this buffer's previous copy (two batches ago) has left it
         if slot[0] is None or len(slot[0]) < len(t):
-            slot[0] = torch.empty((max(len(t), 1), *t.shape[1:]), dtype=torch.uint8, pin_memory=True)
+            with torch.inference_mode(False):  # a normal tensor, reusable in training after `predict` made it
+                slot[0] = torch.empty((max(len(t), 1), *t.shape[1:]), dtype=torch.uint8, pin_memory=True)
         buf = slot[0][:len(t)]
         buf.copy_(t)  # the channels-first layout is made here, in pinned memory
         compute = torch.cuda.current_stream(self.device)
@@ -217,10 +222,10 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, precision: str | None = None):
+    """The autocast context of `device` under `precision` (default: the process's --precision), as decided by
+    bench/training/precision.py: bf16 on CUDA, fp32 on the CPU unless asked (or native bf16 once measured)."""
+    return decide(device, precision).autocast()
 
 
 def seed_everything(seed: int) -> None:
@@ -232,28 +237,43 @@ def seed_everything(seed: int) -> None:
 def gflops(model: torch.nn.Module, size: int, device: torch.device) -> float:
     """Forward GFLOPs for one image (torch's FLOP counter: 2 per multiply-add)."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from zoo.fastpaths import padded_input
     was_training = model.training
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), padded_input(), FlopCounterMode(display=False) as counter:  # the model's own kernels
         model(torch.zeros(1, 3, size, size, device=device))
     model.train(was_training)
     return round(counter.get_total_flops() / 1e9, 3)
 
 
-@torch.no_grad()
+def inference_net(model: torch.nn.Module) -> torch.nn.Module:
+    """An eval-mode copy of a MultiHeadNet for fast inference, equal to it within float rounding: its backbone's
+    BatchNorms folded into their convolutions, channels_last (zoo/fastpaths.py `inference_copy`). Another module is
+    returned as it is."""
+    if not hasattr(model, "backbone"):
+        return model
+    from zoo.fastpaths import inference_copy
+    return inference_copy(model)[0]
+
+
+@torch.inference_mode()
 def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, flip: bool = False,
-            view: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+            view: Callable[[torch.Tensor], torch.Tensor] | None = None, precision: str | None = None) -> torch.Tensor:
     """Concatenated per-attribute softmax probabilities (N, sum(classes)), float32, for uint8 images x; `view` maps
-    a uint8 batch to model input (a TTA view; default: the plain image, mirrored if `flip`).
-    A CUDA out-of-memory error halves the batch and goes on from the batch that failed."""
+    a uint8 batch to model input (a TTA view; default: the plain image, mirrored if `flip`). `precision`: fp32 |
+    bf16 | auto (default: the process's --precision; bench/training/precision.py decides per device).
+    Runs in inference mode (the probabilities cannot enter autograd). A CUDA out-of-memory error halves the batch
+    and goes on from the batch that failed."""
     model.eval()
+    numerics = decide(x.device, precision)
     out, i = [], 0
     while i < len(x):
         try:
             xb = view(x[i:i + batch_size]) if view else to_input(x[i:i + batch_size])
             if flip:
                 xb = xb.flip(3)
-            with autocast(x.device):
+            with numerics.autocast():
                 logits = model(xb)
             out.append(torch.cat([z.float().softmax(-1) for z in logits], 1))
             i += batch_size
@@ -267,13 +287,14 @@ def predict(model: torch.nn.Module, x: torch.Tensor, batch_size: int, flip: bool
 
 
 def _atomic_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    checkpoints.save(obj, path)  # tensors and plain values only: read back by the restricted unpickler
 
 
 def read_state(path: Path) -> dict:
-    """A saved training state, always loaded on the CPU: RNG states must be CPU ByteTensors to be restored, and
-    load_state_dict copies weights to wherever the model lives."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A saved training state, always loaded on the CPU (RNG states must be CPU ByteTensors to be restored, and
+    load_state_dict copies weights to wherever the model lives) by the restricted unpickler: a state that would
+    need anything beyond tensors and plain values is refused (bench/checkpoints.py), never run."""
+    return checkpoints.load(path)
 
 
 def maybe_compile(model: torch.nn.Module, mode: str, device: torch.device) -> tuple[torch.nn.Module, bool]:
@@ -306,7 +327,7 @@ def param_groups(model: torch.nn.Module, recipe: Recipe) -> list[dict]:
 
 
 def scale_plateau_floor(scheduler, min_lr: float) -> None:
-    """timm's plateau schedule hands torch's ReduceLROnPlateau one floor for all groups and its default eps, under
+    """The plateau schedule (schedules.py, as timm's did) hands torch's ReduceLROnPlateau one floor for all groups and its default eps, under
     which a small lr stops shrinking while a larger one still does: give each group the floor x its lr_scale and
     reduce every group whenever one is, so the groups keep their lr ratio (a no-op for other schedules)."""
     inner = getattr(scheduler, "lr_scheduler", None)
@@ -321,7 +342,8 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, recipe: Recipe, train: Split, val: Split, run_dir: Path,
                  class_counts: list, seed: int = 0, size: int = 224, progress: bool = True,
                  on_epoch: Callable[[int, dict], None] | None = None, checkpoint_every: float | None = None,
-                 persist: bool = True, compile: str = "off", min_micro_batch: int = 8, dist: Dist = SINGLE):
+                 persist: bool = True, compile: str = "off", min_micro_batch: int = 8, dist: Dist = SINGLE,
+                 precision: str | None = None, layout: str | None = None):
         if train.total == 0:
             raise ValueError("the training split is empty")
         self.dist = dist
@@ -330,7 +352,9 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # batch shapes are constant (ragged tail dropped): autotune once
         else:
             torch.set_flush_denormal(True)  # tiny gradients/moments of fine-tuned weights slow CPU math many-fold
-        self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        # precision (autocast) and layout for this device, and why (bench/training/precision.py; run.json records it)
+        self.numerics = decide(self.device, precision, layout)
+        self.model = model.to(self.device).to(memory_format=self.numerics.memory_format)
         self.recipe, self.train, self.val, self.size = recipe, train, val, size
         self.run_dir, self.seed, self.on_epoch = Path(run_dir), seed, on_epoch
         self.progress = progress and dist.main
@@ -362,11 +386,7 @@ class Trainer:
             **({"momentum": recipe.momentum} if opt in ("momentum", "nesterov") else {}))
         if self.criterion.log_vars is not None:
             self.optimizer.add_param_group({"params": [self.criterion.log_vars], "weight_decay": 0.0})
-        self.scheduler, _ = timm.scheduler.create_scheduler_v2(
-            self.optimizer, sched=recipe.schedule, num_epochs=recipe.epochs, warmup_epochs=recipe.warmup_epochs,
-            warmup_lr=recipe.lr * 0.01, min_lr=recipe.lr * recipe.lr_floor, patience_epochs=recipe.plateau_patience,
-            decay_rate=recipe.plateau_factor, plateau_mode=SELECT_MODES[recipe.select],
-            step_on_epochs=not recipe.lr_per_step, updates_per_epoch=self.steps_per_epoch)
+        self.scheduler = create_schedule(self.optimizer, recipe, self.steps_per_epoch, SELECT_MODES[recipe.select])
         scale_plateau_floor(self.scheduler, recipe.lr * recipe.lr_floor)
         self.ema = timm.utils.ModelEmaV3(self.model, decay=recipe.ema_decay) if recipe.ema else None
         self.gen = torch.Generator(device=self.device)
@@ -424,7 +444,7 @@ class Trainer:
             self.ema.load_state_dict(st["ema"])
         rng = st["rng"]
         torch.set_rng_state(rng["torch"].cpu())
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(checkpoints.numpy_rng_state(rng["numpy"]))
         random.setstate(rng["python"])
         self.gen.set_state(rng["gen"].cpu())
         if rng["cuda"] is not None and self.device.type == "cuda":
@@ -536,7 +556,7 @@ class Trainer:
             # rank needed (ranks split independently after an OOM, and every rank must all-reduce equally often)
             local = self.ddp.no_sync() if self.ddp is not None and k < len(chunks) - 1 else contextlib.nullcontext()
             with local:
-                with autocast(self.device):
+                with self.numerics.autocast():
                     logits = self.step_model(xs)
                 loss = self.criterion(logits, ys)
                 if len(chunks) > 1:
@@ -642,7 +662,9 @@ class Trainer:
         """(split.total, sum(classes)) probabilities of the eval model for a whole split, in the split's order on
         every rank (each rank predicts its shard; the rows are gathered)."""
         if split.x.shape[0]:
-            probs = predict(self.eval_model, split.x, self.micro_batch * 2, flip=flip)
+            self.eval_model.eval()  # as evaluating it would leave it (train_epoch switches back)
+            probs = predict(inference_net(self.eval_model), split.x, self.micro_batch * 2, flip=flip,
+                            precision=self.numerics.precision)
         else:
             probs = torch.zeros((0, sum(self.num_classes)), device=self.device)
         return self.dist.gather_rows(probs, split.index, split.total)

@@ -6,6 +6,8 @@
   journal:PATH               an append-only journal file (no server; no heartbeats, so no killed-trial retry: a
                              killed worker's trial stays RUNNING and other workers stop waiting for it after
                              bench.tune's --wait-timeout)
+An in-memory SQLite database (sqlite:///:memory:, sqlite:///, sqlite://) is refused: a study must outlive the process
+that runs it (resumed, shared by workers, read by --from-study and the report).
 SQL storages run a heartbeat: a trial whose worker stops beating for `grace` seconds is marked failed and re-queued
 with the same parameters (up to 3 times), so it is never left RUNNING forever.
 Each trial keeps its budget (epochs, size, batch_size, pretrained) in its user attribute `budget` (the study keeps its
@@ -88,10 +90,15 @@ def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None 
     A file storage (sqlite:///PATH, journal:PATH) gets its missing folder made only inside the working folder;
     elsewhere the folder must exist, so a mistyped path makes no folders. create=False (reading a study) makes
     nothing: a file that does not exist raises. Any storage that cannot be opened (unknown scheme, no driver,
-    server unreachable, file not writable) raises StorageError naming the URL, before anything is made."""
+    server unreachable, file not writable, an in-memory database) raises StorageError naming the URL, before anything
+    is made."""
     home = home or resolve()
     given = url or default_url(home)
     url, shown = resolve_url(given), shown_url(given)
+    if in_memory(url):
+        raise StorageError(f"study storage {shown}: an in-memory SQLite database ends with this process, and a study "
+                           f"must outlive it (to be resumed, shared by workers, read by --from-study); name a file, "
+                           f"e.g. sqlite:///{home.studies / 'fashion.db'} (the default without --storage)")
     if url.startswith("journal:"):
         path = Path(url.removeprefix("journal:"))
         _check_file(path, shown, home, create)
@@ -99,7 +106,7 @@ def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None 
             return JournalStorage(JournalFileBackend(str(path)))
         except OSError as e:
             raise StorageError(f"study storage {shown}: cannot open {path} ({e.strerror})") from None
-    if url.startswith("sqlite:///") and url.removeprefix("sqlite:///") not in ("", ":memory:"):
+    if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
         _check_file(path, shown, home, create)
         if create and path.resolve() == LEGACY_DB.resolve():  # the repository root as working folder (or --storage)
@@ -128,6 +135,20 @@ def open_storage(url: str | None = None, heartbeat: int = 30, grace: int | None 
                                f"another SQLAlchemy URL) or journal:PATH") from None
         except (SQLAlchemyError, ImportError) as e:  # bad URL, unreachable server, unwritable file, missing driver
             raise StorageError(f"study storage {shown}: cannot be opened ({_reason(e)})") from None
+
+
+def in_memory(url: str) -> bool:
+    """Whether a SQLAlchemy URL names an SQLite database kept in memory (gone when the process ends)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    try:
+        u = make_url(url)
+    except ArgumentError:
+        return False  # not a URL: RDBStorage says so
+    if u.get_backend_name() != "sqlite":
+        return False
+    db = u.database or ""
+    return db in ("", ":memory:") or db.startswith("file::memory:") or u.query.get("mode") == "memory"
 
 
 def _check_file(path: Path, shown: str, home: Workdir, create: bool) -> None:
