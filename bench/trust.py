@@ -6,7 +6,7 @@ Every reader of the suite loads checkpoints with PyTorch's restricted unpickler 
 refuses a file that needs more, since unpickling arbitrary objects can run code (bench/checkpoints.py). A checkpoint
 that your own older tools wrote with extra Python objects in it is refused the same way. This command loads each file
 with the FULL unpickler, which runs whatever code the file holds, and writes it back holding only tensors and plain
-values; a finished run's digest in run.json is updated to the new file. Never use it on a file from someone else:
+values; a finished run's digest of that file in run.json is updated to the new file (only that file's). Never use it on a file from someone else:
 ask them for the run folder written by this version, or a `.safetensors` export (bench.export --format safetensors),
 which cannot hold code.
 """
@@ -27,7 +27,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     a = parse_args(argv)
-    from bench.artifacts import RECORDED, ArtifactError, read_run, write_run
+    from bench.artifacts import RECORDED, ArtifactError, digest, read_run, write_json
     from bench.checkpoints import UnsafeCheckpoint, load, trust_and_resave
     for f in map(Path, a.files):
         if not f.is_file():
@@ -47,9 +47,10 @@ def main(argv=None) -> int:
         print(f"{f}: re-saved with tensors and plain values only (it needed {', '.join(names) or 'nothing named'})")
         if f.name in RECORDED and (f.parent / "run.json").exists():
             run = read_run(f.parent)
-            if run.done:
-                write_run(run.meta, f.parent)
-                print(f"  {f.parent / 'run.json'}: digests recorded again")
+            if isinstance(run.meta.get("files"), dict) and f.name in run.meta["files"]:
+                run.meta["files"][f.name] = digest(f)  # this file's only: the others keep their own checks
+                write_json(run.meta, f.parent / "run.json")
+                print(f"  {f.parent / 'run.json'}: {f.name}'s digest recorded again")
     return 0
 
 

@@ -275,3 +275,18 @@ def test_safetensors_export_predicts_as_the_run_and_starts_a_backbone(runs, tiny
     assert by_file.read_text() == by_run.read_text()  # class for class, probability for probability
     backbone, init = build_backbone("resnet18", str(out))
     assert init["init"] == "file" and init["matched"] == init["of"]  # every backbone tensor came from the file
+
+
+def test_trusting_a_runs_checkpoint_records_its_digest_only(runs, tmp_path, capsys):
+    """bench.trust re-saves the user's best.pt and records that file's new digest; another file of the run that was
+    changed stays refused (trusting one file is not trusting the folder)."""
+    from bench.trust import main as trust_main
+    d = runs / "default/resnet18"
+    state = torch.load(d / "best.pt", map_location="cpu", weights_only=True)
+    state["score"] = np.float64(0.5)  # needs a global the safe loader refuses; harmless
+    torch.save(state, d / "best.pt")
+    edit_value(d / "probs_val.npz")
+    assert trust_main([str(d / "best.pt")]) == 0
+    assert load(d / "best.pt")["score"] == 0.5  # verified against the new digest, then read safely
+    with pytest.raises(ArtifactError, match="changed since training"):
+        verify(d / "probs_val.npz")
