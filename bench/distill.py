@@ -150,8 +150,8 @@ def main(argv=None) -> dict:
     except (ConfigMismatch, NonFiniteLoss, OutOfMemory) as e:
         fail(str(e), 1)
     if not a.no_report:
-        from bench.reporting.leaderboard import build_report
-        build_report(out, metric=a.metric)
+        from bench.reporting.leaderboard import refresh_report
+        refresh_report(out, metric=a.metric)
     return meta
 
 

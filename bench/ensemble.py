@@ -86,8 +86,8 @@ def main(argv=None) -> dict:
         raise SystemExit(2)
     track.log_ensemble(result, spec.runs_dir / "_ensembles" / spec.name, a.folds, a.seed)  # weights, tau, scores
     if not a.no_report:
-        from bench.reporting.leaderboard import build_report
-        build_report(spec.runs_dir, metric=a.metric)
+        from bench.reporting.leaderboard import refresh_report
+        refresh_report(spec.runs_dir, metric=a.metric)
     return result
 
 

@@ -248,8 +248,8 @@ def main(argv=None) -> list[dict]:
         except ArtifactError as e:  # e.g. a resumable state refused by the safe loader (bench/checkpoints.py)
             fail(str(e), 2)
     if not a.no_report and dist.main:
-        from bench.reporting.leaderboard import build_report
-        build_report(out, metric=a.metric or (metric if a.from_study else None))  # None: the report's own
+        from bench.reporting.leaderboard import refresh_report
+        refresh_report(out, metric=a.metric or (metric if a.from_study else None))  # None: the report's own
     dist.close()
     return results
 
@@ -317,8 +317,8 @@ def fan_out(parser, a, names: list[str], devices: list[str], run_dir: Path, out:
             print(f"note: {name} is not finished: another process holds {run_dir / name / '.claim'}; its row "
                   f"appears when the leaderboard is rebuilt after it finishes (python -m bench.report)")
     if not a.no_report:
-        from bench.reporting.leaderboard import build_report
-        build_report(out, metric=report_metric)
+        from bench.reporting.leaderboard import refresh_report
+        refresh_report(out, metric=report_metric)
     return results
 
 

@@ -192,10 +192,10 @@ def finish(study: optuna.Study, no_report: bool, reports: Path, runs_dir: Path, 
     print(f"[tune] study {study.study_name}: {len(done)} finished trials "
           f"({sum(t.state == optuna.trial.TrialState.PRUNED for t in done)} pruned, {len(failed)} failed)")
     if not no_report:
-        from bench.reporting.leaderboard import build_report
+        from bench.reporting.leaderboard import refresh_report
         from bench.tuning.report import write_tune_report
         report = write_tune_report(study, reports)
-        build_report(runs_dir, metric=metric)
+        refresh_report(runs_dir, metric=metric)
     if tracked is not None:
         tracked.finish_study(study, None if no_report else report)
 

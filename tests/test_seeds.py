@@ -215,6 +215,25 @@ def test_replicas_that_differ_in_more_than_the_seed_are_refused(tmp_path, capsys
     assert not (tmp_path / "rep2").exists()
 
 
+def test_a_command_whose_report_rebuild_meets_such_replicas_keeps_its_work_and_says_so(demo_runs, tmp_path, capsys):
+    """bench.ensemble (like run, distill and tune) rebuilds the leaderboard after its own work: replicas that differ
+    in more than the seed stop that rebuild with a message naming them, not a traceback, and the ensemble stands."""
+    import shutil
+
+    from bench.ensemble import main as ensemble_main
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_runs, runs)
+    three_replicas(runs, skewed(), epochs=(2, 2, 4))  # hand-copied replicas of r/m (bench.run refuses to train them)
+    old = tmp_path / "reports/leaderboard.md"  # the report folder of runs_dir, from an earlier build
+    old.parent.mkdir()
+    old.write_text("earlier")
+    entry = ensemble_main(["--runs-dir", str(runs), "--runs", "default,b", "--name", "e", "--weights", "uniform",
+                           "--out", str(tmp_path / "sub")])
+    err = capsys.readouterr().err
+    assert "warning: the leaderboard was not rebuilt" in err and "replicas of r/m differ in more than the seed" in err
+    assert str(old) in err and old.read_text() == "earlier"
+    assert entry["status"] == "done" and (runs / "_ensembles/e/run.json").exists()
+
 # --- the interval and the comparison over seeds and images ---------------------------------------------------------
 
 def replicas_of(rng, n, accs):

@@ -39,7 +39,7 @@ import pandas as pd
 from bench.artifacts import ArtifactError, RunArtifacts, atomic_write, find_runs
 from bench.data import ATTRIBUTES, attributes_of, class_counts, leaderboard_attribute_columns
 from bench.metrics import TARGETS, image_parts, majority_from_counts, metric_name, score
-from bench.replicas import check_set, group, seed_of
+from bench.replicas import ReplicaError, check_set, group, seed_of
 from bench.reporting.predictions import Shown, shown
 from bench.stats import (bootstrap_ci, holm, image_diff, paired_bootstrap, results_cache, seed_compare, seed_interval,
                          sign_flip_p)
@@ -1033,6 +1033,20 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     out = Path(out) if out is not None else report_dir(runs_dir)
     with results_cache(out / STATS_CACHE):
         return _build_report(runs_dir, out, sort, dataset, quiet, metric, gallery)
+
+
+def refresh_report(runs_dir: str | Path, metric: str | None = None) -> Path | None:
+    """The leaderboard a command rebuilds after its own work (bench.run, distill, ensemble, tune): build_report, but
+    a report that cannot be built (a replica set whose replicas differ in more than the seed: ReplicaError, found
+    before anything is written) is named on stderr instead of ending the command in a traceback; the command's own
+    artifacts stand, and the report folder keeps its previous files. `python -m bench.report` refuses the same
+    runs with exit 2."""
+    try:
+        return build_report(runs_dir, metric=metric)
+    except ReplicaError as e:
+        print(f"warning: the leaderboard was not rebuilt ({report_dir(Path(runs_dir)) / 'leaderboard.md'} is from "
+              f"before this command): {e}", file=sys.stderr)
+        return None
 
 
 def _build_report(runs_dir: Path, out: Path, sort, dataset, quiet, metric, gallery) -> Path | None:
