@@ -58,11 +58,12 @@ def test_an_entry_shows_its_plain_view_in_the_main_column_and_its_declared_views
     s = shown("ensemble", meta, {"plain": plain, "pred": rule, "pred_plain": twin, "plain_view": flip})
     assert s.main.conf_views == "plain" and s.main.conf.tolist() == [[.1, .2], [.6, .1]]
     assert "not stored" not in rg.describe(s.main, meta)
-    # at views plain, or an entry from before the plain-view twin was stored: one column, at its declared views
+    # at views plain, or an entry from before the plain-view twin was stored: one column, at its declared views,
+    # which is also its TTA column
     s = shown("ensemble", {**meta, "views": ["plain"]}, {"plain": plain, "pred": rule, "pred_plain": rule})
-    assert s.main.pred.tolist() == rule.tolist() and s.tta is None and s.main.conf_views == "plain"
+    assert s.main.pred.tolist() == rule.tolist() and s.tta is s.main and s.main.conf_views == "plain"
     s = shown("ensemble", meta, {"plain": plain, "pred": rule})
-    assert s.main.pred.tolist() == rule.tolist() and s.main.views == "plain+flip" and s.tta is None
+    assert s.main.pred.tolist() == rule.tolist() and s.main.views == "plain+flip" and s.tta is s.main
 
 
 @pytest.fixture(scope="module")

@@ -548,6 +548,31 @@ def test_the_leaderboard_opens_with_its_verdict_and_a_summary_table(tmp_path):
     assert "*ensemble, nothing fitted*: " in md and "*train counts*: " in md and "*tuned on val*" not in md
 
 
+
+def test_an_ensemble_at_views_plain_is_in_the_tta_comparison_at_those_views(tmp_path):
+    """An ensemble made with --tta plain had no TTA column, so the TTA table's "leader" was a model that the
+    ensemble, at its own declared views, beats. Its one column is its TTA column too."""
+    from bench.artifacts import save_probs, write_json
+    labels = skewed()
+    runs = tmp_path / "runs"
+    m = labels.copy()
+    m[:10, 0] = (labels[:10, 0] + 1) % K[0]  # wrong on 10 images, at plain and at plain+flip
+    fake_run(runs, "r/m", m, labels)
+    d = runs / "_ensembles/e"
+    d.mkdir(parents=True)
+    save_probs(d / "probs_val.npz", plain=one_hot(labels), pred=labels, pred_plain=labels, labels=labels)
+    write_json({"kind": "ensemble", "status": "done", "members": ["r/m"], "views": ["plain"],
+                "num_classes": list(K), "dataset": "fp", "config": {"dataset": "fp"},
+                "val_scoring": "in-sample (uniform weights, argmax: nothing fitted)", "weighting": "uniform",
+                "class_names": [[f"c{c}" for c in range(k)] for k in K]}, d / "run.json")
+    md = build_report(runs, tmp_path / "rep", quiet=True).read_text()
+    df = pd.read_csv(tmp_path / "rep/leaderboard.csv").set_index("entry")
+    assert df.loc["_ensembles/e", "tta_views"] == "plain" and df.loc["_ensembles/e", "tta_overall_acc"] == 1.0
+    assert df.loc["r/m", "tta_overall_acc"] == pytest.approx(1 - 10 / 240)
+    assert bool(df.loc["_ensembles/e", "tta_leader"]) and not bool(df.loc["r/m", "tta_leader"])
+    assert "against that column's leader `_ensembles/e` (plain)" in md
+    assert df.loc["r/m", "tta_delta"] == pytest.approx(-10 / 240)
+
 def test_challenge_names_only_for_the_fashiondataset_layout(tmp_path):
     """A CSV dataset's leaderboard said "(2023 challenge)" and "(2024)"; now it names the metrics by what they are
     and the dataset by its folder and fingerprint. A FashionDataset one still names the challenges."""

@@ -36,7 +36,7 @@ from bench.data.images import load_images
 from bench.ensembling.combiners import COMBINERS, combine
 from bench.ensembling.ensemble import EnsembleError, check_members, check_names, member_identity
 from bench.ensembling.entries import read_entry
-from bench.ensembling.tta import load_trained
+from bench.ensembling.tta import load_for_inference
 from bench.training.kfold import OOF_TRAIN
 from bench.training.trainer import MappedImages, autocast, predict
 
@@ -223,7 +223,7 @@ def member_probs(member: RunArtifacts, ckpt: Path, files: list[Path], device, ba
     and resize policy, from checkpoint `ckpt`; `stream`: read from the memory-mapped decode cache batch by batch
     (bench.distill --data-mode stream), never held in memory whole."""
     cfg = member.meta["config"]
-    model = model or load_trained(member.meta, ckpt).to(device)
+    model = model or load_for_inference(member.meta, ckpt).to(device)
     x = images_for(files, cfg["size"], cfg["recipe"]["resize"], device, stream)
     return {view: predict(model, x, batch, flip=view == "flip").cpu().numpy() for view in ("plain", "flip")}
 
@@ -280,7 +280,7 @@ class OnlineTeacher:
                 nets = [(c, torch.as_tensor(w, dtype=torch.float32, device=device))
                         for c, w in member_networks(m, split, files, teacher.root)]
             self.members.append((m.meta["config"]["size"],
-                                 [(load_trained(m.meta, c).to(device).eval(), w) for c, w in nets]))
+                                 [(load_for_inference(m.meta, c).to(device), w) for c, w in nets]))
 
     def __call__(self, x: torch.Tensor, idx: torch.Tensor | None = None) -> torch.Tensor:
         probs = []

@@ -10,7 +10,7 @@ from bench.artifacts import RunArtifacts
 from bench.data import open_dataset, reopen_args
 from bench.data.images import load_images
 from bench.ensembling.views import view_images
-from bench.training.trainer import predict
+from bench.training.trainer import inference_net, predict
 
 
 def restore_input_config(model, meta: dict) -> None:
@@ -31,6 +31,13 @@ def load_trained(meta: dict, ckpt: Path) -> torch.nn.Module:
     model.load_state_dict(checkpoints.load_weights(ckpt))  # verified, and read without running code
     restore_input_config(model, meta)
     return model.eval()
+
+
+def load_for_inference(meta: dict, ckpt: Path) -> torch.nn.Module:
+    """load_trained in its inference form (trainer.inference_net: BatchNorm folded, channels_last; equal to it within
+    float rounding): what every pass that only predicts runs, as the trainer's own evaluation does (bench.predict,
+    the TTA views computed here, the distillation teacher)."""
+    return inference_net(load_trained(meta, ckpt))
 
 
 class ViewError(ValueError):
@@ -56,7 +63,7 @@ def compute_views(member: RunArtifacts, missing: dict[str, list[str]], data_root
     for split, views in missing.items():
         ckpt = member.checkpoint(split)
         if ckpt not in models:
-            models[ckpt] = load_trained(meta, ckpt).to(device)
+            models[ckpt] = load_for_inference(meta, ckpt).to(device)
         images = load_images(ds.files(split), cfg["size"], recipe["resize"], progress=False)
         x = torch.from_numpy(images).permute(0, 3, 1, 2).to(device)
         out[split] = {}

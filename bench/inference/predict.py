@@ -207,12 +207,11 @@ class TorchScorer:
 
     def __init__(self, plan: Plan, device, batch_size: int = 64, precision: str | None = None):
         import torch
-        from bench.ensembling.tta import load_trained
+        from bench.ensembling.tta import load_for_inference
         from bench.training.precision import decide
-        from bench.training.trainer import inference_net
         self.plan, self.device, self.batch_size = plan, torch.device(device), batch_size
         self.numerics = decide(self.device, precision)
-        self.networks = [[inference_net(load_trained(m.meta, c)).to(self.device) for c in check_weights(m)]
+        self.networks = [[load_for_inference(m.meta, c).to(self.device) for c in check_weights(m)]
                          for m in plan.members]
 
     def describe(self) -> str:

@@ -8,7 +8,10 @@ An entry has two columns of predictions, compared like with like across entries:
   ensemble written before ensembles stored that twin has only its declared-view predictions; its `main` column is
   then at those views, and `views` says so.
 - `tta`, the entry at its declared views: a model's argmax of the mean of its plain and flip probabilities; an
-  ensemble's `pred` (its rule at its `--tta` views). None when the entry has no other views.
+  ensemble's `pred` (its rule at its `--tta` views). An ensemble whose declared views are plain only, or that has
+  only its declared-view predictions, has one column: `tta` is then `main` (it is at its declared views in both
+  comparisons, so the TTA table's leader is never a model an ensemble at its own views beats). None only for a
+  model without stored flip probabilities.
 
 Each column carries the probability of each predicted class where the entry stored one (`conf`), and at which views
 that probability was computed (`conf_views`): an ensemble written before 2026-12-07 stored its combined
@@ -38,7 +41,7 @@ class Column:
 @dataclass(frozen=True)
 class Shown:
     """An entry's columns: `main` (the plain view; an old ensemble's declared views) and `tta` (its declared views;
-    None when it has none other than plain)."""
+    the same column as `main` for an ensemble with one column; None for a model without flip probabilities)."""
     main: Column
     tta: Column | None
 
@@ -51,6 +54,11 @@ def _argmax(probs: np.ndarray, nc, views: str) -> Column:
     parts = split_probs(probs, nc)
     pred = np.stack([p.argmax(1) for p in parts], 1)
     return Column(pred, views, "argmax", _conf(parts, pred), views)
+
+
+def _one(column: Column) -> Shown:
+    """An ensemble with one column (at its declared views): its main and its TTA column."""
+    return Shown(column, column)
 
 
 def shown(kind: str, meta: dict, probs: dict) -> Shown:
@@ -66,9 +74,9 @@ def shown(kind: str, meta: dict, probs: dict) -> Shown:
             return Column(pred, views, rule, _conf(parts, pred), declared)
 
         if "pred" not in probs:  # no stored decisions: the argmax of its combined probabilities
-            return Shown(_argmax(probs["plain"], nc, declared), None)
+            return _one(_argmax(probs["plain"], nc, declared))
         if declared == "plain":
-            return Shown(column(probs["pred"], "plain"), None)
+            return _one(column(probs["pred"], "plain"))
         if "pred_plain" in probs:
             tta = column(probs["pred"], declared)
             if "plain_view" in probs:  # entries since 2026-12-07 also store the plain view's probabilities
@@ -76,7 +84,7 @@ def shown(kind: str, meta: dict, probs: dict) -> Shown:
                 main = Column(pred, "plain", rule, _conf(split_probs(probs["plain_view"], nc), pred), "plain")
                 return Shown(main, tta)
             return Shown(column(probs["pred_plain"], "plain"), tta)
-        return Shown(column(probs["pred"], declared), None)  # an entry made before the plain-view twin was stored
+        return _one(column(probs["pred"], declared))  # an entry made before the plain-view twin was stored
     main = _argmax(probs["plain"], nc, "plain")
     tta = _argmax((probs["plain"] + probs["flip"]) / 2, nc, "plain+flip") if "flip" in probs else None
     return Shown(main, tta)
