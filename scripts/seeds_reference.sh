@@ -4,10 +4,9 @@
 #
 #   bash scripts/seeds_reference.sh                      # DATA, WEIGHTS, WORK, SIZE, EPOCHS, SEEDS as below
 #
-# CPU time (estimate, not measured: this script was written without running it): about 1.5 to 2 hours on an idle
-# 2-core CPU at the defaults (128 px, 4 epochs, 3 seeds): a Lite0 replica ~7-8 min (distill.md: 862 s for 8 epochs
-# at 128 px, idle), Lite1 ~1.3x and Lite2 ~1.6x that (their GFLOPs at 128 px), x 3 seeds; the two ensembles, the
-# report and the figures take a few minutes more. EPOCHS=8 doubles it. Run it on an otherwise idle machine: the
+# CPU time, measured 2026-12-07 on the idle 2-core CPU at the defaults (128 px, 4 epochs, 3 seeds): 53 minutes in
+# all; a replica of Lite0 ~4 min, Lite1 ~5-6, Lite2 ~6 (train_time_s 240-412, 302-385, 340-360 s), the two
+# ensembles, the report and the figures a few minutes. EPOCHS=8 about doubles it. Run it on an otherwise idle machine: the
 # train times in run.json are only comparable then. Re-running resumes (finished replicas are skipped).
 #
 # What it does, each command as a user would type it:
