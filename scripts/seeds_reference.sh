@@ -5,7 +5,7 @@
 #   bash scripts/seeds_reference.sh                      # DATA, WEIGHTS, WORK, SIZE, EPOCHS, SEEDS as below
 #
 # CPU time, measured 2026-12-07 on the idle 2-core CPU at the defaults (128 px, 4 epochs, 3 seeds): 53 minutes in
-# all; a replica of Lite0 ~4 min, Lite1 ~5-6, Lite2 ~6 (train_time_s 240-412, 302-385, 340-360 s), the two
+# all; a replica of Lite0 ~4 min, Lite1 ~5-6, Lite2 ~5.5-6 (train_time_s 240-412, 302-385, 325-360 s), the two
 # ensembles, the report and the figures a few minutes. EPOCHS=8 about doubles it. Run it on an otherwise idle machine: the
 # train times in run.json are only comparable then. Re-running resumes (finished replicas are skipped).
 #
