@@ -143,6 +143,9 @@ def test_two_concurrent_workers_finish_exactly_n(tiny_root, tmp_path):
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING))
 
 
+# study.ask() below stands in for another worker's trial; optuna warns that heartbeats are meant for Study.optimize
+# (what run_study uses), which is true of the stand-in only
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize:UserWarning")
 def test_worker_waits_for_trials_running_elsewhere(tmp_path):
     """With the last trial already running in another worker, a worker waits instead of overshooting."""
     storage = open_storage(f"sqlite:///{tmp_path / 'w.db'}", heartbeat=1)
