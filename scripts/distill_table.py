@@ -113,8 +113,9 @@ def table(rows, views: str, n_entries: int, labels, nc) -> None:
                 gains[m] = pb["delta"] if pb["delta"] > 0 and p < 0.05 else None
             # a share of a gain that is not there (not positive, or not told from zero) is no figure: say so
             kept = "-" if gains[m] is None else f"{pb['delta'] / gains[m]:.0%}"
-            if name == teacher and gains[m] is None:
-                kept = f"- (p {p:.2f}: no gain to keep)"
+            if name == teacher and gains[m] is None:  # why: below the baseline, or not told from it
+                kept = ("- (the teacher is not above the baseline: no gain to keep)" if pb["delta"] <= 0 else
+                        f"- (p {p:.3g} >= 0.05: no gain to keep)")
             print(f"| {name} | {m} | {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}] | {p:.4f} | {kept} |")
 
 
