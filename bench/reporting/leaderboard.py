@@ -54,8 +54,8 @@ class Entry:
     """One leaderboard row. `shown` holds its columns of predictions as bench/reporting/predictions.py decides them
     (the one place that does; the galleries draw from it too): `pred` is its main column, the plain view (no
     test-time augmentation: a model's plain probabilities, an ensemble of its members' plain probabilities), `views`
-    its views; `tta_pred` the entry at its declared views (a model: plain + flip; an ensemble: its --tta views),
-    None when it has no other views. Rows are compared column with column, so no entry's TTA score meets another's
+    its views; `tta_pred` the entry at its declared views (a model: plain + flip; an ensemble: its --tta views; an
+    ensemble with one column: that column), None for a model without flip probabilities. Rows are compared column with column, so no entry's TTA score meets another's
     plain score. The baseline has no `shown`. A row of replicas (`replica_row`) holds its seeds' entries in
     `replicas`: its score is their mean, and its pred, shown and extra are its first seed's (its confusion matrix
     and galleries are drawn from that seed, and say so)."""
