@@ -45,6 +45,7 @@ work=${WORK:-runs-distill-ablation}
 size=${SIZE:-128} epochs=${EPOCHS:-8} k=${K:-5} views=${VIEWS:-8} mixup=${MIXUP:-0.2}
 init_epochs=${INIT_EPOCHS:-$((epochs / 2))}
 seeds=${SEEDS:-0 1 2}
+steps=${STEPS:-a1 a2 a3 a4 a5 a6}  # the students stage runs these steps, each for every seed, in this order
 stage=${STAGE:-all}  # all | members | students | table
 device=${DEVICE:-cpu}
 read -r -a extra <<< "${EXTRA:-}"  # more flags for every bench.run and bench.distill (e.g. --batch-size 16)
@@ -89,19 +90,27 @@ if [ "$stage" = all ] || [ "$stage" = members ]; then
 fi
 
 if [ "$stage" = all ] || [ "$stage" = students ]; then
-  for s in $seeds; do
-    student "a1-s$s" kd3 --epochs "$epochs" --seed "$s"
-    student "a2-s$s" cf3 --epochs "$epochs" --seed "$s"
-    student "a3-s$s" cf3 --epochs "$epochs" --seed "$s" --mode views --views "$views"
-    student "a4-s$s" cf3 --epochs "$epochs" --seed "$s" --mode views --views "$views" --mixup "$mixup"
-    train "init-s$s" "$L0" --epochs "$init_epochs" --seed "$s"
-    # the same teacher, images, views, seed and mixup as a4: its labelled views are reused (their key is checked)
-    mkdir -p "$runs/a5-s$s/$L0"
-    [ -f "$runs/a5-s$s/$L0/teacher_views.npz" ] || cp "$runs/a4-s$s/$L0/teacher_views.npz" "$runs/a5-s$s/$L0/"
-    student "a5-s$s" cf3 --epochs "$((epochs - init_epochs))" --seed "$s" --mode views --views "$views" \
-      --mixup "$mixup" --init "init-s$s/$L0"
-    student "a6-s$s" cf3 --epochs "$((epochs - init_epochs))" --seed "$s" --mode views --views "$views" \
-      --mixup "$mixup" --init "init-s$s/$L0" --unlabelled test
+  # step-major: every step gets all its seeds before the next starts, so a run cut short leaves whole rows
+  for a in $steps; do
+    for s in $seeds; do
+      case $a in
+        a1) student "a1-s$s" kd3 --epochs "$epochs" --seed "$s" ;;
+        a2) student "a2-s$s" cf3 --epochs "$epochs" --seed "$s" ;;
+        a3) student "a3-s$s" cf3 --epochs "$epochs" --seed "$s" --mode views --views "$views" ;;
+        a4) student "a4-s$s" cf3 --epochs "$epochs" --seed "$s" --mode views --views "$views" --mixup "$mixup" ;;
+        a5) train "init-s$s" "$L0" --epochs "$init_epochs" --seed "$s"
+            # the same teacher, images, views, seed and mixup as a4: its labelled views are reused (their key is
+            # checked)
+            mkdir -p "$runs/a5-s$s/$L0"
+            [ -f "$runs/a5-s$s/$L0/teacher_views.npz" ] || cp "$runs/a4-s$s/$L0/teacher_views.npz" "$runs/a5-s$s/$L0/"
+            student "a5-s$s" cf3 --epochs "$((epochs - init_epochs))" --seed "$s" --mode views --views "$views" \
+              --mixup "$mixup" --init "init-s$s/$L0" ;;
+        a6) train "init-s$s" "$L0" --epochs "$init_epochs" --seed "$s"
+            student "a6-s$s" cf3 --epochs "$((epochs - init_epochs))" --seed "$s" --mode views --views "$views" \
+              --mixup "$mixup" --init "init-s$s/$L0" --unlabelled test ;;
+        *) echo "unknown step $a (STEPS takes a1 .. a6)" >&2; exit 2 ;;
+      esac
+    done
   done
 fi
 
@@ -112,11 +121,11 @@ if [ "$stage" = all ] || [ "$stage" = table ]; then
   entry cf3-class cf --tta plain,flip --weights uniform --metric class
   for s in $seeds; do
     entry "alone-s$s-class" "$(alone "$s")" --metric class
-    for a in a1 a2 a3 a4 a5 a6; do entry "$a-s$s-class" "$a-s$s" --metric class; done
+    for a in $steps; do entry "$a-s$s-class" "$a-s$s" --metric class; done
   done
   {  # step<TAB>teacher dir<TAB>baseline dir<TAB>student dir, one line per seed
     for s in $seeds; do
-      for a in a1 a2 a3 a4 a5 a6; do
+      for a in $steps; do
         t=cf3; [ "$a" = a1 ] && t=kd3
         printf '%s\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t" "$runs/$(alone "$s")" "$runs/$a-s$s/$L0"
         printf '%s (rule)\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t-class" "$runs/_ensembles/alone-s$s-class" \
@@ -127,8 +136,10 @@ if [ "$stage" = all ] || [ "$stage" = table ]; then
   python - "$work/pairs.tsv" <<'EOF' | tee "$work/ablation.md"
 """Pooled over seeds: per step, the mean over seeds of (student - Lite0 alone) and of (teacher - Lite0 alone), each
 with the sign-flip p over every (seed, image) share of the difference (bench.stats.image_diff: the shares of one seed
-sum to its difference, so flipping them tests the pooled mean), and kept = student / teacher where the teacher's
-pooled gain is positive with p < 0.05. Which predictions an entry shows at each set of views: scripts/distill_table.py
+sum to its difference, so flipping them tests the pooled mean; it counts image noise only), the student's p counting
+retraining too (bench.stats.seed_compare, as the leaderboard compares replica rows: the seed variance of both rows plus
+the image variance without its retraining part), and kept = student / teacher where the teacher's pooled gain is
+positive with (image) p < 0.05. The teacher is one set of members (seed 0): its retraining noise is not counted. Which predictions an entry shows at each set of views: scripts/distill_table.py
 (`column`, from bench/reporting/predictions.py)."""
 import sys
 from collections import defaultdict
@@ -138,19 +149,20 @@ import numpy as np
 sys.path.insert(0, "scripts")
 from distill_table import column, load  # noqa: E402
 from bench.metrics import TARGETS, image_parts, score  # noqa: E402
-from bench.stats import image_diff, sign_flip_p  # noqa: E402
+from bench.stats import image_diff, seed_compare, sign_flip_p  # noqa: E402
 
 steps = defaultdict(list)
 for line in open(sys.argv[1]):
     step, teacher, base, student = line.rstrip("\n").split("\t")
     steps[step].append([load(f"{n}={d}") for n, d in (("teacher", teacher), ("alone", base), ("student", student))])
-print("| step | views | metric | student - alone, pooled (per seed) | p | teacher - alone, pooled | p | kept |")
-print("| --- | --- | --- | --- | ---: | --- | ---: | ---: |")
+print("| step | views | metric | student - alone, pooled (per seed) | p, images | p, seeds + images "
+      "| teacher - alone, pooled | p, images | kept |")
+print("| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: |")
 for step, seeds in steps.items():
     metrics = ("class",) if step.endswith("(rule)") else ("overall", "class")
     for views in ("plain", "declared"):
         for m in metrics:
-            d_s, d_t, diffs_s, diffs_t = [], [], [], []
+            d_s, d_t, diffs_s, diffs_t, vals_s, vals_b, nums_s, nums_b = [], [], [], [], [], [], [], []
             missing = False
             for (_, t, labels, nc), (_, b, lb, _), (_, s, ls, _) in seeds:
                 preds = [column(x, views) for x in (t, b, s)]
@@ -164,14 +176,21 @@ for step, seeds in steps.items():
                 d_t.append(image_diff(num["t"][0], num["b"][0], den))
                 at = lambda p: score(labels, p, nc)[TARGETS[m]]  # noqa: E731
                 diffs_s.append(at(ps) - at(pb))
+                vals_s.append(at(ps))
+                vals_b.append(at(pb))
+                nums_s.append(num["s"][0])
+                nums_b.append(num["b"][0])
                 diffs_t.append(at(pt) - at(pb))
             if missing:
-                print(f"| {step} | {views} | {m} | no predictions at these views (or other val images) | | | | |")
+                print(f"| {step} | {views} | {m} | no predictions at these views (or other val images) | | | | | |")
                 continue
             ds, dt = float(np.mean(diffs_s)), float(np.mean(diffs_t))
             ps, pt = float(sign_flip_p(np.concatenate(d_s), 10000)), float(sign_flip_p(np.concatenate(d_t), 10000))
             kept = f"{ds / dt:.0%}" if dt > 0 and pt < 0.05 else "- (no gain to keep)"
             each = ", ".join(f"{x:+.4f}" for x in diffs_s)
-            print(f"| {step} | {views} | {m} | {ds:+.4f} ({each}) | {ps:.4f} | {dt:+.4f} | {pt:.4f} | {kept} |")
+            # the same images and labels for every seed (checked above), so one den serves every replica
+            seeds_p = seed_compare(vals_s, vals_b, nums_s, nums_b, den)["p"]
+            print(f"| {step} | {views} | {m} | {ds:+.4f} ({each}) | {ps:.4f} | {seeds_p:.4f} | {dt:+.4f} | {pt:.4f} "
+                  f"| {kept} |")
 EOF
 fi
