@@ -123,13 +123,14 @@ if [ "$stage" = all ] || [ "$stage" = table ]; then
     entry "alone-s$s-class" "$(alone "$s")" --metric class
     for a in $steps; do entry "$a-s$s-class" "$a-s$s" --metric class; done
   done
-  {  # step<TAB>teacher dir<TAB>baseline dir<TAB>student dir, one line per seed
+  {  # step<TAB>teacher dir<TAB>baseline dir<TAB>student dir<TAB>the full-data ensemble kd3's dir, one line per seed
     for s in $seeds; do
       for a in $steps; do
         t=cf3; [ "$a" = a1 ] && t=kd3
-        printf '%s\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t" "$runs/$(alone "$s")" "$runs/$a-s$s/$L0"
-        printf '%s (rule)\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t-class" "$runs/_ensembles/alone-s$s-class" \
-          "$runs/_ensembles/$a-s$s-class"
+        printf '%s\t%s\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t" "$runs/$(alone "$s")" "$runs/$a-s$s/$L0" \
+          "$runs/_ensembles/kd3"
+        printf '%s (rule)\t%s\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t-class" "$runs/_ensembles/alone-s$s-class" \
+          "$runs/_ensembles/$a-s$s-class" "$runs/_ensembles/kd3-class"
       done
     done
   } > "$work/pairs.tsv"
@@ -139,7 +140,10 @@ with the sign-flip p over every (seed, image) share of the difference (bench.sta
 sum to its difference, so flipping them tests the pooled mean; it counts image noise only), the student's p counting
 retraining too (bench.stats.seed_compare, as the leaderboard compares replica rows: the seed variance of both rows plus
 the image variance without its retraining part), and kept = student / teacher where the teacher's pooled gain is
-positive with (image) p < 0.05. The teacher is one set of members (seed 0): its retraining noise is not counted. Which predictions an entry shows at each set of views: scripts/distill_table.py
+positive with (image) p < 0.05. The teacher is one set of members (seed 0): its retraining noise is not counted.
+"kept of kd3" is the same share of the full-data ensemble's gain (kd3: the members trained on all of train, the
+ensemble a user has and cannot submit); for a2-a6 the teacher is the cross-fitted cf3, whose val predictions come
+from fold models that each saw (K-1)/K of train, so the two shares differ. Which predictions an entry shows at each set of views: scripts/distill_table.py
 (`column`, from bench/reporting/predictions.py)."""
 import sys
 from collections import defaultdict
@@ -153,27 +157,30 @@ from bench.stats import image_diff, seed_compare, sign_flip_p  # noqa: E402
 
 steps = defaultdict(list)
 for line in open(sys.argv[1]):
-    step, teacher, base, student = line.rstrip("\n").split("\t")
-    steps[step].append([load(f"{n}={d}") for n, d in (("teacher", teacher), ("alone", base), ("student", student))])
+    step, teacher, base, student, full = line.rstrip("\n").split("\t")
+    steps[step].append([load(f"{n}={d}") for n, d in
+                        (("teacher", teacher), ("alone", base), ("student", student), ("kd3", full))])
 print("| step | views | metric | student - alone, pooled (per seed) | p, images | p, seeds + images "
-      "| teacher - alone, pooled | p, images | kept |")
-print("| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: |")
+      "| teacher - alone, pooled | p, images | kept | kd3 - alone, pooled | p, images | kept of kd3 |")
+print("| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: |")
 for step, seeds in steps.items():
     metrics = ("class",) if step.endswith("(rule)") else ("overall", "class")
     for views in ("plain", "declared"):
         for m in metrics:
-            d_s, d_t, diffs_s, diffs_t, vals_s, vals_b, nums_s, nums_b = [], [], [], [], [], [], [], []
+            d_s, d_t, d_f, diffs_s, diffs_t, diffs_f, vals_s, vals_b, nums_s, nums_b = ([] for _ in range(10))
             missing = False
-            for (_, t, labels, nc), (_, b, lb, _), (_, s, ls, _) in seeds:
-                preds = [column(x, views) for x in (t, b, s)]
-                if any(p is None for p in preds) or (lb != labels).any() or (ls != labels).any():
+            for (_, t, labels, nc), (_, b, lb, _), (_, s, ls, _), (_, f, lf, _) in seeds:
+                preds = [column(x, views) for x in (t, b, s, f)]
+                if any(p is None for p in preds) or any((x != labels).any() for x in (lb, ls, lf)):
                     missing = True
                     break
-                pt, pb, ps = preds
-                num = {k: image_parts(labels, p == labels, nc, m) for k, p in (("t", pt), ("b", pb), ("s", ps))}
+                pt, pb, ps, pf = preds
+                num = {k: image_parts(labels, p == labels, nc, m) for k, p in (("t", pt), ("b", pb), ("s", ps),
+                                                                               ("f", pf))}
                 den = num["b"][1]
                 d_s.append(image_diff(num["s"][0], num["b"][0], den))
                 d_t.append(image_diff(num["t"][0], num["b"][0], den))
+                d_f.append(image_diff(num["f"][0], num["b"][0], den))
                 at = lambda p: score(labels, p, nc)[TARGETS[m]]  # noqa: E731
                 diffs_s.append(at(ps) - at(pb))
                 vals_s.append(at(ps))
@@ -181,16 +188,19 @@ for step, seeds in steps.items():
                 nums_s.append(num["s"][0])
                 nums_b.append(num["b"][0])
                 diffs_t.append(at(pt) - at(pb))
+                diffs_f.append(at(pf) - at(pb))
             if missing:
-                print(f"| {step} | {views} | {m} | no predictions at these views (or other val images) | | | | | |")
+                print(f"| {step} | {views} | {m} | no predictions at these views (or other val images) |"
+                      + " |" * 8)
                 continue
-            ds, dt = float(np.mean(diffs_s)), float(np.mean(diffs_t))
-            ps, pt = float(sign_flip_p(np.concatenate(d_s), 10000)), float(sign_flip_p(np.concatenate(d_t), 10000))
+            ds, dt, df = (float(np.mean(x)) for x in (diffs_s, diffs_t, diffs_f))
+            ps, pt, pf = (float(sign_flip_p(np.concatenate(x), 10000)) for x in (d_s, d_t, d_f))
             kept = f"{ds / dt:.0%}" if dt > 0 and pt < 0.05 else "- (no gain to keep)"
+            kept_f = f"{ds / df:.0%}" if df > 0 and pf < 0.05 else "- (no gain to keep)"
             each = ", ".join(f"{x:+.4f}" for x in diffs_s)
             # the same images and labels for every seed (checked above), so one den serves every replica
             seeds_p = seed_compare(vals_s, vals_b, nums_s, nums_b, den)["p"]
             print(f"| {step} | {views} | {m} | {ds:+.4f} ({each}) | {ps:.4f} | {seeds_p:.4f} | {dt:+.4f} | {pt:.4f} "
-                  f"| {kept} |")
+                  f"| {kept} | {df:+.4f} | {pf:.4f} | {kept_f} |")
 EOF
 fi
