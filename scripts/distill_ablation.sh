@@ -37,6 +37,9 @@
 #     a6 ~40 (5000 images: views ~24 + training) = ~180 min; three seeds ~540 min;
 #   in all ~16 h at K 5, ~13 h at K 3, ~12 h at K 2 (+ a few minutes of bench.ensemble class entries). Longer
 #   schedules scale the training parts with EPOCHS; the views' labelling scales with VIEWS.
+# Measured (2026-12-07, idle, reports/reference/distill.md) at EPOCHS 4, K 3, VIEWS 4: cross-fitted members 37 min;
+#   three seeds of a2 16 min, a3 23, a4 23, a5 16 (init runs included), a6 24; the table 2 min (the kd members,
+#   Lite0 alone and a1 came from an earlier run: ~15, ~8 and ~16 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${DATA:-../shared/fashion-dev}
