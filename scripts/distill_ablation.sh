@@ -146,8 +146,8 @@ the image variance without its retraining part), and kept = student / teacher wh
 positive with (image) p < 0.05. The teacher is one set of members (seed 0): its retraining noise is not counted.
 "kept of kd3" is the same share of the full-data ensemble's gain (kd3: the members trained on all of train, the
 ensemble a user has and cannot submit); for a2-a6 the teacher is the cross-fitted cf3, whose val predictions come
-from fold models that each saw (K-1)/K of train, so the two shares differ. Which predictions an entry shows at each set of views: scripts/distill_table.py
-(`column`, from bench/reporting/predictions.py)."""
+from fold models that each saw (K-1)/K of train, so the two shares differ. Which predictions an entry shows at each
+set of views: scripts/distill_table.py (`column`, from bench/reporting/predictions.py)."""
 import sys
 from collections import defaultdict
 
@@ -170,7 +170,8 @@ for step, seeds in steps.items():
     metrics = ("class",) if step.endswith("(rule)") else ("overall", "class")
     for views in ("plain", "declared"):
         for m in metrics:
-            d_s, d_t, d_f, diffs_s, diffs_t, diffs_f, vals_s, vals_b, nums_s, nums_b = ([] for _ in range(10))
+            d_s, d_t, d_f, nums_s, nums_b = [], [], [], [], []
+            vals = {"t": [], "b": [], "s": [], "f": []}  # per seed, each model's metric
             missing = False
             for (_, t, labels, nc), (_, b, lb, _), (_, s, ls, _), (_, f, lf, _) in seeds:
                 preds = [column(x, views) for x in (t, b, s, f)]
@@ -184,25 +185,23 @@ for step, seeds in steps.items():
                 d_s.append(image_diff(num["s"][0], num["b"][0], den))
                 d_t.append(image_diff(num["t"][0], num["b"][0], den))
                 d_f.append(image_diff(num["f"][0], num["b"][0], den))
-                at = lambda p: score(labels, p, nc)[TARGETS[m]]  # noqa: E731
-                diffs_s.append(at(ps) - at(pb))
-                vals_s.append(at(ps))
-                vals_b.append(at(pb))
+                for k, p in (("t", pt), ("b", pb), ("s", ps), ("f", pf)):
+                    vals[k].append(score(labels, p, nc)[TARGETS[m]])
                 nums_s.append(num["s"][0])
                 nums_b.append(num["b"][0])
-                diffs_t.append(at(pt) - at(pb))
-                diffs_f.append(at(pf) - at(pb))
             if missing:
                 print(f"| {step} | {views} | {m} | no predictions at these views (or other val images) |"
                       + " |" * 8)
                 continue
-            ds, dt, df = (float(np.mean(x)) for x in (diffs_s, diffs_t, diffs_f))
+            base = np.array(vals["b"])
+            diffs_s = np.array(vals["s"]) - base
+            ds, dt, df = (float(np.mean(np.array(vals[k]) - base)) for k in ("s", "t", "f"))
             ps, pt, pf = (float(sign_flip_p(np.concatenate(x), 10000)) for x in (d_s, d_t, d_f))
             kept = f"{ds / dt:.0%}" if dt > 0 and pt < 0.05 else "- (no gain to keep)"
             kept_f = f"{ds / df:.0%}" if df > 0 and pf < 0.05 else "- (no gain to keep)"
             each = ", ".join(f"{x:+.4f}" for x in diffs_s)
             # the same images and labels for every seed (checked above), so one den serves every replica
-            seeds_p = seed_compare(vals_s, vals_b, nums_s, nums_b, den)["p"]
+            seeds_p = seed_compare(vals["s"], vals["b"], nums_s, nums_b, den)["p"]
             print(f"| {step} | {views} | {m} | {ds:+.4f} ({each}) | {ps:.4f} | {seeds_p:.4f} | {dt:+.4f} | {pt:.4f} "
                   f"| {kept} | {df:+.4f} | {pf:.4f} | {kept_f} |")
 EOF
