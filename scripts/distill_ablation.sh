@@ -23,7 +23,9 @@
 #   a5-s      + init: the student starts from a Lite0 fine-tuned for INIT_EPOCHS epochs (init-s) and distils for
 #             EPOCHS - INIT_EPOCHS epochs, so its weights saw EPOCHS epochs in all, as Lite0 alone did
 #   a6-s      + unlabelled test images (--unlabelled test: transductive, the row says so)
-# Each student's share is of the gain of the teacher it learned from (kd3 for a1, cf3 for a2-a6), over the same
+#   a1v-s     off the chain (not in the default STEPS): in-sample targets with consistent views, a1 + --mode views
+#             --views VIEWS from kd3; function matching's own setting (its teacher trained on the student's images)
+# Each student's share is of the gain of the teacher it learned from (kd3 for a1 and a1v, cf3 for a2-a6), over the same
 # Lite0-alone seeds; a share is printed only where that gain is positive with pooled p < 0.05.
 #
 # CPU time (2 cores, idle; from reports/reference/distill.md: an 8-epoch Lite0 student with cached targets ~22 min,
@@ -98,6 +100,7 @@ if [ "$stage" = all ] || [ "$stage" = students ]; then
     for s in $seeds; do
       case $a in
         a1) student "a1-s$s" kd3 --epochs "$epochs" --seed "$s" ;;
+        a1v) student "a1v-s$s" kd3 --epochs "$epochs" --seed "$s" --mode views --views "$views" ;;
         a2) student "a2-s$s" cf3 --epochs "$epochs" --seed "$s" ;;
         a3) student "a3-s$s" cf3 --epochs "$epochs" --seed "$s" --mode views --views "$views" ;;
         a4) student "a4-s$s" cf3 --epochs "$epochs" --seed "$s" --mode views --views "$views" --mixup "$mixup" ;;
@@ -111,7 +114,7 @@ if [ "$stage" = all ] || [ "$stage" = students ]; then
         a6) train "init-s$s" "$L0" --epochs "$init_epochs" --seed "$s"
             student "a6-s$s" cf3 --epochs "$((epochs - init_epochs))" --seed "$s" --mode views --views "$views" \
               --mixup "$mixup" --init "init-s$s/$L0" --unlabelled test ;;
-        *) echo "unknown step $a (STEPS takes a1 .. a6)" >&2; exit 2 ;;
+        *) echo "unknown step $a (STEPS takes a1 .. a6, a1v)" >&2; exit 2 ;;
       esac
     done
   done
@@ -129,7 +132,7 @@ if [ "$stage" = all ] || [ "$stage" = table ]; then
   {  # step<TAB>teacher dir<TAB>baseline dir<TAB>student dir<TAB>the full-data ensemble kd3's dir, one line per seed
     for s in $seeds; do
       for a in $steps; do
-        t=cf3; [ "$a" = a1 ] && t=kd3
+        t=cf3; case $a in a1 | a1v) t=kd3 ;; esac
         printf '%s\t%s\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t" "$runs/$(alone "$s")" "$runs/$a-s$s/$L0" \
           "$runs/_ensembles/kd3"
         printf '%s (rule)\t%s\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t-class" "$runs/_ensembles/alone-s$s-class" \
