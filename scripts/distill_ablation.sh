@@ -42,6 +42,8 @@
 # Measured (2026-12-07, idle, reports/reference/distill.md) at EPOCHS 4, K 3, VIEWS 4: cross-fitted members 37 min;
 #   three seeds of a2 16 min, a3 23, a4 23, a5 16 (init runs included), a6 24; the table 2 min (the kd members,
 #   Lite0 alone and a1 came from an earlier run: ~15, ~8 and ~16 min).
+# At K 5 (same settings): cross-fitted members 69 min (fold models 3.7-3.9x a member's training); three seeds of a2
+#   15 min, a3 21, a1v 22.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${DATA:-../shared/fashion-dev}
