@@ -543,3 +543,25 @@ def test_cached_targets_honour_the_stream_data_mode(runs, tiny_root, monkeypatch
             np.load(runs / "resident/resnet18" / TARGETS_FILE) as r:
         for view in ("plain", "flip"):
             assert s[view] == pytest.approx(r[view], abs=1e-6)
+
+
+def test_views_mode_under_the_stream_data_mode_labels_and_trains_as_the_resident_mode(runs, tiny_root):
+    """--mode views with --data-mode stream: the views are rendered from the memory-mapped training images
+    (MappedImages, mixup partners gathered by row), so the teacher's stored probabilities, the views' parameters and
+    the student trained on them equal the resident mode's."""
+    from bench.distilling.views import VIEWS_FILE
+    spec = lambda run, mode: DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs,  # noqa: E731
+                                         run=run, data=tiny_root, progress=False, data_mode=mode, mode="views",
+                                         views=2, mixup=0.4,
+                                         overrides={"size": 32, "epochs": 2, "batch_size": 16, "pretrained": "none"})
+    streamed = distill(spec("v-streamed", "stream"), "cpu")
+    resident = distill(spec("v-resident", "resident"), "cpu")
+    assert streamed["data_mode"]["mode"] == "stream" and resident["data_mode"]["mode"] == "resident"
+    with np.load(runs / "v-streamed/resnet18" / VIEWS_FILE) as s, \
+            np.load(runs / "v-resident/resnet18" / VIEWS_FILE) as r:
+        assert sorted(s.files) == sorted(r.files)
+        for k in s.files:
+            assert s[k].shape == r[k].shape and np.array_equal(s[k], r[k]), k
+    with np.load(runs / "v-streamed/resnet18/probs_val.npz") as s, \
+            np.load(runs / "v-resident/resnet18/probs_val.npz") as r:
+        assert s["plain"] == pytest.approx(r["plain"], abs=1e-5)
