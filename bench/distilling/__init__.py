@@ -24,5 +24,6 @@ DEFAULT_ALPHA = 0.5
 # 8-epoch student sees each view once, as the measured ones did). --mixup stays off: 0.2 cost 0.75 points at 4 epochs.
 # The later K-5 run (same file, "Issue #37, K 5 and in-sample targets with views") found views better than cached
 # targets for the in-sample teacher too (+0.71 points overall, three seeds, seed-aware p 0.004): `auto` should pick
-# views on the CPU. Not switched yet: tests pin the cached default, and views under --data-mode stream are untested.
+# views on the CPU. Not switched yet: tests pin the cached default, and --refit with views is untried (views under
+# --data-mode stream are tested: tests/test_distill.py).
 DEFAULT_VIEWS = 8
