@@ -198,13 +198,12 @@ for step, seeds in steps.items():
                 print(f"| {step} | {views} | {m} | no predictions at these views (or other val images) |"
                       + " |" * 8)
                 continue
-            base = np.array(vals["b"])
-            diffs_s = np.array(vals["s"]) - base
-            ds, dt, df = (float(np.mean(np.array(vals[k]) - base)) for k in ("s", "t", "f"))
+            diffs = {k: np.array(vals[k]) - np.array(vals["b"]) for k in ("s", "t", "f")}  # per seed, vs alone
+            ds, dt, df = (float(diffs[k].mean()) for k in ("s", "t", "f"))
             ps, pt, pf = (float(sign_flip_p(np.concatenate(x), 10000)) for x in (d_s, d_t, d_f))
             kept = f"{ds / dt:.0%}" if dt > 0 and pt < 0.05 else "- (no gain to keep)"
             kept_f = f"{ds / df:.0%}" if df > 0 and pf < 0.05 else "- (no gain to keep)"
-            each = ", ".join(f"{x:+.4f}" for x in diffs_s)
+            each = ", ".join(f"{x:+.4f}" for x in diffs["s"])
             # the same images and labels for every seed (checked above), so one den serves every replica
             seeds_p = seed_compare(vals["s"], vals["b"], nums_s, nums_b, den)["p"]
             print(f"| {step} | {views} | {m} | {ds:+.4f} ({each}) | {ps:.4f} | {seeds_p:.4f} | {dt:+.4f} | {pt:.4f} "

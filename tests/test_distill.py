@@ -520,6 +520,13 @@ def test_init_starts_the_student_from_a_runs_weights_or_an_exported_file(runs, t
     assert "student initialised from `default/resnet18`" in row["val_scoring"] and row["init"] == "run"
 
 
+def data_mode_spec(runs, root, run, data_mode, epochs, **kw) -> DistillSpec:
+    """A tiny student of the teacher `default,b` at `data_mode` (the data-mode tests' common settings)."""
+    return DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs, run=run, data=root, progress=False,
+                       data_mode=data_mode, overrides={"size": 32, "epochs": epochs, "batch_size": 16,
+                                                       "pretrained": "none"}, **kw)
+
+
 def test_cached_targets_honour_the_stream_data_mode(runs, tiny_root, monkeypatch):
     """--data-mode stream: the teacher's images are read from the memory-mapped decode cache batch by batch (they
     were decoded into memory whatever the mode), and the targets are the resident mode's."""
@@ -531,9 +538,7 @@ def test_cached_targets_honour_the_stream_data_mode(runs, tiny_root, monkeypatch
         return load(files, size, policy, **kw)
 
     monkeypatch.setattr(teacher_module, "load_images", recording)
-    spec = lambda run, mode: DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs,  # noqa: E731
-                                         run=run, data=tiny_root, progress=False, data_mode=mode,
-                                         overrides={"size": 32, "epochs": 1, "batch_size": 16, "pretrained": "none"})
+    spec = lambda run, mode: data_mode_spec(runs, tiny_root, run, mode, epochs=1)  # noqa: E731
     meta = distill(spec("streamed", "stream"), "cpu")
     assert meta["data_mode"]["mode"] == "stream" and calls == [True, True]  # one decode per member, memory-mapped
     calls.clear()
@@ -550,10 +555,8 @@ def test_views_mode_under_the_stream_data_mode_labels_and_trains_as_the_resident
     (MappedImages, mixup partners gathered by row), so the teacher's stored probabilities, the views' parameters and
     the student trained on them equal the resident mode's."""
     from bench.distilling.views import VIEWS_FILE
-    spec = lambda run, mode: DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs,  # noqa: E731
-                                         run=run, data=tiny_root, progress=False, data_mode=mode, mode="views",
-                                         views=2, mixup=0.4,
-                                         overrides={"size": 32, "epochs": 2, "batch_size": 16, "pretrained": "none"})
+    spec = lambda run, dm: data_mode_spec(runs, tiny_root, run, dm, epochs=2, mode="views", views=2,  # noqa: E731
+                                          mixup=0.4)
     streamed = distill(spec("v-streamed", "stream"), "cpu")
     resident = distill(spec("v-resident", "resident"), "cpu")
     assert streamed["data_mode"]["mode"] == "stream" and resident["data_mode"]["mode"] == "resident"
