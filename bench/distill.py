@@ -22,15 +22,16 @@ from bench.tracking import add_tracking_arguments, tracker_from_args
 from bench.training.arguments import add_recipe_arguments, add_run_control_arguments, recipe_overrides
 from zoo.recipes import RECIPE_NAMES
 
-MODE_HELP = ("cached (default on the CPU): the teacher's probabilities for every training image, plain and mirrored, "
-             "computed once and stored in the student's run folder (a resumed run reuses them); each step a "
-             "mirrored image gets the mirrored view's target, any other the plain view's (the teacher does not see "
-             "the crop, rotation or colour jitter). online (default on CUDA): every member runs on the student's "
-             "augmented batch at each step (inference mode, autocast), so the target matches what the student sees; "
-             "costs a forward pass of every member per step. views: the teacher labels --views V fixed augmented "
+MODE_HELP = ("auto (default): views on the CPU, online on CUDA. views: the teacher labels --views V fixed augmented "
              "views of every training image once (crop, flip, rotation, jitter, with --mixup a partner image; drawn "
              "from --seed and stored with the probabilities in teacher_views.npz) and epoch e of the student trains "
-             "on exactly view e mod V: the online mode's consistency at the cost of V teacher passes, once. Targets "
+             "on exactly view e mod V: the online mode's consistency at the cost of V teacher passes, once. online: "
+             "every member runs on the student's augmented batch at each step (inference mode, autocast), so the "
+             "target matches what the student sees; costs a forward pass of every member per step. cached: the "
+             "teacher's probabilities for every training image, plain and mirrored, computed once and stored in the "
+             "student's run folder (a resumed run reuses them); each step a mirrored image gets the mirrored view's "
+             "target, any other the plain view's (the teacher does not see the crop, rotation or colour jitter); "
+             "the cheapest, and measured below views (reports/reference/distill.md). Targets "
              "are in-sample when the members trained on the training images (more confident than on new images), "
              "out-of-fold when they were cross-fitted over train (bench.run --folds K --pool train; cached mode: "
              "their probs_train_oof.npz); run.json and the leaderboard row say which")
@@ -49,10 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="a zoo name or any timm model name")
     p.add_argument("--mode", default="auto", choices=["auto", "cached", "online", "views"], help=MODE_HELP)
     p.add_argument("--views", type=int, metavar="V",
-                   help=f"--mode views: how many stored views per training image (at least 1; default "
+                   help=f"views mode (--mode views, or auto on the CPU): how many stored views per training image (at least 1; default "
                         f"{DEFAULT_VIEWS}); epoch e trains on view e mod V")
     p.add_argument("--mixup", type=float, metavar="ALPHA",
-                   help="--mode views: mix each view with another training image's view of the same v, lam ~ "
+                   help="views mode (--mode views, or auto on the CPU): mix each view with another training image's view of the same v, lam ~ "
                         "Beta(ALPHA, ALPHA) (drawn from --seed, stored); the teacher labels the mixed image, the "
                         "label term is the mixup loss of both labels (default: no mixup)")
     p.add_argument("--init", metavar="RUN/MODEL|FILE.safetensors",
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_arguments(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_run_control_arguments(p)  # --data-mode, --compile, --checkpoint-every, --precision, --seed
-    p.add_argument("--force", action="store_true", help="retrain the student (and recompute cached targets)")
+    p.add_argument("--force", action="store_true", help="retrain the student (and relabel its teacher targets or views)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip rebuilding the leaderboard")
     add_tracking_arguments(p)

@@ -10,14 +10,17 @@
 #   bash scripts/distill_ablation.sh                    # defaults below; re-running resumes and skips what is done
 #   K=3 EPOCHS=12 VIEWS=12 WORK=/work/d37k3 bash scripts/distill_ablation.sh
 #   STAGE=members bash scripts/distill_ablation.sh      # only the members, k-fold members and Lite0-alone runs
+#   STEPS=a1v EPOCHS=8 bash scripts/distill_ablation.sh # in-sample steps only (a1, a1v): no k-fold members trained
 #   STAGE=table bash scripts/distill_ablation.sh        # only the tables, from finished runs
 #   DATA=/tmp/demo SIZE=32 EPOCHS=2 INIT_EPOCHS=1 K=2 VIEWS=2 SEEDS="0 1" EXTRA="--batch-size 16" WORK=/tmp/abl \
 #     bash scripts/distill_ablation.sh                  # a smoke run of the whole pipeline on tiny data (minutes)
 #
 # Rows (seed s in SEEDS; the teacher's members are trained once, seed 0, as in reports/reference/distill.md):
 #   alone-s   Lite0 alone, EPOCHS epochs (seed 0 is the member kd/tf_efficientnet_lite0)
-#   a1-s      in-sample cached targets (today's default): teacher kd3 = uniform mean of the Lite0/1/2 members
-#   a2-s      cross-fitted: teacher cf3 = the same three models cross-fitted over train (--folds K --pool train)
+#   a1-s      in-sample cached targets (--mode cached, the CPU default until views measured better): teacher kd3 =
+#             uniform mean of the Lite0/1/2 members
+#   a2-s      cross-fitted: teacher cf3 = the same three models cross-fitted over train (--folds K --pool train),
+#             cached targets
 #   a3-s      + consistent views: --mode views --views VIEWS
 #   a4-s      + mixup: --mixup MIXUP
 #   a5-s      + init: the student starts from a Lite0 fine-tuned for INIT_EPOCHS epochs (init-s) and distils for
@@ -53,6 +56,7 @@ size=${SIZE:-128} epochs=${EPOCHS:-8} k=${K:-5} views=${VIEWS:-8} mixup=${MIXUP:
 init_epochs=${INIT_EPOCHS:-$((epochs / 2))}
 seeds=${SEEDS:-0 1 2}
 steps=${STEPS:-a1 a2 a3 a4 a5 a6}  # the students stage runs these steps, each for every seed, in this order
+cf_steps=$(tr ' ' '\n' <<< "$steps" | grep -Ev '^(a1|a1v)?$' || true)  # steps that learn from cf3 (a2-a6)
 stage=${STAGE:-all}  # all | members | students | table
 device=${DEVICE:-cpu}
 read -r -a extra <<< "${EXTRA:-}"  # more flags for every bench.run and bench.distill (e.g. --batch-size 16)
@@ -89,11 +93,13 @@ if [ "$stage" = all ] || [ "$stage" = members ]; then
     train kd "$m" --epochs "$epochs" --seed 0
   done
   for s in $seeds; do [ "$s" = 0 ] || train "alone-s$s" "$L0" --epochs "$epochs" --seed "$s"; done
-  for m in tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2; do
-    train cf "$m" --epochs "$epochs" --seed 0 --folds "$k" --pool train
-  done
   entry kd3 kd --tta plain,flip --weights uniform --metric overall
-  entry cf3 cf --tta plain,flip --weights uniform --metric overall
+  if [ -n "$cf_steps" ]; then  # the expensive part: only when a step learns from cf3
+    for m in tf_efficientnet_lite0 tf_efficientnet_lite1 tf_efficientnet_lite2; do
+      train cf "$m" --epochs "$epochs" --seed 0 --folds "$k" --pool train
+    done
+    entry cf3 cf --tta plain,flip --weights uniform --metric overall
+  fi
 fi
 
 if [ "$stage" = all ] || [ "$stage" = students ]; then
@@ -101,9 +107,9 @@ if [ "$stage" = all ] || [ "$stage" = students ]; then
   for a in $steps; do
     for s in $seeds; do
       case $a in
-        a1) student "a1-s$s" kd3 --epochs "$epochs" --seed "$s" ;;
+        a1) student "a1-s$s" kd3 --epochs "$epochs" --seed "$s" --mode cached ;;
         a1v) student "a1v-s$s" kd3 --epochs "$epochs" --seed "$s" --mode views --views "$views" ;;
-        a2) student "a2-s$s" cf3 --epochs "$epochs" --seed "$s" ;;
+        a2) student "a2-s$s" cf3 --epochs "$epochs" --seed "$s" --mode cached ;;
         a3) student "a3-s$s" cf3 --epochs "$epochs" --seed "$s" --mode views --views "$views" ;;
         a4) student "a4-s$s" cf3 --epochs "$epochs" --seed "$s" --mode views --views "$views" --mixup "$mixup" ;;
         a5) train "init-s$s" "$L0" --epochs "$init_epochs" --seed "$s"
@@ -126,7 +132,7 @@ alone() { if [ "$1" = 0 ]; then echo "kd/$L0"; else echo "alone-s$1/$L0"; fi; }
 if [ "$stage" = all ] || [ "$stage" = table ]; then
   # the class-average rule of every entry: logit adjustment, tau fitted by 5-fold CV on val, scored out of fold
   entry kd3-class kd --tta plain,flip --weights uniform --metric class
-  entry cf3-class cf --tta plain,flip --weights uniform --metric class
+  [ -z "$cf_steps" ] || entry cf3-class cf --tta plain,flip --weights uniform --metric class
   for s in $seeds; do
     entry "alone-s$s-class" "$(alone "$s")" --metric class
     for a in $steps; do entry "$a-s$s-class" "$a-s$s" --metric class; done

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench.artifacts import read_run
 from bench.distilling.distill import TARGETS_FILE, DistillSpec, distill, prepare
@@ -200,9 +199,11 @@ def test_a_killed_distillation_resumes_to_the_uninterrupted_one(runs, tiny_root,
 
 
 def test_student_of_an_ensemble_entry_end_to_end(runs, tiny_root, tmp_path):
-    """Entry -> student: its targets cover exactly the training images (no val image), run.json records the
-    teacher, the leaderboard row says where it comes from, and bench.ensemble fits its decision rule."""
+    """Entry -> student, at the defaults: on the CPU the mode is views (8 stored views; the cached targets are not
+    computed), its views cover exactly the training images (no val image), run.json records the teacher, the
+    leaderboard row says where it comes from, and bench.ensemble fits its decision rule."""
     from bench.distill import main as distill_main
+    from bench.distilling.views import VIEWS_FILE
     from bench.ensemble import main as ensemble_main
     meta_b = json.loads((runs / "b/resnet18/run.json").read_text())
     meta_b["from_study"] = "s1"  # a member whose parameters were chosen on val
@@ -212,19 +213,21 @@ def test_student_of_an_ensemble_entry_end_to_end(runs, tiny_root, tmp_path):
                          *COMMON])
     student = runs / "distill-ens" / "resnet18"
     d = meta["distill"]
-    assert d["teacher"] == "ens" and d["mode"] == "cached" and d["temperature"] == 2.0 and d["alpha"] == 0.5
+    assert d["teacher"] == "ens" and d["mode"] == "views" and d["temperature"] == 2.0 and d["alpha"] == 0.5
+    assert d["views"]["count"] == 8 and d["views"]["mixup"] is None and not (student / TARGETS_FILE).exists()
     assert [m["label"] for m in d["teacher_detail"]["members"]] == ["b/resnet18", "default/resnet18"]
     assert d["teacher_detail"]["members_selected_on_val"] == ["b/resnet18"]
     assert d["labelled_by_teacher"] == {"train": 120, "unlabelled": 0, "val": 0}
-    with np.load(student / TARGETS_FILE) as z:
+    with np.load(student / VIEWS_FILE) as z:
         files = [str(f) for f in z["files"]]
+        assert z["probs"].shape[:2] == (8, 120)
     from bench.data import open_dataset
     ds = open_dataset(tiny_root)
     assert files == [str(f) for f in ds.files("train")]
     assert not set(files) & {str(f) for f in ds.files("val")}  # no val image's target reaches the student
     board = pd.read_csv(tmp_path / "reports" / "leaderboard.csv")  # a folder named runs reports beside it
     row = board[board["entry"] == "distill-ens/resnet18"].iloc[0]
-    assert "distilled from `ens` (cached, T 2, alpha 0.5)" in row["val_scoring"]
+    assert "distilled from `ens` (views: 8 stored views, T 2, alpha 0.5)" in row["val_scoring"]
     assert "teacher members selected on val: b/resnet18 (the student inherits that optimism)" in row["val_scoring"]
     result = ensemble_main(["--runs-dir", str(runs), "--runs", "distill-ens", "--metric", "class", "--name", "one",
                             "--out", str(tmp_path / "sub1"), "--no-report"])
@@ -318,20 +321,27 @@ def test_test_split_images_are_transductive_however_they_are_named(runs, tiny_ro
     assert "transductive: 3 of them from the test split" in row["val_scoring"]
 
 
-def test_refit_distils_again_on_train_and_val_and_writes_the_students_test_probabilities(runs, tiny_root):
-    """--refit: the val run's targets cover train only; the refit's cover train + val (its teacher labels the val
-    images too); the student's test probabilities become the refit model's, the val run's are kept aside."""
+@pytest.mark.parametrize("mode", ["cached", "views"])
+def test_refit_distils_again_on_train_and_val_and_writes_the_students_test_probabilities(runs, tiny_root, mode):
+    """--refit: the val run's targets (cached) or labelled views cover train only; the refit's cover train + val
+    (its teacher labels the val images too); the student's test probabilities become the refit model's, the val
+    run's are kept aside."""
     from bench.data import open_dataset
     from bench.distill import main as distill_main
-    meta = distill_main(["--teacher", "default,b", "--student", "resnet18", "--run", "kd-refit", "--refit",
-                         "--out", str(runs), "--data", str(tiny_root), "--no-report", *COMMON])
-    student = runs / "kd-refit" / "resnet18"
+    from bench.distilling.views import VIEWS_FILE
+    meta = distill_main(["--teacher", "default,b", "--student", "resnet18", "--run", f"kd-refit-{mode}", "--refit",
+                         "--mode", mode, "--out", str(runs), "--data", str(tiny_root), "--no-report", *COMMON])
+    student = runs / f"kd-refit-{mode}" / "resnet18"
     ds = open_dataset(tiny_root)
     train, val = [str(f) for f in ds.files("train")], [str(f) for f in ds.files("val")]
-    with np.load(student / TARGETS_FILE) as z:
+    stored = TARGETS_FILE if mode == "cached" else VIEWS_FILE
+    with np.load(student / stored) as z:
         assert [str(f) for f in z["files"]] == train  # the val run: no val image's target
-    with np.load(student / "refit" / TARGETS_FILE) as z:
+    with np.load(student / "refit" / stored) as z:
         assert [str(f) for f in z["files"]] == train + val
+        if mode == "views":  # every view of every pooled image labelled
+            assert z["probs"].shape[:2] == (8, len(train + val))
+    assert meta["distill"]["mode"] == mode
     with np.load(student / "refit" / "probs_test.npz") as r, np.load(student / "probs_test.npz") as s, \
             np.load(student / "probs_test_valrun.npz") as v:
         np.testing.assert_array_equal(s["plain"], r["plain"])
@@ -426,16 +436,17 @@ def test_a_student_of_cross_fitted_members_is_labelled_out_of_fold(cf_runs, tiny
     leaderboard row say `targets out-of-fold`, a student of ordinary members `targets in-sample`."""
     from bench.artifacts import load_npz
     from bench.distill import main as distill_main
-    meta = distill_main(["--teacher", "cf,cf2", "--student", "resnet18", "--run", "oof", "--out", str(cf_runs),
-                         "--data", str(tiny_root), *COMMON[:2], "--epochs", "1", *COMMON[4:]])
+    meta = distill_main(["--teacher", "cf,cf2", "--student", "resnet18", "--run", "oof", "--mode", "cached",
+                         "--out", str(cf_runs), "--data", str(tiny_root), *COMMON[:2], "--epochs", "1", *COMMON[4:]])
     assert meta["distill"]["targets"] == "out-of-fold" and meta["distill"]["in_sample_note"] is None
     assert meta["distill"]["provenance"] == "distilled from `cf,cf2` (cached, T 2, alpha 0.5); targets out-of-fold"
     stored = [load_npz(cf_runs / run / "resnet18" / "probs_train_oof.npz") for run in ("cf", "cf2")]
     with np.load(cf_runs / "oof" / "resnet18" / TARGETS_FILE) as z:
         for view in ("plain", "flip"):
             assert z[view] == pytest.approx((stored[0][view] + stored[1][view]) / 2, abs=1e-6)
-    insample = distill_main(["--teacher", "default,b", "--student", "resnet18", "--run", "ins", "--out", str(cf_runs),
-                             "--data", str(tiny_root), *COMMON[:2], "--epochs", "1", *COMMON[4:]])
+    insample = distill_main(["--teacher", "default,b", "--student", "resnet18", "--run", "ins", "--mode", "cached",
+                             "--out", str(cf_runs), "--data", str(tiny_root), *COMMON[:2], "--epochs", "1",
+                             *COMMON[4:]])
     assert insample["distill"]["targets"] == "in-sample"
     board = pd.read_csv(tmp_path / "reports" / "leaderboard.csv")
     rows = board.set_index("entry")["val_scoring"]
@@ -443,12 +454,26 @@ def test_a_student_of_cross_fitted_members_is_labelled_out_of_fold(cf_runs, tiny
     assert "distilled from `default,b` (cached, T 2, alpha 0.5); targets in-sample" in rows["ins/resnet18"]
 
 
+def test_auto_mode_is_views_on_the_cpu_and_online_on_cuda():
+    """The mode `auto` resolves to (prepare, before anything is written): views where the teacher's passes are
+    dear (measured better than cached targets on the CPU: reports/reference/distill.md), online on CUDA; --views is
+    refused where auto means online."""
+    from bench.distilling.distill import ViewsSettings, auto_mode, check_views
+    assert [auto_mode(d) for d in ("cpu", torch.device("cpu"), "cuda", "cuda:1", torch.device("cuda", 0))] == \
+        ["views", "views", "online", "online", "online"]
+    spec = DistillSpec(teacher="t", student="s", views=3)
+    assert check_views(spec, auto_mode("cpu")) == ViewsSettings(3, None, 0)
+    with pytest.raises(ValueError, match="--views 3: only in the views mode .* the mode here is online"):
+        check_views(spec, auto_mode("cuda"))
+
+
 @pytest.mark.parametrize("args,message", [
     (["--teacher", "cf,default"], "teacher cf,default mixes in-sample and out-of-fold training targets: "
                                   "cf/resnet18 cross-fitted over train"),
     (["--teacher", "cf,cfs"], "split train into different folds (K 2, --fold-seed 0"),
     (["--teacher", "default,b", "--mode", "views", "--views", "0"], "--views 0: must be at least 1"),
-    (["--teacher", "default,b", "--views", "2"], "--views 2: only with --mode views"),
+    (["--teacher", "default,b", "--mode", "cached", "--views", "2"], "--views 2: only in the views mode"),
+    (["--teacher", "default,b", "--mode", "online", "--mixup", "0.2"], "--mixup 0.2: only in the views mode"),
     (["--teacher", "default,b", "--init", "x/resnet18"], "--init x/resnet18: no finished run there"),
     (["--teacher", "default,b", "--student", "resnet34", "--init", "default/resnet18"],
      "--init default/resnet18: its network is resnet18, the student is resnet34"),
@@ -538,7 +563,7 @@ def test_cached_targets_honour_the_stream_data_mode(runs, tiny_root, monkeypatch
         return load(files, size, policy, **kw)
 
     monkeypatch.setattr(teacher_module, "load_images", recording)
-    spec = lambda run, mode: data_mode_spec(runs, tiny_root, run, mode, epochs=1)  # noqa: E731
+    spec = lambda run, dm: data_mode_spec(runs, tiny_root, run, dm, epochs=1, mode="cached")  # noqa: E731
     meta = distill(spec("streamed", "stream"), "cpu")
     assert meta["data_mode"]["mode"] == "stream" and calls == [True, True]  # one decode per member, memory-mapped
     calls.clear()

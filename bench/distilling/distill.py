@@ -6,7 +6,7 @@ ranks it like any run and `bench.ensemble --runs <run>` fits its decision rule. 
 head, alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the recipe's loss on the label.
 
 Modes:
-- `cached` (default on the CPU): the teacher's combined probabilities for every training image, in its plain and
+- `cached`: the teacher's combined probabilities for every training image, in its plain and
   its mirrored view, are computed once (each member once per view) and stored in the student's run folder
   (`teacher_targets.npz`, keyed to the teacher's checkpoints and the image list, so a resumed run reuses them and a
   changed teacher recomputes them). Each step, an image the student's augmentation mirrored gets the mirrored view's
@@ -17,7 +17,7 @@ Modes:
 - `online` (default on CUDA; "function matching", Beyer et al. 2022): every member runs on the student's augmented
   batch at each step (inference mode, autocast, on the training device), so the target always matches exactly what
   the student sees; nothing is precomputed. Costs a forward pass of every member per step.
-- `views` (function matching on a CPU; views.py): the teacher labels V fixed augmented views of every training
+- `views` (default on the CPU: function matching without a GPU; views.py): the teacher labels V fixed augmented views of every training
   image once (crop, flip, rotation, jitter and, with `mixup`, a partner image, all drawn from a recorded seed and
   stored with the probabilities in `teacher_views.npz`), and epoch e of the student trains on exactly view e mod V.
   Costs V teacher passes once, then what a cached student costs.
@@ -65,6 +65,13 @@ from bench.training.train import (ImageStore, choose_data_mode, decoded_bytes, d
 from bench.training.trainer import Trainer
 
 MODES = ("auto", "cached", "online", "views")
+
+
+def auto_mode(device) -> str:
+    """The mode `auto` picks: `online` on CUDA (a forward pass of every member per step is cheap there), `views` on
+    any other device (V teacher passes once; the reasons are beside DEFAULT_VIEWS in bench/distilling/__init__.py)."""
+    return "online" if torch.device(device).type == "cuda" else "views"
+
 TARGETS_FILE = "teacher_targets.npz"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -271,7 +278,7 @@ class DistillSpec:
     recipe: str | None = None           # zoo/recipes.py preset; None: by the student's init
     overrides: dict = field(default_factory=dict)  # recipe fields (bench.run's flags)
     metric: str = "overall"
-    mode: str = "auto"                  # MODES; auto: cached on the CPU, online on CUDA
+    mode: str = "auto"                  # MODES; auto: auto_mode(device), views on the CPU, online on CUDA
     temperature: float = DEFAULT_TEMPERATURE
     alpha: float = DEFAULT_ALPHA
     refit: bool = False
@@ -332,8 +339,8 @@ def check_views(spec: DistillSpec, mode: str) -> ViewsSettings | None:
     if mode != "views":
         for flag, value in (("--views", spec.views), ("--mixup", spec.mixup)):
             if value is not None:
-                raise ValueError(f"{flag} {value}: only with --mode views (the teacher labels stored views; the "
-                                 f"mode here is {mode})")
+                raise ValueError(f"{flag} {value}: only in the views mode (--mode views, or auto on the CPU: the "
+                                 f"teacher labels stored views); the mode here is {mode}")
         return None
     count = DEFAULT_VIEWS if spec.views is None else spec.views
     if count < 1:
@@ -354,7 +361,7 @@ def prepare(spec: DistillSpec, device) -> Prepared:
         raise ValueError(f"--temperature {spec.temperature}: must be > 0")
     if not 0 <= spec.alpha <= 1:
         raise ValueError(f"--alpha {spec.alpha}: must be in [0, 1]")
-    mode = spec.mode if spec.mode != "auto" else ("online" if torch.device(device).type == "cuda" else "cached")
+    mode = spec.mode if spec.mode != "auto" else auto_mode(device)
     views = check_views(spec, mode)
     teacher = load_teacher(spec.runs_dir, spec.teacher)
     first = teacher.members[0].meta
