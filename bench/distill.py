@@ -50,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student", required=True, help="a zoo name or any timm model name")
     p.add_argument("--mode", default="auto", choices=["auto", "cached", "online", "views"], help=MODE_HELP)
     p.add_argument("--views", type=int, metavar="V",
-                   help=f"views mode (--mode views, or auto on the CPU): how many stored views per training image (at least 1; default "
-                        f"{DEFAULT_VIEWS}); epoch e trains on view e mod V")
+                   help=f"views mode (--mode views, or auto on the CPU): how many stored views per training image "
+                        f"(at least 1; default {DEFAULT_VIEWS}); epoch e trains on view e mod V")
     p.add_argument("--mixup", type=float, metavar="ALPHA",
-                   help="views mode (--mode views, or auto on the CPU): mix each view with another training image's view of the same v, lam ~ "
-                        "Beta(ALPHA, ALPHA) (drawn from --seed, stored); the teacher labels the mixed image, the "
-                        "label term is the mixup loss of both labels (default: no mixup)")
+                   help="views mode (--mode views, or auto on the CPU): mix each view with another training image's "
+                        "view of the same v, lam ~ Beta(ALPHA, ALPHA) (drawn from --seed, stored); the teacher labels "
+                        "the mixed image, the label term is the mixup loss of both labels (default: no mixup)")
     p.add_argument("--init", metavar="RUN/MODEL|FILE.safetensors",
                    help="start the student from a finished run's weights (its best.pt; RUN/MODEL under --out) or a "
                         "file from bench.export --format safetensors, instead of the recipe's --pretrained start; it "
@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_recipe_arguments(p)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     add_run_control_arguments(p)  # --data-mode, --compile, --checkpoint-every, --precision, --seed
-    p.add_argument("--force", action="store_true", help="retrain the student (and relabel its teacher targets or views)")
+    p.add_argument("--force", action="store_true",
+                   help="retrain the student (and relabel its teacher targets or views)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-report", action="store_true", help="skip rebuilding the leaderboard")
     add_tracking_arguments(p)

@@ -6,8 +6,8 @@ ranks it like any run and `bench.ensemble --runs <run>` fits its decision rule. 
 head, alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * the recipe's loss on the label.
 
 Modes:
-- `cached`: the teacher's combined probabilities for every training image, in its plain and
-  its mirrored view, are computed once (each member once per view) and stored in the student's run folder
+- `cached`: the teacher's combined probabilities for every training image, in its plain and its mirrored view,
+  are computed once (each member once per view) and stored in the student's run folder
   (`teacher_targets.npz`, keyed to the teacher's checkpoints and the image list, so a resumed run reuses them and a
   changed teacher recomputes them). Each step, an image the student's augmentation mirrored gets the mirrored view's
   target, any other the plain view's; the crop, rotation and colour jitter of the augmentation are not seen by the
@@ -17,10 +17,10 @@ Modes:
 - `online` (default on CUDA; "function matching", Beyer et al. 2022): every member runs on the student's augmented
   batch at each step (inference mode, autocast, on the training device), so the target always matches exactly what
   the student sees; nothing is precomputed. Costs a forward pass of every member per step.
-- `views` (default on the CPU: function matching without a GPU; views.py): the teacher labels V fixed augmented views of every training
-  image once (crop, flip, rotation, jitter and, with `mixup`, a partner image, all drawn from a recorded seed and
-  stored with the probabilities in `teacher_views.npz`), and epoch e of the student trains on exactly view e mod V.
-  Costs V teacher passes once, then what a cached student costs.
+- `views` (default on the CPU: function matching without a GPU; views.py): the teacher labels V fixed augmented
+  views of every training image once (crop, flip, rotation, jitter and, with `mixup`, a partner image, all drawn
+  from a recorded seed and stored with the probabilities in `teacher_views.npz`), and epoch e of the student trains
+  on exactly view e mod V. Costs V teacher passes once, then what a cached student costs.
 
 Targets in-sample or out-of-fold (teacher.py): members trained on train label their own training images
 (in-sample: more confident than on new images, close to the labels); members cross-fitted over train (`bench.run
@@ -65,15 +65,14 @@ from bench.training.train import (ImageStore, choose_data_mode, decoded_bytes, d
 from bench.training.trainer import Trainer
 
 MODES = ("auto", "cached", "online", "views")
+TARGETS_FILE = "teacher_targets.npz"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 def auto_mode(device) -> str:
     """The mode `auto` picks: `online` on CUDA (a forward pass of every member per step is cheap there), `views` on
     any other device (V teacher passes once; the reasons are beside DEFAULT_VIEWS in bench/distilling/__init__.py)."""
     return "online" if torch.device(device).type == "cuda" else "views"
-
-TARGETS_FILE = "teacher_targets.npz"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 class DistillTrainer(Trainer):
