@@ -47,6 +47,8 @@
 #   Lite0 alone and a1 came from an earlier run: ~15, ~8 and ~16 min).
 # At K 5 (same settings): cross-fitted members 69 min (fold models 3.7-3.9x a member's training); three seeds of a2
 #   15 min, a3 21, a1v 22.
+# At EPOCHS 8, VIEWS 8, STEPS=a1v (no cross-fitted members): 1 h 36 min in all; members 10.0, 12.0, 10.8 min, Lite0
+#   alone 7.8 and 8.4 min per seed, a1v 13.6-16.1 min per seed (about 5 of them labelling the views).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${DATA:-../shared/fashion-dev}
