@@ -4,7 +4,7 @@
 #   source .device/env.sh && bash scripts/gpu_reference.sh tests speed   # cuda test tier + bench.speed table
 #   source .device/env.sh && bash scripts/gpu_reference.sh zoo           # 5 backbones x 50 epochs + ensemble
 #   source .device/env.sh && bash scripts/gpu_reference.sh tune          # 50-trial ResNet-18 study, 30 epochs each
-#   source .device/env.sh && bash scripts/gpu_reference.sh lite distill  # issue #38 items 5-6 (device-prep.sh pretrained)
+#   source .device/env.sh && bash scripts/gpu_reference.sh lite distill  # #38 items 5, 6 (device-prep.sh pretrained)
 # lite: EfficientNet-Lite0/1/2 at 224/240/260 px, finetune recipe, from the weights in $FASHION_PRETRAINED (those
 # present: device-prep.sh pretrained carries Lite0, `weights` adds Lite1/Lite2 for a second call on the same warm
 # machine, which keeps runs/), then the ensemble entries lite3 (overall) and lite3-class (class average).
@@ -51,15 +51,16 @@ for stage in "$@"; do
         n=$((n + 1))
       done
       if [ "$n" -ge 2 ]; then
-        python -m bench.ensemble --runs lite --name lite3 --metric overall --out submission/lite3 --force \
-          --no-report 2>&1 | tee "$out/lite-ensemble.log"
+        # the teacher as the CPU measurement's kd3 (reports/reference/distill.md): uniform mean, plain + flip
+        python -m bench.ensemble --runs lite --name lite3 --tta plain,flip --weights uniform --metric overall \
+          --out submission/lite3 --force --no-report 2>&1 | tee "$out/lite-ensemble.log"
         python -m bench.ensemble --runs lite --name lite3-class --metric class --out submission/lite3-class \
           --force 2>&1 | tee -a "$out/lite-ensemble.log"
       fi
       [ "$n" -ge 2 ] || python -m bench.report 2>&1 | tail -3 >> "$out/lite.log"
       tar czf "$out/lite-reports.tgz" reports runs/lite/*/run.json runs/lite/*/history.csv ;;
     distill)
-      [ -f runs/_ensembles/lite3/run.json ] || { echo "distill: no entry lite3 (run the lite stage first)" >&2; exit 2; }
+      [ -f runs/_ensembles/lite3/run.json ] || { echo "distill: no entry lite3 (run lite first)" >&2; exit 2; }
       for mode in online views; do
         { time python -m bench.distill --teacher lite3 --student tf_efficientnet_lite0 --mode "$mode" \
             --pretrained "$FASHION_PRETRAINED/tf_efficientnet_lite0.in1k.pth" --size 224 --run "kd-$mode" \
@@ -75,7 +76,7 @@ import pandas as pd
 
 rows = {"plain Lite0": "runs/lite/tf_efficientnet_lite0", "online student": "runs/kd-online/tf_efficientnet_lite0",
         "views student": "runs/kd-views/tf_efficientnet_lite0"}
-base = None
+base = None  # the plain Lite0's epoch seconds: every ratio is against it
 print("| model | epochs | epoch s (median) | x plain | val overall | val class average | train s (run.json) |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for name, d in rows.items():
@@ -84,8 +85,9 @@ for name, d in rows.items():
         continue
     h, meta = pd.read_csv(Path(d) / "history.csv"), json.loads((Path(d) / "run.json").read_text())
     sec = float(h["epoch_s"].median())
-    base = sec if base is None else base
-    print(f"| {name} | {len(h)} | {sec:.2f} | {sec / base:.2f} | {meta['val']['overall_acc']:.4f} "
+    base = sec if name == "plain Lite0" else base
+    ratio = f"{sec / base:.2f}" if base else "- (no plain run)"
+    print(f"| {name} | {len(h)} | {sec:.2f} | {ratio} | {meta['val']['overall_acc']:.4f} "
           f"| {meta['val']['class_avg_acc']:.4f} | {meta.get('train_time_s', float('nan')):.0f} |")
 PY
       tar czf "$out/distill-runs.tgz" runs/kd-*/*/run.json runs/kd-*/*/history.csv ;;
