@@ -58,7 +58,8 @@ size=${SIZE:-128} epochs=${EPOCHS:-8} k=${K:-5} views=${VIEWS:-8} mixup=${MIXUP:
 init_epochs=${INIT_EPOCHS:-$((epochs / 2))}
 seeds=${SEEDS:-0 1 2}
 steps=${STEPS:-a1 a2 a3 a4 a5 a6}  # the students stage runs these steps, each for every seed, in this order
-cf_steps=$(tr ' ' '\n' <<< "$steps" | grep -Ev '^(a1|a1v)?$' || true)  # steps that learn from cf3 (a2-a6)
+teacher_of() { case $1 in a1 | a1v) echo kd3 ;; *) echo cf3 ;; esac; }  # the one place a step's teacher is decided
+cf_steps=$(for a in $steps; do [ "$(teacher_of "$a")" = kd3 ] || echo "$a"; done)  # steps that learn from cf3
 stage=${STAGE:-all}  # all | members | students | table
 device=${DEVICE:-cpu}
 read -r -a extra <<< "${EXTRA:-}"  # more flags for every bench.run and bench.distill (e.g. --batch-size 16)
@@ -142,7 +143,7 @@ if [ "$stage" = all ] || [ "$stage" = table ]; then
   {  # step<TAB>teacher dir<TAB>baseline dir<TAB>student dir<TAB>the full-data ensemble kd3's dir, one line per seed
     for s in $seeds; do
       for a in $steps; do
-        t=cf3; case $a in a1 | a1v) t=kd3 ;; esac
+        t=$(teacher_of "$a")
         printf '%s\t%s\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t" "$runs/$(alone "$s")" "$runs/$a-s$s/$L0" \
           "$runs/_ensembles/kd3"
         printf '%s (rule)\t%s\t%s\t%s\t%s\n' "$a" "$runs/_ensembles/$t-class" "$runs/_ensembles/alone-s$s-class" \

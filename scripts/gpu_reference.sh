@@ -56,8 +56,9 @@ for stage in "$@"; do
           --out submission/lite3 --force --no-report 2>&1 | tee "$out/lite-ensemble.log"
         python -m bench.ensemble --runs lite --name lite3-class --metric class --out submission/lite3-class \
           --force 2>&1 | tee -a "$out/lite-ensemble.log"
+      else
+        python -m bench.report 2>&1 | tail -3 >> "$out/lite.log"
       fi
-      [ "$n" -ge 2 ] || python -m bench.report 2>&1 | tail -3 >> "$out/lite.log"
       tar czf "$out/lite-reports.tgz" reports runs/lite/*/run.json runs/lite/*/history.csv ;;
     distill)
       [ -f runs/_ensembles/lite3/run.json ] || { echo "distill: no entry lite3 (run lite first)" >&2; exit 2; }
