@@ -70,10 +70,11 @@ for stage in "$@"; do
       done
       python - <<'PY' 2>&1 | tee "$out/distill-table.md"
 """Epoch seconds (median over epochs, history.csv) and val scores of the distilled Lite0s against the plain one."""
-import json
 from pathlib import Path
 
 import pandas as pd
+
+from bench.artifacts import read_run
 
 rows = {"plain Lite0": "runs/lite/tf_efficientnet_lite0", "online student": "runs/kd-online/tf_efficientnet_lite0",
         "views student": "runs/kd-views/tf_efficientnet_lite0"}
@@ -81,10 +82,10 @@ base = None  # the plain Lite0's epoch seconds: every ratio is against it
 print("| model | epochs | epoch s (median) | x plain | val overall | val class average | train s (run.json) |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for name, d in rows.items():
-    if not (Path(d) / "run.json").exists():
+    if not (Path(d) / "run.json").exists() or not read_run(Path(d)).done:
         print(f"| {name} | not finished | | | | | |")
         continue
-    h, meta = pd.read_csv(Path(d) / "history.csv"), json.loads((Path(d) / "run.json").read_text())
+    h, meta = pd.read_csv(Path(d) / "history.csv"), read_run(Path(d)).meta
     sec = float(h["epoch_s"].median())
     base = sec if name == "plain Lite0" else base
     ratio = f"{sec / base:.2f}" if base else "- (no plain run)"

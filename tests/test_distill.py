@@ -15,6 +15,7 @@ from bench.training.losses import MultiAttributeLoss
 
 K = (7, 3, 3, 4, 6, 3)
 COMMON = ["--size", "32", "--epochs", "2", "--batch-size", "16", "--pretrained", "none", "--no-progress"]
+TINY = {"size": 32, "pretrained": "none"}  # DistillSpec overrides for a tiny student (as in COMMON)
 
 
 def toy():
@@ -171,7 +172,7 @@ def history(run_dir):
 def test_a_killed_distillation_resumes_to_the_uninterrupted_one(runs, tiny_root, mode, capsys):
     spec = lambda run: DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs, run=run,  # noqa: E731
                                    mode=mode, data=tiny_root, progress=False, checkpoint_every=0,
-                                   overrides={"size": 32, "epochs": 2, "batch_size": 16, "pretrained": "none"})
+                                   overrides={**TINY, "epochs": 2, "batch_size": 16})
     full = distill(spec("full"), "cpu")
 
     def kill(epoch, row):  # after epoch 1 of 2, its state saved (checkpoint_every 0)
@@ -253,7 +254,7 @@ def test_a_teacher_with_a_retrained_member_is_refused_naming_it(runs, tiny_root,
 
 def test_unlabelled_images_join_the_training_split_with_missing_labels(runs, tiny_root, tmp_path):
     spec = DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs, data=tiny_root, unlabelled="test",
-                       overrides={"size": 32, "pretrained": "none"})
+                       overrides=TINY)
     teacher, mode, ds, info = prepare(spec, "cpu")[:4]
     tr = ds.splits["train"]
     assert info == {"source": "test", "transductive": True, "test_images": 30, "images": 30} and len(tr) == 150
@@ -294,7 +295,7 @@ def test_test_split_images_are_transductive_however_they_are_named(runs, tiny_ro
 
     def info_of(source):
         spec = DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs, data=tiny_root,
-                           unlabelled=str(source), overrides={"size": 32, "pretrained": "none"})
+                           unlabelled=str(source), overrides=TINY)
         teacher, mode, _, info = prepare(spec, "cpu")[:4]
         return info, provenance(teacher, mode, 2.0, 0.5, info)
 
@@ -525,7 +526,7 @@ def test_init_starts_the_student_from_a_runs_weights_or_an_exported_file(runs, t
                                            (str(exported), runs / "b/resnet18/best.pt"))):
         (tmp_path / f"s{n}").mkdir()
         init = prepare(DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs, data=tiny_root,
-                                   init=source, overrides={"size": 32, "pretrained": "none"}), "cpu").init
+                                   init=source, overrides=TINY), "cpu").init
         model, _ = create_model("resnet18", ds.num_classes, 0.0, 0, "none")
         make = trainer_factory(teacher, "cached", "val", ds.files("train"), 2.0, 0.5, init=init)
         trainer = make(model, recipe, train, val, tmp_path / f"s{n}",
@@ -548,8 +549,7 @@ def test_init_starts_the_student_from_a_runs_weights_or_an_exported_file(runs, t
 def data_mode_spec(runs, root, run, data_mode, epochs, **kw) -> DistillSpec:
     """A tiny student of the teacher `default,b` at `data_mode` (the data-mode tests' common settings)."""
     return DistillSpec(teacher="default,b", student="resnet18", runs_dir=runs, run=run, data=root, progress=False,
-                       data_mode=data_mode, overrides={"size": 32, "epochs": epochs, "batch_size": 16,
-                                                       "pretrained": "none"}, **kw)
+                       data_mode=data_mode, overrides={**TINY, "epochs": epochs, "batch_size": 16}, **kw)
 
 
 def test_cached_targets_honour_the_stream_data_mode(runs, tiny_root, monkeypatch):
