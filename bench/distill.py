@@ -31,7 +31,8 @@ MODE_HELP = ("auto (default): views on the CPU, online on CUDA. views: the teach
              "teacher's probabilities for every training image, plain and mirrored, computed once and stored in the "
              "student's run folder (a resumed run reuses them); each step a mirrored image gets the mirrored view's "
              "target, any other the plain view's (the teacher does not see the crop, rotation or colour jitter): "
-             "the cheapest (two teacher passes), and measured below views (reports/reference/distill.md). Targets "
+             "the cheapest (two teacher passes; none over the training images for a cross-fitted teacher), and "
+             "measured below views (reports/reference/distill.md). Targets "
              "are in-sample when the members trained on the training images (more confident than on new images), "
              "out-of-fold when they were cross-fitted over train (bench.run --folds K --pool train; cached mode: "
              "their probs_train_oof.npz); run.json and the leaderboard row say which")

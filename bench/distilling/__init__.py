@@ -25,8 +25,8 @@ DEFAULT_ALPHA = 0.5
 # The later K-5 run (same file, "Issue #37, K 5 and in-sample targets with views") found views better than cached
 # targets for the in-sample teacher too (+0.71 points overall, three seeds, seed-aware p 0.004; views won 3 contrasts
 # of 3, 9 seeds of 9), so `auto` picks views on the CPU (distill.auto_mode). Its price: V teacher passes instead of
-# 2, a 4-epoch student at V 4 took ~7.3 min against ~5.3 cached (three members, 4000 images, 128 px). `--refit` and
-# `--data-mode stream` with views are tested (tests/test_distill.py). At 8 epochs (same file, "Issue #37, 8 epochs")
-# these defaults (views, V 8, T 2, alpha 0.5) gave a student +0.93 points above Lite0 alone (three seeds, p 0.0005),
-# 69% of the ensemble's gain.
+# 2, an 8-epoch student at V 8 took 13.6-16.1 min against 10.8-11.6 cached (three members, 4000 images, 128 px).
+# `--refit` and `--data-mode stream` with views are tested (tests/test_distill.py). At 8 epochs (same file, "Issue #37,
+# 8 epochs") these defaults (views, V 8, T 2, alpha 0.5) gave a student +0.93 points above Lite0 alone (three seeds, p
+# 0.0005), 69% of the ensemble's gain.
 DEFAULT_VIEWS = 8
