@@ -229,6 +229,18 @@ def sign_flip_p(diff: np.ndarray, n_perm: int = 10000, seed: int = 0, chunk: int
     return p if np.ndim(diff) == 2 else p[0]
 
 
+def format_p(p: float, digits: int = 2, level: float = 0.05) -> str:
+    """p to `digits` significant figures, with as many more as it takes to keep the printed value on the same side
+    of `level` as p (0.0496 prints 0.0496, not 0.05, beside a verdict that p < 0.05 decided); every p a report
+    prints goes through here, so a reader never sees "p 0.05" next to "different at 5%"."""
+    p = float(p)
+    for d in range(digits, 18):
+        text = format(p, f".{d}g")
+        if (float(text) < level) == (p < level):
+            return text
+    return repr(p)
+
+
 def holm(p) -> np.ndarray:
     """Holm-Bonferroni adjusted p-values (family-wise error over all the given tests), in the input order."""
     p = np.asarray(p, float)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from bench.artifacts import ArtifactError, read_run  # noqa: E402
 from bench.metrics import TARGETS, image_parts, score  # noqa: E402
 from bench.reporting.predictions import shown  # noqa: E402
-from bench.stats import bootstrap_ci, image_diff, paired_bootstrap, sign_flip_p  # noqa: E402
+from bench.stats import bootstrap_ci, format_p, image_diff, paired_bootstrap, sign_flip_p  # noqa: E402
 
 METRICS = ("overall", "class")
 VIEWS = {"plain": "plain view (models: plain argmax; ensembles: their rule on the members' plain probabilities)",
@@ -115,8 +115,8 @@ def table(rows, views: str, n_entries: int, labels, nc) -> None:
             kept = "-" if gains[m] is None else f"{pb['delta'] / gains[m]:.0%}"
             if name == teacher and gains[m] is None:  # why: below the baseline, or not told from it
                 kept = ("- (the teacher is not above the baseline: no gain to keep)" if pb["delta"] <= 0 else
-                        f"- (p {p:.3g} >= 0.05: no gain to keep)")
-            print(f"| {name} | {m} | {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}] | {p:.4f} | {kept} |")
+                        f"- (p {format_p(p, 3)} >= 0.05: no gain to keep)")
+            print(f"| {name} | {m} | {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}] | {format_p(p, 3)} | {kept} |")
 
 
 def main(argv=None) -> None:

@@ -113,6 +113,19 @@ def test_a_delta_interval_that_contradicts_its_p_says_so():
                      "agree-incl": "-0.0100 [-0.0300, +0.0100]", "above": "+0.0200 [+0.0010, +0.0400]" + DISAGREE}
 
 
+def test_a_p_just_below_the_level_is_not_printed_as_the_level():
+    """The significance table printed adjusted p 0.0496 as "0.05" beside "yes" (different at 5%), and a random-flip
+    p of 500/10001 as "0.05" too: the printed p must stay below 0.05 when the verdict used p < 0.05."""
+    from bench.reporting.leaderboard import render_significance
+    df = pd.DataFrame([("leader", True, 0.0, None, None, None, None), ("near", False, -0.02, -0.04, -0.001, 500 / 10001,
+                                                                    0.0496)],
+                      columns=["entry", "leader", "delta", "delta_lo", "delta_hi", "p_sign_flip", "p_holm"])
+    df["kind"] = "model"
+    cells = next(line for line in render_significance(df).splitlines() if "`near`" in line).split("|")
+    assert [c.strip() for c in cells[3:4]] == ["0.049995"]
+    assert [c.strip() for c in cells[-3:-1]] == ["0.0496", "yes"]
+
+
 def test_confusion_figure_holds_the_confusion_counts(tmp_path, monkeypatch):
     figs = []
     save = rp._save

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest, permutation_test
 
-from bench.stats import bootstrap_ci, holm, image_diff, paired_bootstrap, sign_flip_p
+from bench.stats import bootstrap_ci, format_p, holm, image_diff, paired_bootstrap, sign_flip_p
 
 
 def test_sign_flip_exact_hand_computed():
@@ -147,3 +147,13 @@ def test_class_average_intervals_never_drop_a_rare_class():
     perfect, _ = image_parts(y, y == y, (3,), "class")
     diff = paired_bootstrap(num, perfect, den=den, n_boot=2000)
     assert (diff["delta"], diff["lo"], diff["hi"]) == (-0.5, -0.5, -0.5)
+
+
+@pytest.mark.parametrize("p, digits, text", [
+    (0.0496, 2, "0.0496"),  # .2g would print 0.05 beside "p < 0.05"
+    (500 / 10001, 3, "0.049995"),  # a random-flip p with 10000 flips: .3g and .4g both print 0.05
+    (0.0504, 2, "0.05"),  # at or above the level: 0.05 is on the right side already
+    (0.05, 2, "0.05"), (0.012, 2, "0.012"), (0.00012, 3, "0.00012"), (0.26, 3, "0.26"), (1.0, 2, "1")])
+def test_a_printed_p_stays_on_its_side_of_the_level(p, digits, text):
+    assert format_p(p, digits) == text
+    assert (float(format_p(p, digits)) < 0.05) == (p < 0.05)

@@ -41,8 +41,8 @@ from bench.data import ATTRIBUTES, attributes_of, class_counts, leaderboard_attr
 from bench.metrics import TARGETS, image_parts, majority_from_counts, metric_name, score
 from bench.replicas import ReplicaError, check_set, group, seed_of
 from bench.reporting.predictions import Shown, shown
-from bench.stats import (bootstrap_ci, holm, image_diff, paired_bootstrap, results_cache, seed_compare, seed_interval,
-                         sign_flip_p)
+from bench.stats import (bootstrap_ci, format_p, holm, image_diff, paired_bootstrap, results_cache, seed_compare,
+                         seed_interval, sign_flip_p)
 from bench.training.precision import device_label  # the device and the precision it ran in (no torch)
 
 SORT_KEYS = ("overall_acc", "class_avg_acc", "mean_class_acc", "macro_f1")
@@ -603,10 +603,10 @@ def render_significance(df: pd.DataFrame, metric: str = "overall", prefix: str =
                   + (DISAGREE if t == IMAGES_TEST and (lo > 0 or hi < 0) and p >= LEVEL else "")
                   for d, lo, hi, p, t in zip(rest[f"{prefix}delta"], rest[f"{prefix}delta_lo"],
                                              rest[f"{prefix}delta_hi"], p_raw, test)],
-        "p": p_raw.map(lambda v: _fmt(v, ".3g")),
+        "p": p_raw.map(lambda v: _p(v, 3)),
         "test": test.map(TEST_NAMES.get),
         "noise": [counted(r, t) for (_, r), t in zip(rest.iterrows(), test)],
-        "holm": rest[f"{prefix}p_holm"].map(lambda v: _fmt(v, ".3g")),
+        "holm": rest[f"{prefix}p_holm"].map(lambda v: _p(v, 3)),
         "sig": ["yes" if p < LEVEL else "no" for p in rest[f"{prefix}p_holm"]],
     })
     cols = [("entry", "entry"), ("delta", f"Δ {TARGETS[metric]} vs leader [95% CI]"), ("p", "p"),
@@ -670,8 +670,9 @@ def _interval(row, key: str) -> str:
     return f"{_fmt(row[key])} [{_fmt(lo, '.3f')}, {_fmt(hi, '.3f')}]"
 
 
-def _p(v) -> str:
-    return _fmt(v, ".2g")
+def _p(v, digits: int = 2) -> str:
+    """A p-value as the report prints it (stats.format_p at LEVEL); "-" where there is none."""
+    return "-" if v is None or pd.isna(v) else format_p(v, digits, LEVEL)
 
 
 def _names(labels: list[str], limit: int = 3) -> str:
@@ -929,7 +930,7 @@ def seeds_or_backbones(entries: list[Entry], metric: str, data: Dataset) -> list
             "backbone diversity is worth more here" if pb["delta"] > 0 else "the seeds are worth more here"
         md.append(f"- `{b}` - `{s}` ({len(by_label[s].meta['members'])} members each; "
                   f"{_fmt(by_label[b].meta.get('gflops'), '.2f')} vs {_fmt(by_label[s].meta.get('gflops'), '.2f')} "
-                  f"GFLOPs): {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}], sign-flip p {p:.3g} ({word}; "
+                  f"GFLOPs): {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}], sign-flip p {_p(p, 3)} ({word}; "
                   "one comparison, images only, not adjusted).")
     if not pairs:
         md.append(f"- No ensemble of different backbones with as many members here: e.g. `python -m bench.ensemble "
