@@ -316,7 +316,9 @@ def seed_compare(values_a, values_b, nums_a, nums_b, den: np.ndarray | None = No
     two-sided p; se^2 = s_a^2 / S_a + s_b^2 / S_b + the image variance of the paired difference of the seed means
     without its retraining part (`_flips`), Welch-Satterthwaite degrees of freedom. A row with one replica adds no
     seed variance: its retraining noise is then not counted. The interval is kept inside [-1, 1] (a difference of
-    shares). {delta, lo, hi, p, se, df}."""
+    shares). Where se is 0 (no seed spread, and every image moves the difference alike) the t test has no scale:
+    p is then the exact or random sign-flip p of the seed means' per-image differences (`sign_flip_p`, which needs
+    none), never 0 for a handful of images that all agree. {delta, lo, hi, p, se, df}."""
     a, b = np.asarray(values_a, float), np.asarray(values_b, float)
     ua, ub = _influences(nums_a, den), _influences(nums_b, den)
     image = max(float(((ua.mean(0) - ub.mean(0)) ** 2).sum()) - _flips(ua) - _flips(ub), 0.0)
@@ -325,7 +327,10 @@ def seed_compare(values_a, values_b, nums_a, nums_b, den: np.ndarray | None = No
     df = welch_df(parts)
     delta = float(a.mean() - b.mean())
     if se == 0:
-        return {"delta": delta, "lo": delta, "hi": delta, "p": 1.0 if delta == 0 else 0.0, "se": 0.0, "df": df}
+        mean_a, mean_b = (np.mean(np.asarray(x, float), 0) for x in (nums_a, nums_b))  # seed means: not integers
+        d = image_diff(mean_a, mean_b, den) if den is not None else (mean_a - mean_b).reshape(len(mean_a), -1).sum(1)
+        p = float(sign_flip_p(d)) if delta else 1.0
+        return {"delta": delta, "lo": delta, "hi": delta, "p": p, "se": 0.0, "df": df}
     half = float(sps.t.ppf(1 - alpha / 2, df) * se)
     p = float(2 * sps.t.sf(abs(delta) / se, df))
     return {"delta": delta, "lo": max(delta - half, -1.0), "hi": min(delta + half, 1.0), "p": min(1.0, p), "se": se,

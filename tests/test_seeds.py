@@ -262,6 +262,19 @@ def test_the_two_level_interval_is_wider_than_the_image_one_when_seeds_dominate_
     assert si["hi"] - si["mean"] == pytest.approx(half, rel=0.02) and 2 <= si["df"] < 2.1
 
 
+@pytest.mark.parametrize("den", [None, np.ones((4, 1))])
+def test_seed_compare_without_any_variance_is_not_p_zero(den):
+    """Four images; the leader's two seeds get images 1-2 and 3-4 right (0.5 each, no seed spread, every image's
+    seed mean 0.5), the other row's two seeds get none: se is 0, and seed_compare returned p 0 ("behind" at adjusted
+    p 0). The exact sign-flip test over the 4 images says 2 of the 16 sign patterns are as extreme: p 0.125."""
+    lead = [np.array([[1], [1], [0], [0]]), np.array([[0], [0], [1], [1]])]
+    other = [np.zeros((4, 1), int)] * 2
+    got = seed_compare([0.0, 0.0], [0.5, 0.5], other, lead, den)
+    assert got["se"] == 0 and got["delta"] == -0.5
+    assert got["p"] == pytest.approx(2 / 16)
+    assert seed_compare([0.5, 0.5], [0.5, 0.5], lead, lead, den)["p"] == 1.0
+
+
 def test_seed_compare_is_welch_over_seeds_plus_the_paired_image_variance():
     """Against a computation by hand for overall accuracy (each image's share (x_i - mean) / N)."""
     rng = np.random.default_rng(1)
