@@ -424,7 +424,8 @@ def compare_with_leader(preds: dict[str, list[np.ndarray] | None], labels, nc, m
             pb = paired_bootstrap(num[o], num[leader], den=den)
             out[o] = dict(delta=pb["delta"], delta_lo=pb["lo"], delta_hi=pb["hi"], p_sign_flip=float(flips[o]),
                           p_seeds=None, p_value=float(flips[o]), tested_over=IMAGES_TEST)
-    # one family of tests, every row against the leader: Holm keeps the chance of any false "yes" at 5%
+    # one family of tests, every row against the leader: Holm keeps the chance of any false "yes" at 5% for tests
+    # fixed in advance; picking the leader on these images adds to it (the legend says so)
     for o, ph in zip(others, holm([out[o]["p_value"] for o in others])):
         out[o]["p_holm"] = float(ph)
     return out
@@ -834,9 +835,14 @@ def retraining_legend(noise: str | None) -> str:
 
 
 def render_legend(data: Dataset, metric: str, chosen: str, n_attr, n_class, tags: set[str],
-                  noise: str | None = None) -> list[str]:
-    """How to read the report: the method, once, after the tables (`noise`: seed_noise of the first table)."""
+                  noise: str | None = None, n_present: int | None = None) -> list[str]:
+    """How to read the report: the method, once, after the tables (`noise`: seed_noise of the first table;
+    `n_present`: the classes present among the first table's images, which the class average and its test weigh)."""
     key = TARGETS[metric]
+    n_present = n_class if n_present is None else n_present
+    classes = (f"each of the {n_class} classes" if n_present == n_class else
+               f"each of the {n_present} classes present among the scored images (of {n_class}: a class with no "
+               "image here has no accuracy to average)")
     overall, cavg = metric_title("overall_acc", data), metric_title("class_avg_acc", data)
     used = [t for t in SCORE_TAGS if any(t == tag.removesuffix(OPTIMISTIC) or (t == OPTIMISTIC.strip()
                                                                              and tag.endswith(OPTIMISTIC))
@@ -847,7 +853,7 @@ def render_legend(data: Dataset, metric: str, chosen: str, n_attr, n_class, tags
         "(the column *n*).",
         f"- Target metric: `{key}` ({chosen}): the default sort, the leader and the comparisons are on it.",
         f"- **Metrics.** {overall[0].upper() + overall[1:]} = correct attribute predictions / (N x {n_attr}) "
-        f"(labelled cells only); {cavg} = accuracy of each of the {n_class} classes, then their plain mean over the "
+        f"(labelled cells only); {cavg} = accuracy of {classes}, then their plain mean over the "
         "classes present. *balanced acc.* (per-class recall averaged per attribute, then over attributes) and "
         "*macro-F1* are in the full table.",
         "- **95% intervals**: bootstrap over images, each resample keeping every class present (so the class "
@@ -858,10 +864,12 @@ def render_legend(data: Dataset, metric: str, chosen: str, n_attr, n_class, tags
         f"image's {n_attr} attributes are correlated): Δ has a paired bootstrap interval over images (per "
         "comparison, not adjusted); p is a paired sign-flip permutation test of each image's share of the "
         "difference (correct attributes for overall accuracy; for the class average, each right attribute weighted "
-        f"by 1 / ({n_class} x images of its class)) ({N_PERM:,} seeded random flips). The comparisons of one table "
+        f"by 1 / ({n_present} x images of its class)) ({N_PERM:,} seeded random flips). The comparisons of one table "
         "with its leader are one family: their p-values are Holm-Bonferroni adjusted; *behind* and *different at "
-        f"5%?* mean adjusted p < {LEVEL:g}, *not distinguishable* adjusted p >= {LEVEL:g} (chance of any false "
-        "\"behind\" <= 5% per table). The leader was itself picked on these images, which favours it.",
+        f"5%?* mean adjusted p < {LEVEL:g}, *not distinguishable* adjusted p >= {LEVEL:g}. Holm keeps the chance of "
+        "any false \"behind\" in a table <= 5% for comparisons fixed in advance; here the leader was itself picked "
+        "on these images, which favours it, so where several entries are close to it that chance is higher than "
+        "5%.",
         retraining_legend(noise),
         "- **score is** (in full: *val score is*): where the scored images chose a model's epoch (checkpoint "
         "selection) or tuned parameters, its score is in-sample for that choice, so optimistic. Of an ensemble "
@@ -1116,7 +1124,7 @@ def _build_report(runs_dir: Path, out: Path, sort, dataset, quiet, metric, galle
                "", *render_comparisons(frames[key], metric)]
     tags = {score_tag(e, by_label) for e in entries}
     md += render_legend(data, metric, chosen, len(attributes), sum(base.meta["num_classes"]), tags,
-                        seed_noise(df, metric))
+                        seed_noise(df, metric), _zero_classes(base)[1])
     md += ["## Accuracy vs cost", "",
            "GFLOPs per image count every model a test prediction runs (a k-fold member: its K fold models; an "
            "ensemble: its members x TTA views); training time adds every training the entry needed (a refit "
