@@ -35,9 +35,15 @@ from scipy import sparse
 from scipy import stats as sps
 
 
+# this module's own bytes: part of every ResultCache key, so a cache written by other statistics code (an upgrade,
+# a fix) is not read as this code's numbers
+CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+
+
 class ResultCache:
     """Results of this module's resampling functions (bootstrap_ci, paired_bootstrap), keyed by the sha256 of their
-    inputs' bytes and parameters: they are deterministic (seeded), so a cached result is the cold build's number.
+    inputs' bytes, parameters and this module's code (CODE): they are deterministic (seeded), so a cached result is
+    the cold build's number.
     `bench.report` keeps one beside the leaderboard (.stats-cache.json), so a rebuild after one new
     run resamples for that run (and for the comparisons whose leader changed) only. Only the entries a build used
     are written back (and nothing when that is what the file holds), so it never grows beyond one build's."""
@@ -53,7 +59,7 @@ class ResultCache:
 
     @staticmethod
     def key(name: str, arrays, params) -> str:
-        h = hashlib.sha256(json.dumps([name, params], sort_keys=True).encode())
+        h = hashlib.sha256(json.dumps([name, params, CODE], sort_keys=True).encode())
         for a in arrays:
             a = np.ascontiguousarray(a if a is not None else np.zeros(0))
             h.update(str((a.dtype.str, a.shape)).encode())

@@ -753,7 +753,8 @@ def test_score_tags_say_optimistic_exactly_where_val_scoring_does():
 
 def test_a_rebuild_reuses_the_cached_statistics_and_prints_the_cold_builds_numbers(tmp_path, monkeypatch):
     """Issue #42: intervals and comparisons are cached beside the report, keyed by the probabilities' contents; a
-    rebuild after one new run computes only what changed, and every number equals a cold build's."""
+    rebuild after one new run computes only what changed, and every number equals a cold build's. A cache written
+    by other statistics code (its key had no code version) is not reused."""
     from bench import stats
     rng = np.random.default_rng(5)
     labels = np.stack([rng.integers(0, k, 80) for k in K], 1)
@@ -781,3 +782,9 @@ def test_a_rebuild_reuses_the_cached_statistics_and_prints_the_cold_builds_numbe
     assert 0 < resampled_warm < len(calls) / 2
     cached = json.loads((tmp_path / "rep/.stats-cache.json").read_text())
     assert len(cached) == len(json.loads((tmp_path / "cold/.stats-cache.json").read_text()))
+    # statistics code that changed (an upgrade, a fix) does not read the old code's numbers: everything again
+    monkeypatch.setattr(stats, "CODE", "other code")
+    cold_calls = len(calls)
+    calls.clear()
+    build_report(runs, tmp_path / "rep", quiet=True)
+    assert len(calls) == cold_calls
