@@ -77,3 +77,20 @@ def test_a_documented_command_parses(where, module, argv, monkeypatch, capsys):
         pytest.fail(f"{where}: `python -m {module} {shlex.join(argv)}` does not parse (exit {e.code}): "
                     f"{capsys.readouterr().err.strip()}")
     pytest.fail(f"{where}: `python -m {module}` returned without parsing its arguments")
+
+
+def test_the_readme_layout_names_every_module_and_script():
+    """README's Layout is the map of the code: every module of bench/'s stage packages, zoo/ and scripts/ is named
+    in it (it had fallen behind: columns.py, fastpaths.py, precision.py, engines.py, distill_ablation.sh, ...), and
+    every bench/*.py is named as a shared module or as a command."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("```\nbench/data/")
+    block = text[start:text.index("```", start + 3)]
+    words = set(re.findall(r"[\w.]+", block))
+    folders = [*sorted(p for p in (ROOT / "bench").iterdir() if (p / "__init__.py").is_file()), ROOT / "zoo",
+               ROOT / "scripts"]
+    missing = [str(f.relative_to(ROOT)) for d in folders for f in sorted(d.iterdir())
+               if f.suffix in (".py", ".sh") and f.name != "__init__.py" and f.name not in words]
+    missing += [str(f.relative_to(ROOT)) for f in sorted((ROOT / "bench").glob("*.py"))
+                if f.name != "__init__.py" and f.name not in words and f.stem not in words]
+    assert not missing, f"README's Layout does not name {missing}"

@@ -9,9 +9,9 @@ distillation teachers) and bench.speed ask `decide(device)`; nothing else picks 
   it natively (avx512_bf16 or AMX: without them oneDNN emulates bf16, slower than fp32) AND `CPU_AUTO_BF16` is on.
   The precision is recorded in run.json (`precision`, `layout`, `precision_reason`) and is not part of a run's config
   (like the data mode), so a run resumes under either.
-- **Layout.** channels_last on both devices (`LAYOUT`, one entry per device): measured on 2 CPU cores (issue #42) a
-  Lite0 training step ran at 49.5 img/s channels_last vs 27.5 NCHW, inference 286 img/s (inference mode,
-  channels_last) vs 191 (eager NCHW); on CUDA it is what tensor cores want. `python -m bench.speed --layout
+- **Layout.** channels_last on both devices (`LAYOUT`, one entry per device): measured on 2 idle CPU cores at 128 px
+  (reports/reference/cpu.md, cpu-speed-table.md), training +7% over NCHW for Lite0 and ResNet-18, Lite0 inference
+  386 img/s vs 312 (BatchNorm folded); on CUDA it is what tensor cores want. `python -m bench.speed --layout
   channels_last,contiguous` measures it again.
 - **Threads** (CPU): intra-op = physical cores (hyper-threads share a core's vector units), inter-op 1 (the suite
   runs no inter-op parallel work); an OMP_NUM_THREADS / MKL_NUM_THREADS / TORCH_NUM_THREADS setting wins.
