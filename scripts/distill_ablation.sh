@@ -170,7 +170,7 @@ import numpy as np
 sys.path.insert(0, "scripts")
 from distill_table import column, load  # noqa: E402
 from bench.metrics import TARGETS, image_parts, score  # noqa: E402
-from bench.stats import image_diff, seed_compare, sign_flip_p  # noqa: E402
+from bench.stats import format_p, image_diff, seed_compare, sign_flip_p  # noqa: E402
 
 steps = defaultdict(list)
 for line in open(sys.argv[1]):
@@ -215,7 +215,7 @@ for step, seeds in steps.items():
             each = ", ".join(f"{x:+.4f}" for x in diffs["s"])
             # the same images and labels for every seed (checked above), so one den serves every replica
             seeds_p = seed_compare(vals["s"], vals["b"], nums_s, nums_b, den)["p"]
-            print(f"| {step} | {views} | {m} | {ds:+.4f} ({each}) | {ps:.4f} | {seeds_p:.4f} | {dt:+.4f} | {pt:.4f} "
-                  f"| {kept} | {df:+.4f} | {pf:.4f} | {kept_f} |")
+            print(f"| {step} | {views} | {m} | {ds:+.4f} ({each}) | {format_p(ps)} | {format_p(seeds_p)} | {dt:+.4f} "
+                  f"| {format_p(pt)} | {kept} | {df:+.4f} | {format_p(pf)} | {kept_f} |")
 EOF
 fi
