@@ -316,13 +316,17 @@ def seed_interval(values, nums, den: np.ndarray | None = None, alpha: float = 0.
             "min": float(v.min()), "max": float(v.max()), "se": se, "df": df}
 
 
+SE_ZERO = 1e-12  # a standard error of a share below this is rounding, not variance (real ones are >= ~1e-4)
+
+
 def seed_compare(values_a, values_b, nums_a, nums_b, den: np.ndarray | None = None, alpha: float = 0.05) -> dict:
     """Row a against row b on the same images, counting retraining and images: `values_*` each row's per-replica
     metric, `nums_*` its replicas' per-image parts (one `den`). Δ = mean(a) - mean(b) with its t interval and
     two-sided p; se^2 = s_a^2 / S_a + s_b^2 / S_b + the image variance of the paired difference of the seed means
     without its retraining part (`_flips`), Welch-Satterthwaite degrees of freedom. A row with one replica adds no
     seed variance: its retraining noise is then not counted. The interval is kept inside [-1, 1] (a difference of
-    shares). Where se is 0 (no seed spread, and every image moves the difference alike) the t test has no scale:
+    shares). Where se is 0 (below SE_ZERO: no seed spread, and every image moves the difference alike; rounding
+    leaves ~1e-17 rather than 0) the t test has no scale:
     p is then the exact or random sign-flip p of the seed means' per-image differences (`sign_flip_p`, which needs
     none), never 0 for a handful of images that all agree. {delta, lo, hi, p, se, df}."""
     a, b = np.asarray(values_a, float), np.asarray(values_b, float)
@@ -332,7 +336,7 @@ def seed_compare(values_a, values_b, nums_a, nums_b, den: np.ndarray | None = No
     se = float(np.sqrt(sum(v for v, _ in parts)))
     df = welch_df(parts)
     delta = float(a.mean() - b.mean())
-    if se == 0:
+    if se < SE_ZERO:
         mean_a, mean_b = (np.mean(np.asarray(x, float), 0) for x in (nums_a, nums_b))  # seed means: not integers
         d = image_diff(mean_a, mean_b, den) if den is not None else (mean_a - mean_b).reshape(len(mean_a), -1).sum(1)
         p = float(sign_flip_p(d)) if delta else 1.0

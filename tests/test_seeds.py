@@ -272,7 +272,18 @@ def test_seed_compare_without_any_variance_is_not_p_zero(den):
     got = seed_compare([0.0, 0.0], [0.5, 0.5], other, lead, den)
     assert got["se"] == 0 and got["delta"] == -0.5
     assert got["p"] == pytest.approx(2 / 16)
-    assert seed_compare([0.5, 0.5], [0.5, 0.5], lead, lead, den)["p"] == 1.0
+
+
+def test_seed_compare_with_only_rounding_for_variance_is_not_p_zero():
+    """Three identical seeds per row, each of 22 images with exactly one more attribute right for the leader: no
+    variance, but the float arithmetic leaves se ~3e-17, and the t test printed p 0. The sign-flip test over the 22
+    images: only the 2 all-same-sign patterns of 2^22 are as extreme, so with 10,000 random flips p = 1 / 10001."""
+    c = np.array([5, 4, 4, 3, 5, 3, 2, 6, 2, 2, 5, 4, 1, 1, 3, 5, 3, 5, 2, 2, 5, 6])  # leader's right attributes
+    lead = (np.arange(6)[None, :] < c[:, None]).astype(int)
+    other = (np.arange(6)[None, :] < (c - 1)[:, None]).astype(int)
+    got = seed_compare([other.mean()] * 3, [lead.mean()] * 3, [other] * 3, [lead] * 3)
+    assert got["delta"] == pytest.approx(-1 / 6)
+    assert got["p"] == pytest.approx(1 / 10001)
 
 
 def test_seed_compare_is_welch_over_seeds_plus_the_paired_image_variance():
