@@ -116,7 +116,8 @@ def table(rows, views: str, n_entries: int, labels, nc) -> None:
             if name == teacher and gains[m] is None:  # why: below the baseline, or not told from it
                 kept = ("- (the teacher is not above the baseline: no gain to keep)" if pb["delta"] <= 0 else
                         f"- (p {format_p(p, 3)} >= 0.05: no gain to keep)")
-            print(f"| {name} | {m} | {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}] | {format_p(p, 3)} | {kept} |")
+            print(f"| {name} | {m} | {pb['delta']:+.4f} [{pb['lo']:+.4f}, {pb['hi']:+.4f}] | {format_p(p, 3)} "
+                  f"| {kept} |")
 
 
 def main(argv=None) -> None:

@@ -74,23 +74,31 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.artifacts import read_run
+from bench.artifacts import ArtifactError, read_run
 
 rows = {"plain Lite0": "runs/lite/tf_efficientnet_lite0", "online student": "runs/kd-online/tf_efficientnet_lite0",
         "views student": "runs/kd-views/tf_efficientnet_lite0"}
 base = None  # the plain Lite0's epoch seconds: every ratio is against it
+unreadable = []
 print("| model | epochs | epoch s (median) | x plain | val overall | val class average | train s (run.json) |")
 print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
 for name, d in rows.items():
-    if not (Path(d) / "run.json").exists() or not read_run(Path(d)).done:
+    art = None
+    try:
+        art = read_run(Path(d)) if (Path(d) / "run.json").exists() else None
+    except ArtifactError as e:  # an unreadable run.json: the row shows as unfinished, the reason below the table
+        unreadable.append(str(e))
+    if art is None or not art.done:
         print(f"| {name} | not finished | | | | | |")
         continue
-    h, meta = pd.read_csv(Path(d) / "history.csv"), read_run(Path(d)).meta
+    h, meta = pd.read_csv(Path(d) / "history.csv"), art.meta
     sec = float(h["epoch_s"].median())
     base = sec if name == "plain Lite0" else base
     ratio = f"{sec / base:.2f}" if base else "- (no plain run)"
     print(f"| {name} | {len(h)} | {sec:.2f} | {ratio} | {meta['val']['overall_acc']:.4f} "
           f"| {meta['val']['class_avg_acc']:.4f} | {meta.get('train_time_s', float('nan')):.0f} |")
+for e in unreadable:
+    print(f"\n{e}")
 PY
       tar czf "$out/distill-runs.tgz" runs/kd-*/*/run.json runs/kd-*/*/history.csv ;;
     *) echo "unknown stage $stage (tests | speed | zoo | tune | lite | distill)" >&2; exit 2 ;;

@@ -48,7 +48,7 @@ import numpy as np
 
 from bench.artifacts import find_runs
 from bench.metrics import TARGETS, image_parts, probs_to_pred, score
-from bench.stats import bootstrap_ci, image_diff, seed_compare, sign_flip_p
+from bench.stats import bootstrap_ci, format_p, image_diff, seed_compare, sign_flip_p
 
 work, data, size, epochs, seeds = sys.argv[1:]
 runs = Path(work) / "runs"
@@ -100,7 +100,7 @@ for m in models:
             d = value(m, t, metric) - value(m, s, metric)
             called[metric][0] += p < 0.05
             called[metric][1] += 1
-            out.append(f"| {short[m]} | {t} vs {s} | {NAMES[metric]} | {d:+.4f} | {p:.3g} | "
+            out.append(f"| {short[m]} | {t} vs {s} | {NAMES[metric]} | {d:+.4f} | {format_p(p, 3)} | "
                        f"{'yes' if p < 0.05 else 'no'} |")
 out += ["", "Called different: " + "; ".join(f"{NAMES[k]} {v[0]} of {v[1]} pairs" for k, v in called.items()) + ".",
         "", "**Seed-aware verdicts** (`bench/stats.py` seed_compare: t over seeds and images, the leaderboard's test "
@@ -117,7 +117,7 @@ for b, a in zip(models[1:], models[:-1]):
         p1 = float(sign_flip_p(image_diff(pb[0][0], pa[0][0], pb[0][1]), 10000))
         d1 = value(b, sb[0], metric) - value(a, sa[0], metric)
         out.append(f"| {short[b]} vs {short[a]} | {NAMES[metric]} | {sc['delta']:+.4f} [{sc['lo']:+.4f}, "
-                   f"{sc['hi']:+.4f}] | {sc['p']:.3g} (df {sc['df']:.1f}) | {d1:+.4f}, p {p1:.3g} |")
+                   f"{sc['hi']:+.4f}] | {format_p(sc['p'], 3)} (df {sc['df']:.1f}) | {d1:+.4f}, p {format_p(p1, 3)} |")
 board = (Path(work) / "reports/leaderboard.md").read_text()
 if "### Seeds or backbones?" in board:
     section = board.split("### Seeds or backbones?", 1)[1].split("\n## ", 1)[0]

@@ -240,7 +240,8 @@ def friedman_sentence(r: Ranking) -> str:
     verdict = "the ranks differ" if p < LEVEL else "the ranks are not distinguishable from chance"
     tail = f" {r.why_no_test}." if r.why_no_test else " The critical-difference diagram below joins the models it " \
                                                        "cannot tell apart."
-    return f"Friedman test over {len(r.datasets)} datasets: chi-square {stat:.2f}, p {format_p(p, 3, LEVEL)} ({verdict} at 5%).{tail}"
+    return (f"Friedman test over {len(r.datasets)} datasets: chi-square {stat:.2f}, p {format_p(p, 3, LEVEL)} "
+            f"({verdict} at 5%).{tail}")
 
 
 def build_compare(folders: list[str | Path], out: str | Path, metric: str = "overall", quiet: bool = False) -> Path:
