@@ -34,7 +34,7 @@ K = ds.num_classes  # (7, 3, 3, 4, 6, 3): one 26-output linear head, split per a
 big = round(a.size / 0.88)  # 109 for 96: decode a bit larger so that train crops are downscales, never upscales
 net = timm.create_model(a.model, num_classes=0)  # pooled features; random init unless --pretrained
 if a.pretrained != "none":  # a timm-layout file: every backbone tensor must be there; the 1000-class head is dropped
-    own, sd = net.state_dict(), torch.load(a.pretrained, map_location="cpu")
+    own, sd = net.state_dict(), torch.load(a.pretrained, map_location="cpu", weights_only=True)
     missing = [k for k in own if k not in sd]
     if missing:
         sys.exit(f"{a.pretrained}: no weights for {len(missing)} tensors of {a.model}, e.g. {missing[:3]}")

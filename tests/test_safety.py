@@ -167,7 +167,7 @@ def test_a_refit_dir_outside_the_run_is_refused(runs, tiny_root, tmp_path, capsy
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_kfold_folders_and_entry_members_outside_are_refused(runs, tmp_path):
+def test_kfold_folders_weights_files_and_entry_members_outside_are_refused(runs, tmp_path):
     from bench.ensemble import main as ensemble_main
     from bench.ensembling.ensemble import EnsembleError
     from bench.ensembling.entries import read_entry
@@ -178,6 +178,12 @@ def test_kfold_folders_and_entry_members_outside_are_refused(runs, tmp_path):
     write_run(meta, d)
     with pytest.raises(ArtifactError, match="kfold.folds"):
         member_checkpoints(read_run(d))
+    del meta["kfold"]
+    for outside in ("/etc/passwd", "../../b/resnet18/best.pt"):  # a weights_file in someone's run.json: loaded as is
+        meta["weights_file"] = outside
+        write_run(meta, d)
+        with pytest.raises(ArtifactError, match="weights_file"):
+            member_checkpoints(read_run(d))
     ensemble_main(["--runs-dir", str(runs), "--runs", "b", "--out", str(tmp_path / "sub"), "--name", "e",
                    "--no-report"])
     entry = runs / "_ensembles/e/run.json"

@@ -44,8 +44,8 @@ class PredictError(ValueError):
 def member_checkpoints(member: RunArtifacts) -> list[Path]:
     """The weights that predict new images for this run: its test weights (best.pt, or refit/best.pt after --refit),
     or a k-fold member's fold models (their mean made its test probabilities)."""
-    if member.meta.get("weights_file"):  # a .safetensors file from bench.export (weights_file.py)
-        return [member.dir / member.meta["weights_file"]]
+    if member.meta.get("weights_file"):  # a .safetensors file from bench.export (weights_file.py), inside the folder
+        return [member.sub(member.meta["weights_file"], "weights_file")]
     kfold = member.meta.get("kfold") or member.meta.get("crossfit")  # crossfit: bench.run --folds K --pool train
     if kfold:
         return [member.sub(f, "kfold.folds") / "best.pt" for f in kfold["folds"]]

@@ -82,7 +82,8 @@ def read_weights_file(path: str | Path) -> tuple[Plan, RunArtifacts]:
         network["config"]["model"], network["num_classes"]  # noqa: B018 (the fields load_trained needs)
     except (KeyError, ValueError, TypeError) as e:
         raise PredictError(f"{path}: incomplete bench.export metadata (network: {e}); export it again") from e
-    member = RunArtifacts(path.parent, {**network, "status": "done", "weights_file": path.name})
+    real = path.resolve()  # the file the user named (a link to it too): its own folder holds it
+    member = RunArtifacts(real.parent, {**network, "status": "done", "weights_file": real.name})
     plan.members = [member]
     plan.source = f"weights {path.name}"
     return plan, member
