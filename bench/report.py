@@ -42,8 +42,8 @@ def main(argv=None):
     runs_dir = Path(a.runs_dir) if a.runs_dir else workdir.resolve(a.workdir).runs
     try:
         path = build_report(runs_dir, a.out, a.sort, a.dataset, metric=a.metric, gallery=a.gallery)
-    except ValueError as e:  # --gallery naming no entry, or replicas differing in more than the seed (ReplicaError):
-        #                      both found before anything is written
+    except ValueError as e:  # --gallery naming no entry, replicas differing in more than the seed (ReplicaError), a
+        #                      linked report folder (ReportFolderError): all found before anything is written
         p.error(str(e))
     if path is None:  # build_report said why on stderr
         raise SystemExit(1)

@@ -332,6 +332,38 @@ def test_the_method_says_what_the_class_average_and_holm_cover(tmp_path):
     assert "<= 5% per table)" not in md
 
 
+@pytest.mark.parametrize("linked", ["_report", "_report/leaderboard_files"])
+def test_a_report_folder_a_runs_folder_links_elsewhere_is_not_written(tmp_path, linked):
+    """A runs folder from elsewhere holding `_report/leaderboard_files` (or `_report`) as a link to the user's own
+    folder: a rebuild wrote its figures there and deleted every PNG it did not link. Now refused before any write;
+    the user's files stay, bench.report exits 2 naming the link, and the commands that refresh the report warn."""
+    from bench.report import main as report_main
+    from bench.reporting.leaderboard import ReportFolderError, build_report, refresh_report
+    labels = skewed()
+    runs = tmp_path / "shared-runs"
+    fake_run(runs, "r/m", labels, labels)
+    mine = tmp_path / "my-pictures"
+    (mine / "leaderboard_files").mkdir(parents=True)
+    (mine / "leaderboard_files/holiday.png").write_bytes(b"not the suite's")
+    if linked == "_report":
+        (runs / "_report").symlink_to(mine)
+    else:
+        (runs / "_report").mkdir()
+        (runs / "_report/leaderboard_files").symlink_to(mine / "leaderboard_files")
+    with pytest.raises(ReportFolderError, match="is a link"):
+        build_report(runs, quiet=True)
+    assert refresh_report(runs) is None
+    with pytest.raises(SystemExit) as e:
+        report_main(["--runs-dir", str(runs)])
+    assert e.value.code == 2
+    assert sorted(p.name for p in mine.rglob("*")) == ["holiday.png", "leaderboard_files"]
+    # the same folder as the user's own report folder outside the runs folder is theirs to link
+    (tmp_path / "rep").symlink_to(mine)
+    if linked == "_report":
+        build_report(runs, tmp_path / "rep", quiet=True)
+        assert (mine / "leaderboard.md").is_file()
+
+
 def test_the_summary_line_names_the_leader_on_the_target_whatever_the_sort(tmp_path, capsys):
     """With --sort the summary printed the first row in sort order as the leader."""
     labels = skewed()

@@ -27,6 +27,7 @@ measured seed spread beside it. A replica set whose replicas differ in more than
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 from collections import Counter
@@ -1040,8 +1041,27 @@ def build_report(runs_dir: str | Path = "runs", out: str | Path | None = None, s
     changed, with the cold build's numbers (tests/test_report.py)."""
     runs_dir = Path(runs_dir)
     out = Path(out) if out is not None else report_dir(runs_dir)
+    check_report_folder(runs_dir, out)
     with results_cache(out / STATS_CACHE):
         return _build_report(runs_dir, out, sort, dataset, quiet, metric, gallery)
+
+
+class ReportFolderError(ValueError):
+    """A report folder that is a link: the build writes figures there and deletes the ones it no longer links."""
+
+
+def check_report_folder(runs_dir: Path, out: Path) -> None:
+    """ReportFolderError, before anything is written, when `out/leaderboard_files` is a link, or `out` is one inside
+    the runs folder (RUNS/_report): a runs folder from someone else could link them to the user's own files, which a
+    rebuild would overwrite and delete (every PNG the new report does not link). A report folder the user links
+    outside any runs folder (e.g. reports/ -> a shared drive) is theirs to make."""
+    inside_runs = runs_dir.absolute() in out.absolute().parents
+    for folder in ([out] if inside_runs else []) + [out / "leaderboard_files"]:
+        if folder.is_symlink():
+            raise ReportFolderError(
+                f"{folder} is a link (to {os.readlink(folder)}): the leaderboard writes its figures there and deletes "
+                f"the PNGs it no longer links, so it does not follow a link a runs folder may have brought; remove "
+                f"the link, or build the report elsewhere (python -m bench.report --out DIR)")
 
 
 def refresh_report(runs_dir: str | Path, metric: str | None = None) -> Path | None:
@@ -1052,7 +1072,7 @@ def refresh_report(runs_dir: str | Path, metric: str | None = None) -> Path | No
     runs with exit 2."""
     try:
         return build_report(runs_dir, metric=metric)
-    except ReplicaError as e:
+    except (ReplicaError, ReportFolderError) as e:
         print(f"warning: the leaderboard was not rebuilt ({report_dir(Path(runs_dir)) / 'leaderboard.md'} is from "
               f"before this command): {e}", file=sys.stderr)
         return None
