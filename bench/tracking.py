@@ -53,6 +53,8 @@ import warnings
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from bench.artifacts import ArtifactError, inside
+
 ENV_URI, ENV_EXPERIMENT = "MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"
 DEFAULT_EXPERIMENT = "fashion-bench"
 # short HTTP requests: a dead server costs one quick failure, not mlflow's default minutes of retries
@@ -165,8 +167,9 @@ def run_key(meta: dict, model_dir: Path) -> str:
         stamps = []
         for fold in meta["kfold"].get("folds", []):
             try:
-                stamps.append(json.loads((model_dir / fold / "run.json").read_text()).get("finished"))
-            except (OSError, ValueError):
+                fold_dir = inside(model_dir, fold, "kfold.folds", model_dir / "run.json")
+                stamps.append(json.loads((fold_dir / "run.json").read_text()).get("finished"))
+            except (ArtifactError, OSError, ValueError):
                 stamps.append(None)
         what = f"{model_dir}|{meta['kfold'].get('signature')}|{stamps}"
     else:
@@ -325,11 +328,20 @@ class Tracker:
                                                          params=ps[i * 100:(i + 1) * 100], tags=ts if i == 0 else []))
 
     def artifacts(self, run_id: str | None, folder: Path, names=RUN_FILES, under: str | None = None) -> None:
+        """Upload the run folder's own files `names`. A link (the folder, or a file in it) is never followed: a run
+        folder from elsewhere could link `curves.png` to a private key, which would land on the tracking server."""
         if run_id is None:
             return
+        folder = Path(folder)
+        links = [p for p in (folder, *(folder / n for n in names)) if p.is_symlink()]
+        for path in links:
+            print(f"warning: [track] {path} is a link; not uploaded (a run folder's files are its own)",
+                  file=sys.stderr)
+        if folder.is_symlink():
+            return
         for name in names:
-            path = Path(folder) / name
-            if path.is_file():
+            path = folder / name
+            if path.is_file() and not path.is_symlink():
                 self._call(f"uploading {name}", lambda c: c.log_artifact(run_id, str(path), under))
 
     def end(self, run_id: str | None, status: str = "FINISHED") -> None:
@@ -483,7 +495,11 @@ class ModelRun:
         self.t.log(self.id, final, tags={KEY_TAG: key})
         self.t.artifacts(self.id, self.dir)
         for fold in (meta.get("kfold") or {}).get("folds", []):  # the fold models, nested, from their artifacts
-            fold_dir = self.dir / fold
+            try:  # a fold is a folder inside this run's (a run.json from elsewhere may name any path)
+                fold_dir = inside(self.dir, fold, "kfold.folds", self.dir / "run.json")
+            except ArtifactError as e:
+                print(f"warning: [track] {e}; that fold is not logged", file=sys.stderr)
+                continue
             fold_meta = _read_meta(fold_dir)
             if fold_meta is not None:
                 inherited = {k: v for k, v in self.params.items() if k != "run_dir"}

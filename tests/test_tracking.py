@@ -224,3 +224,25 @@ def test_track_folder_is_an_sqlite_store_in_it(demo_runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # a file is no folder: refused before any work
         tracker_from_args(__import__("bench.ensemble", fromlist=["x"]).parse_args(["--track", str(tmp_path / "afile")]))
     assert e.value.code == 2 and f"{tmp_path / 'afile'} is a file" in capsys.readouterr().err
+
+
+def test_a_linked_file_in_a_run_folder_is_not_uploaded(tiny_root, demo_runs, tmp_path, capsys):
+    """A finished run folder from elsewhere whose curves.png is a link to the user's private file: `bench.run --track`
+    logs the finished run from its files and uploaded the linked file's contents to the tracking server. Now the link
+    is named in a warning and not uploaded; the run's own files still are."""
+    runs = tmp_path / "runs"
+    shutil.copytree(demo_runs, runs)
+    secret = tmp_path / "id_ed25519"
+    secret.write_text("PRIVATE KEY")
+    model_dir = runs / "default" / "resnet18"
+    (model_dir / "curves.png").unlink()
+    (model_dir / "curves.png").symlink_to(secret)
+    folder = tmp_path / "tracking"
+    run_main(["--models", "resnet18", "--data", str(tiny_root), "--out", str(runs), "--epochs", "2", *TINY,
+              "--track", str(folder), "--track-experiment", "links"])
+    err = capsys.readouterr().err
+    assert f"{model_dir / 'curves.png'} is a link; not uploaded" in err
+    client, found = runs_of(f"sqlite:///{folder / 'mlflow.db'}", "links")
+    assert [r.info.run_name for r in found] == ["default/resnet18"]
+    assert {a.path for a in client.list_artifacts(found[0].info.run_id)} == {"run.json", "history.csv"}
+    assert not [p for p in (folder / "artifacts").rglob("*") if p.is_file() and p.read_bytes() == b"PRIVATE KEY"]
