@@ -201,10 +201,12 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, n_boot: int =
 
 def image_diff(correct_a: np.ndarray, correct_b: np.ndarray, den: np.ndarray | None = None) -> np.ndarray:
     """Per image: its share of metric(a) - metric(b), so the shares sum to the difference. Without `den`: correct
-    attributes of a minus those of b (integers, so sums below are exact)."""
+    attributes of a minus those of b (integers, so sums below are exact; a mean over seeds stays a float)."""
     if den is None:
         n = len(correct_a)
-        return correct_a.reshape(n, -1).astype(np.int64).sum(1) - correct_b.reshape(n, -1).astype(np.int64).sum(1)
+        a, b = (np.asarray(x).reshape(n, -1) for x in (correct_a, correct_b))
+        exact = np.int64 if not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(b.dtype, np.floating)) else float
+        return a.astype(exact).sum(1) - b.astype(exact).sum(1)
     totals = np.asarray(den, float).sum(0)
     present = totals > 0
     scale = np.where(present, 1 / np.where(present, totals, 1), 0) / present.sum()
@@ -338,8 +340,7 @@ def seed_compare(values_a, values_b, nums_a, nums_b, den: np.ndarray | None = No
     delta = float(a.mean() - b.mean())
     if se < SE_ZERO:
         mean_a, mean_b = (np.mean(np.asarray(x, float), 0) for x in (nums_a, nums_b))  # seed means: not integers
-        d = image_diff(mean_a, mean_b, den) if den is not None else (mean_a - mean_b).reshape(len(mean_a), -1).sum(1)
-        p = float(sign_flip_p(d)) if delta else 1.0
+        p = float(sign_flip_p(image_diff(mean_a, mean_b, den))) if delta else 1.0
         return {"delta": delta, "lo": delta, "hi": delta, "p": p, "se": 0.0, "df": df}
     half = float(sps.t.ppf(1 - alpha / 2, df) * se)
     p = float(2 * sps.t.sf(abs(delta) / se, df))
